@@ -1,0 +1,115 @@
+//! The `inflight-sim` binary: starts a simulated server, prints its URL on
+//! stdout and serves until killed.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Parser;
+use inflight_sim::{Api, Faults, Profile, SimConfig, SimServer};
+
+/// A simulated LLM inference server (OpenAI or Ollama API).
+#[derive(Debug, Parser)]
+#[command(name = "inflight-sim", version)]
+struct Args {
+    /// API to speak.
+    #[arg(long, value_enum, default_value = "openai")]
+    api: Api,
+    /// Performance profile.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "lanes4",
+        conflicts_with = "zero_latency"
+    )]
+    profile: Profile,
+    /// Answer at once with a fixed short completion (overhead benchmarks).
+    #[arg(long)]
+    zero_latency: bool,
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Simulated time runs this many times faster than wall time.
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    /// Seed of every random draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Override the profile's lane count.
+    #[arg(long)]
+    lanes: Option<usize>,
+    /// Override the profile's queue bound (503 beyond it).
+    #[arg(long)]
+    max_queue: Option<usize>,
+    /// Model names that answer "not found".
+    #[arg(long = "missing-model")]
+    missing_models: Vec<String>,
+    /// Require `Authorization: Bearer KEY`.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Probability of an HTTP 500 per request.
+    #[arg(long, default_value_t = 0.0)]
+    fault_500: f64,
+    /// Probability of an HTTP 503 with Retry-After per request.
+    #[arg(long, default_value_t = 0.0)]
+    fault_503: f64,
+    /// Probability of a connection reset per request.
+    #[arg(long, default_value_t = 0.0)]
+    fault_reset: f64,
+    /// Probability of a stall per request.
+    #[arg(long, default_value_t = 0.0)]
+    fault_stall: f64,
+    /// Probability of a truncated response per request.
+    #[arg(long, default_value_t = 0.0)]
+    fault_truncated: f64,
+    /// Most faults one request (same body) gets; 0 means no limit.
+    #[arg(long, default_value_t = 0)]
+    fault_max_per_request: u32,
+    /// Wall-clock seconds a stalled request is held.
+    #[arg(long, default_value_t = 60.0)]
+    stall_secs: f64,
+}
+
+fn config(a: &Args) -> SimConfig {
+    let mut cfg = if a.zero_latency {
+        SimConfig::zero_latency()
+    } else {
+        SimConfig::profile(a.profile)
+    };
+    if let Some(lanes) = a.lanes {
+        cfg = cfg.with_lanes(lanes);
+    }
+    if a.max_queue.is_some() {
+        cfg = cfg.with_max_queue(a.max_queue);
+    }
+    cfg.with_api(a.api)
+        .with_port(a.port)
+        .with_time_scale(a.time_scale)
+        .with_seed(a.seed)
+        .with_missing_models(a.missing_models.clone())
+        .with_api_key(a.api_key.clone())
+        .with_stall_for(Duration::from_secs_f64(a.stall_secs.max(0.0)))
+        .with_faults(Faults {
+            error_500: a.fault_500,
+            error_503_retry_after: a.fault_503,
+            reset: a.fault_reset,
+            stall: a.fault_stall,
+            truncated: a.fault_truncated,
+            max_per_request: a.fault_max_per_request,
+        })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.time_scale.is_finite() && args.time_scale > 0.0,
+        "--time-scale must be positive"
+    );
+    let server = SimServer::start(config(&args)).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", server.url())?;
+    out.flush()?;
+    drop(out);
+    std::future::pending::<()>().await;
+    Ok(())
+}

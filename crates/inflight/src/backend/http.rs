@@ -1,0 +1,155 @@
+//! HTTP plumbing shared by the backends: one pooled client, error classification, error-message extraction.
+
+use std::error::Error as _;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use serde_json::Value;
+
+use super::BackendError;
+
+/// A pooled HTTP client for one server.
+#[derive(Clone)]
+pub(crate) struct Http {
+    client: reqwest::Client,
+    base: String,
+    api_key: Option<String>,
+    timeout: Duration,
+}
+
+/// A 2xx answer's parsed body.
+pub(crate) struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub text: String,
+    pub first_byte: Duration,
+}
+
+impl Http {
+    /// A client for `base` (no trailing slash) with a per-request `timeout`.
+    pub fn new(base: &str, api_key: Option<String>, timeout: Duration) -> Result<Http, BackendError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| BackendError::Connect(e.to_string()))?;
+        Ok(Http { client, base: base.trim_end_matches('/').to_owned(), api_key, timeout })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// POSTs a JSON body and returns the parsed 2xx answer.
+    pub async fn post(&self, path: &str, body: String) -> Result<Reply, BackendError> {
+        let mut req = self.client.post(format!("{}{path}", self.base)).header(CONTENT_TYPE, "application/json");
+        if let Some(key) = &self.api_key {
+            req = req.header(AUTHORIZATION, format!("Bearer {key}"));
+        }
+        self.execute(req.body(body), self.timeout).await
+    }
+
+    /// GETs a JSON document with a short timeout (probes).
+    pub async fn get(&self, path: &str, timeout: Duration) -> Result<Reply, BackendError> {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(key) = &self.api_key {
+            req = req.header(AUTHORIZATION, format!("Bearer {key}"));
+        }
+        self.execute(req, timeout).await
+    }
+
+    async fn execute(&self, req: reqwest::RequestBuilder, timeout: Duration) -> Result<Reply, BackendError> {
+        let started = Instant::now();
+        let work = async {
+            let resp = req.send().await.map_err(classify)?;
+            let first_byte = started.elapsed();
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let bytes = resp.bytes().await.map_err(classify)?;
+            Ok::<_, BackendError>((status, headers, bytes, first_byte))
+        };
+        let (status, headers, bytes, first_byte) =
+            tokio::time::timeout(timeout, work).await.map_err(|_| BackendError::Timeout(timeout))??;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if !(200..300).contains(&status) {
+            let parsed: Option<Value> = serde_json::from_str(&text).ok();
+            let message = parsed.as_ref().and_then(error_message).unwrap_or_else(|| short(&text, status));
+            return Err(BackendError::Status {
+                status,
+                message,
+                body: parsed.map(|_| text),
+                retry_after: retry_after(&headers),
+            });
+        }
+        let body: Value = serde_json::from_str(&text)
+            .map_err(|e| BackendError::Malformed(format!("{e} in a {}-byte answer", bytes.len())))?;
+        Ok(Reply { status, headers, body, text, first_byte })
+    }
+}
+
+fn classify(e: reqwest::Error) -> BackendError {
+    let mut detail = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        detail = format!("{detail}: {s}");
+        source = s.source();
+    }
+    if e.is_connect() {
+        BackendError::Connect(detail)
+    } else if e.is_timeout() {
+        BackendError::Timeout(Duration::ZERO)
+    } else {
+        // Includes a body that stopped short (truncated answer, connection dropped mid-body): the connection
+        // was lost, and the outage check decides whether that is the server going away.
+        BackendError::Reset(detail)
+    }
+}
+
+/// The server's own message from `{"error": {"message": ...}}`, `{"error": "..."}` or `{"message": ...}`.
+fn error_message(v: &Value) -> Option<String> {
+    let e = &v["error"];
+    e["message"]
+        .as_str()
+        .or_else(|| e.as_str())
+        .or_else(|| v["message"].as_str())
+        .or_else(|| v["detail"].as_str())
+        .map(str::to_owned)
+}
+
+fn short(text: &str, status: u16) -> String {
+    let t = text.trim();
+    if t.is_empty() {
+        return format!("HTTP {status} with an empty body");
+    }
+    t.chars().take(300).collect()
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn finds_error_messages_in_known_shapes() {
+        assert_eq!(error_message(&json!({"error": {"message": "a"}})).as_deref(), Some("a"));
+        assert_eq!(error_message(&json!({"error": "b"})).as_deref(), Some("b"));
+        assert_eq!(error_message(&json!({"detail": "c"})).as_deref(), Some("c"));
+        assert_eq!(error_message(&json!({"x": 1})), None);
+    }
+
+    #[test]
+    fn parses_retry_after_seconds() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "2".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+}

@@ -1,0 +1,83 @@
+//! Backends: how one request reaches a server, and what comes back.
+//!
+//! Jobs are stored OpenAI-shaped; each backend translates to its server's wire format and translates answers
+//! back, so the dispatcher, the store and the output files see one shape whatever the server.
+
+mod detect;
+mod error;
+mod http;
+mod ollama;
+mod openai;
+
+pub use detect::{connect, ConnectError, ConnectOptions, Connection, DEFAULT_PORTS};
+pub use error::BackendError;
+pub use ollama::OllamaBackend;
+pub use openai::OpenAiBackend;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::job::Endpoint;
+
+/// Which API a server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Api {
+    /// The OpenAI-compatible API (llama-server, vLLM, LM Studio, SGLang).
+    Openai,
+    /// Ollama's native API (`/api/chat`, `/api/generate`, `/api/embed`).
+    Ollama,
+}
+
+/// A successful answer, translated to the OpenAI shape.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status (2xx).
+    pub status_code: u16,
+    /// The server's request id, when it sends one.
+    pub request_id: Option<String>,
+    /// The answer body as OpenAI-shaped JSON text.
+    pub body: String,
+    /// Prompt tokens, when the server reports them.
+    pub prompt_tokens: Option<i64>,
+    /// Completion tokens, when the server reports them.
+    pub completion_tokens: Option<i64>,
+    /// Why generation stopped (`stop`, `length`).
+    pub finish_reason: Option<String>,
+    /// Time from sending to the response headers.
+    pub first_byte: Option<Duration>,
+}
+
+/// What a server says about itself.
+#[derive(Debug, Clone, Default)]
+pub struct ServerInfo {
+    /// Models the server lists (may be empty: llama-server lists only its one model).
+    pub models: Vec<String>,
+    /// A short description, e.g. `ollama 0.12.0` or `openai-compatible`.
+    pub description: String,
+}
+
+/// One inference server.
+///
+/// Contract: [`Backend::send`] returns `Ok` only for a 2xx answer whose body is valid JSON of the endpoint's
+/// shape; every other outcome is a [`BackendError`] that says whether trying again may help.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Sends one request (an OpenAI-shaped `body` for `endpoint`) and waits for the whole answer.
+    async fn send(&self, endpoint: Endpoint, body: &str) -> Result<Answer, BackendError>;
+    /// What the server says about itself and its models; fails if it does not answer.
+    async fn probe(&self) -> Result<ServerInfo, BackendError>;
+    /// The cheapest request that proves the server is up (used to end a pause).
+    async fn ping(&self) -> Result<(), BackendError>;
+    /// The API this backend speaks.
+    fn api(&self) -> Api;
+    /// The server's base URL.
+    fn url(&self) -> &str;
+}
+
+/// Extracts token counts and the finish reason from an OpenAI-shaped answer.
+pub(crate) fn usage_of(body: &serde_json::Value) -> (Option<i64>, Option<i64>, Option<String>) {
+    let usage = &body["usage"];
+    let finish = body["choices"][0]["finish_reason"].as_str().map(str::to_owned);
+    (usage["prompt_tokens"].as_i64(), usage["completion_tokens"].as_i64(), finish)
+}

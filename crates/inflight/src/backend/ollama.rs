@@ -1,0 +1,218 @@
+//! Ollama's native API (`/api/chat`, `/api/generate`, `/api/embed`), translated to and from the OpenAI shape.
+//!
+//! Two Ollama behaviours shape this file. A model unloads after `keep_alive` idle time (default 5 minutes), so
+//! every request carries a longer `keep_alive`. And a request whose runner options (`num_ctx`, `num_batch`,
+//! `num_gpu`, `num_thread`) differ from the loaded model's reloads the model, so runner options are fixed for
+//! the whole run from the command line (`--param num_ctx=8192`) and per-line values are dropped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+
+use super::http::Http;
+use super::{Answer, Api, Backend, BackendError, ServerInfo};
+use crate::job::Endpoint;
+
+/// How long Ollama keeps the model loaded after each request: long enough to bridge any pause in a run.
+pub const KEEP_ALIVE: &str = "30m";
+const RUNNER_OPTIONS: &[&str] = &["num_ctx", "num_batch", "num_gpu", "num_thread"];
+/// OpenAI body fields that are Ollama `options`, with their Ollama names.
+const OPTION_NAMES: &[(&str, &str)] = &[
+    ("max_tokens", "num_predict"),
+    ("max_completion_tokens", "num_predict"),
+    ("n_predict", "num_predict"),
+    ("temperature", "temperature"),
+    ("seed", "seed"),
+    ("top_p", "top_p"),
+    ("top_k", "top_k"),
+    ("min_p", "min_p"),
+    ("stop", "stop"),
+    ("presence_penalty", "presence_penalty"),
+    ("frequency_penalty", "frequency_penalty"),
+    ("repeat_penalty", "repeat_penalty"),
+];
+
+/// An Ollama server.
+pub struct OllamaBackend {
+    http: Http,
+    runner_options: Map<String, Value>,
+    counter: AtomicU64,
+}
+
+impl OllamaBackend {
+    /// A backend for the Ollama server at `url`; `runner_options` are sent with every request.
+    pub fn new(
+        url: &str,
+        api_key: Option<String>,
+        timeout: Duration,
+        runner_options: Map<String, Value>,
+    ) -> Result<OllamaBackend, BackendError> {
+        Ok(OllamaBackend { http: Http::new(url, api_key, timeout)?, runner_options, counter: AtomicU64::new(0) })
+    }
+
+    /// Picks the runner options out of `--param` values.
+    pub fn runner_options_of(params: &[(String, Value)]) -> Map<String, Value> {
+        params.iter().filter(|(k, _)| RUNNER_OPTIONS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// Translates an OpenAI-shaped body to Ollama's request for `endpoint`: `(path, body)`.
+pub fn to_ollama(endpoint: Endpoint, body: &Value, runner: &Map<String, Value>) -> Result<(&'static str, Value), String> {
+    let obj = body.as_object().ok_or("request body is not an object")?;
+    let mut options: Map<String, Value> = obj.get("options").and_then(Value::as_object).cloned().unwrap_or_default();
+    for (openai, ollama) in OPTION_NAMES {
+        if let Some(v) = obj.get(*openai) {
+            options.insert((*ollama).into(), v.clone());
+        }
+    }
+    options.retain(|k, _| !RUNNER_OPTIONS.contains(&k.as_str()));
+    options.extend(runner.clone());
+    let mut out = Map::new();
+    out.insert("model".into(), obj.get("model").cloned().unwrap_or(Value::Null));
+    out.insert("keep_alive".into(), KEEP_ALIVE.into());
+    let path = match endpoint {
+        Endpoint::Embedding => {
+            out.insert("input".into(), obj.get("input").cloned().unwrap_or(Value::Null));
+            out.insert("options".into(), Value::Object(runner.clone()));
+            "/api/embed"
+        }
+        Endpoint::Chat => {
+            out.insert("messages".into(), obj.get("messages").cloned().unwrap_or(Value::Null));
+            out.insert("stream".into(), false.into());
+            out.insert("options".into(), Value::Object(options));
+            "/api/chat"
+        }
+        Endpoint::Completion => {
+            out.insert("prompt".into(), obj.get("prompt").cloned().unwrap_or(Value::Null));
+            out.insert("raw".into(), true.into());
+            out.insert("stream".into(), false.into());
+            out.insert("options".into(), Value::Object(options));
+            "/api/generate"
+        }
+    };
+    if let Some(format) = obj.get("format") {
+        out.insert("format".into(), format.clone());
+    }
+    Ok((path, Value::Object(out)))
+}
+
+/// Translates Ollama's answer to the OpenAI shape, keeping Ollama's timings under `x_ollama`.
+pub fn from_ollama(endpoint: Endpoint, v: &Value, n: u64) -> Value {
+    let prompt = v["prompt_eval_count"].as_i64().unwrap_or(0);
+    let completion = v["eval_count"].as_i64().unwrap_or(0);
+    let timings = json!({
+        "total_duration": v["total_duration"], "load_duration": v["load_duration"],
+        "prompt_eval_duration": v["prompt_eval_duration"], "eval_duration": v["eval_duration"],
+    });
+    let model = v["model"].clone();
+    match endpoint {
+        Endpoint::Embedding => {
+            let data: Vec<Value> = v["embeddings"]
+                .as_array()
+                .map(|e| e.iter().enumerate().map(|(i, x)| json!({"object": "embedding", "index": i, "embedding": x})).collect())
+                .unwrap_or_default();
+            json!({"object": "list", "data": data, "model": model,
+                   "usage": {"prompt_tokens": prompt, "total_tokens": prompt}, "x_ollama": timings})
+        }
+        Endpoint::Chat | Endpoint::Completion => {
+            let finish = v["done_reason"].as_str().unwrap_or("stop");
+            let choice = if endpoint == Endpoint::Chat {
+                json!({"index": 0, "message": {"role": "assistant", "content": v["message"]["content"]}, "finish_reason": finish})
+            } else {
+                json!({"index": 0, "text": v["response"], "finish_reason": finish})
+            };
+            let object = if endpoint == Endpoint::Chat { "chat.completion" } else { "text_completion" };
+            json!({"id": format!("ollama-{n}"), "object": object, "model": model, "choices": [choice],
+                   "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+                   "x_ollama": timings})
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for OllamaBackend {
+    async fn send(&self, endpoint: Endpoint, body: &str) -> Result<Answer, BackendError> {
+        let parsed: Value = serde_json::from_str(body).map_err(|e| BackendError::Status {
+            status: 400,
+            message: format!("stored request is not JSON: {e}"),
+            body: None,
+            retry_after: None,
+        })?;
+        let (path, req) = to_ollama(endpoint, &parsed, &self.runner_options)
+            .map_err(|message| BackendError::Status { status: 400, message, body: None, retry_after: None })?;
+        let reply = self.http.post(path, req.to_string()).await?;
+        let ok = match endpoint {
+            Endpoint::Embedding => reply.body["embeddings"].is_array(),
+            _ => reply.body["done"].as_bool() == Some(true),
+        };
+        if !ok {
+            return Err(BackendError::Malformed(format!("an answer from {path} without its expected fields")));
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let translated = from_ollama(endpoint, &reply.body, n);
+        let (prompt_tokens, completion_tokens, finish_reason) = super::usage_of(&translated);
+        Ok(Answer {
+            status_code: reply.status,
+            request_id: Some(format!("ollama-{n}")),
+            body: translated.to_string(),
+            prompt_tokens,
+            completion_tokens: completion_tokens.filter(|_| endpoint != Endpoint::Embedding),
+            finish_reason,
+            first_byte: Some(reply.first_byte),
+        })
+    }
+
+    async fn probe(&self) -> Result<ServerInfo, BackendError> {
+        let version = self.http.get("/api/version", Duration::from_secs(5)).await?;
+        let tags = self.http.get("/api/tags", Duration::from_secs(5)).await?;
+        let models = tags.body["models"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|x| x["name"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        Ok(ServerInfo { models, description: format!("Ollama {}", version.body["version"].as_str().unwrap_or("?")) })
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.http.get("/api/version", Duration::from_secs(5)).await.map(|_| ())
+    }
+
+    fn api(&self) -> Api {
+        Api::Ollama
+    }
+
+    fn url(&self) -> &str {
+        self.http.base()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_request_maps_options_and_pins_runner_options() {
+        let body = json!({"model": "m", "messages": [], "max_tokens": 8, "temperature": 0.1, "num_ctx": 1,
+                          "options": {"num_ctx": 99}});
+        let runner: Map<String, Value> = [("num_ctx".to_string(), json!(4096))].into_iter().collect();
+        let (path, req) = to_ollama(Endpoint::Chat, &body, &runner).unwrap();
+        assert_eq!(path, "/api/chat");
+        assert_eq!(req["options"], json!({"num_predict": 8, "temperature": 0.1, "num_ctx": 4096}));
+        assert_eq!(req["keep_alive"], KEEP_ALIVE);
+        assert_eq!(req["stream"], false);
+    }
+
+    #[test]
+    fn answers_become_openai_shaped() {
+        let v = json!({"model": "m", "message": {"content": "hi"}, "done": true, "done_reason": "length",
+                       "prompt_eval_count": 5, "eval_count": 7, "load_duration": 10});
+        let out = from_ollama(Endpoint::Chat, &v, 1);
+        assert_eq!(out["choices"][0]["message"]["content"], "hi");
+        assert_eq!(out["choices"][0]["finish_reason"], "length");
+        assert_eq!(out["usage"]["total_tokens"], 12);
+        assert_eq!(out["x_ollama"]["load_duration"], 10);
+        let e = from_ollama(Endpoint::Embedding, &json!({"embeddings": [[1.0], [2.0]]}), 2);
+        assert_eq!(e["data"][1]["embedding"], json!([2.0]));
+    }
+}

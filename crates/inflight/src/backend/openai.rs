@@ -1,0 +1,72 @@
+//! The OpenAI-compatible API: llama-server, vLLM, LM Studio, SGLang.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::http::Http;
+use super::{usage_of, Answer, Api, Backend, BackendError, ServerInfo};
+use crate::job::Endpoint;
+
+/// A server speaking `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
+pub struct OpenAiBackend {
+    http: Http,
+}
+
+impl OpenAiBackend {
+    /// A backend for the server at `url`.
+    pub fn new(url: &str, api_key: Option<String>, timeout: Duration) -> Result<OpenAiBackend, BackendError> {
+        Ok(OpenAiBackend { http: Http::new(url, api_key, timeout)? })
+    }
+}
+
+#[async_trait]
+impl Backend for OpenAiBackend {
+    async fn send(&self, endpoint: Endpoint, body: &str) -> Result<Answer, BackendError> {
+        let reply = self.http.post(endpoint.path(), body.to_owned()).await?;
+        let shape_ok = match endpoint {
+            Endpoint::Embedding => reply.body["data"].is_array(),
+            _ => reply.body["choices"].is_array(),
+        };
+        if !shape_ok {
+            return Err(BackendError::Malformed(format!("a 2xx answer without the {} shape", endpoint.path())));
+        }
+        let (prompt_tokens, completion_tokens, finish_reason) = usage_of(&reply.body);
+        let request_id = reply
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| reply.body["id"].as_str().map(str::to_owned));
+        Ok(Answer {
+            status_code: reply.status,
+            request_id,
+            body: reply.text,
+            prompt_tokens,
+            completion_tokens,
+            finish_reason,
+            first_byte: Some(reply.first_byte),
+        })
+    }
+
+    async fn probe(&self) -> Result<ServerInfo, BackendError> {
+        let reply = self.http.get("/v1/models", Duration::from_secs(5)).await?;
+        let models = reply.body["data"]
+            .as_array()
+            .map(|d| d.iter().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        Ok(ServerInfo { models, description: "OpenAI-compatible".into() })
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.http.get("/v1/models", Duration::from_secs(5)).await.map(|_| ())
+    }
+
+    fn api(&self) -> Api {
+        Api::Openai
+    }
+
+    fn url(&self) -> &str {
+        self.http.base()
+    }
+}

@@ -1,0 +1,47 @@
+//! `inflight export`: write a run's output files from its state, at any time (also while it runs).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::state::is_live;
+use super::{setup_error, Exit};
+use crate::output::{errors_path, export, Format};
+use crate::store::Store;
+
+/// Arguments of `inflight export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// The run's state database.
+    #[arg(long, value_name = "PATH")]
+    pub state: PathBuf,
+    /// Where to write results; errors go to OUT.errors.jsonl beside it.
+    #[arg(short, long, value_name = "OUT.jsonl")]
+    pub output: PathBuf,
+    /// Output line shape.
+    #[arg(long, value_enum, default_value = "batch")]
+    pub format: Format,
+}
+
+/// Runs the command.
+pub fn execute(args: ExportArgs) -> anyhow::Result<Exit> {
+    let store = Store::open_read_only(&args.state).map_err(|e| setup_error(e.to_string()))?;
+    if is_live(&args.state) {
+        let target = std::path::absolute(&args.output)?;
+        if let Some(live_out) = store.meta("output")?.map(PathBuf::from) {
+            if live_out == target || errors_path(&live_out) == target {
+                return Err(setup_error(format!(
+                    "{} is being written by the live run; export to another path",
+                    args.output.display()
+                )));
+            }
+        }
+    }
+    let (done, errors) = export(&store, &args.output, args.format)?;
+    eprintln!(
+        "exported {done} results to {} and {errors} error records to {}",
+        args.output.display(),
+        errors_path(&args.output).display()
+    );
+    Ok(Exit::Success)
+}

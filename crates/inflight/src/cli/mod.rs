@@ -1,0 +1,74 @@
+//! The command line: one file per command, clap derive, doc comments as help text.
+
+mod export;
+mod parse;
+mod run;
+mod state;
+mod status;
+
+pub use export::ExportArgs;
+pub use run::RunArgs;
+pub use status::StatusArgs;
+
+use clap::{Parser, Subcommand};
+
+/// Push large batches of jobs through local LLM servers (Ollama, llama-server, vLLM, LM Studio) at the
+/// fastest sustainable rate, durably: results exactly once, resumable after any crash.
+#[derive(Debug, Parser)]
+#[command(name = "inflight", version, propagate_version = true, max_term_width = 110)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log more (-v: info, -vv: debug). Logs go to stderr; RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a JSONL file of jobs against a server; run it again to resume.
+    Run(Box<RunArgs>),
+    /// Show a run's progress and summary (from any terminal, while it runs or after).
+    Status(StatusArgs),
+    /// Write a run's output files from its state, at any time.
+    Export(ExportArgs),
+}
+
+/// Process exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Every job succeeded.
+    Success = 0,
+    /// The run finished, but some jobs failed or some lines were bad.
+    SomeFailed = 1,
+    /// Usage or setup error (also: the first requests all failed the same way).
+    Setup = 2,
+    /// Interrupted by Ctrl-C or SIGTERM.
+    Interrupted = 130,
+}
+
+/// An error that ends the command with a specific exit code (others exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CommandError {
+    /// The exit code.
+    pub exit: Exit,
+    /// What to tell the user.
+    pub message: String,
+}
+
+/// Shorthand for a setup error.
+pub fn setup_error(message: impl Into<String>) -> anyhow::Error {
+    CommandError { exit: Exit::Setup, message: message.into() }.into()
+}
+
+/// Runs a parsed command line.
+pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
+    match cli.command {
+        Command::Run(args) => run::execute(*args).await,
+        Command::Status(args) => status::execute(args),
+        Command::Export(args) => export::execute(args),
+    }
+}

@@ -1,0 +1,78 @@
+//! Value parsers for the command line: durations (`30s`, `10m`, `500ms`), counts (`10k`, `1M`),
+//! `key=value` parameters.
+
+use std::time::Duration;
+
+/// Parses `500ms`, `30s`, `10m`, `2h`, or a bare number of seconds.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a duration like 30s, 10m or 500ms"))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("{s:?} must be a positive duration"));
+    }
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `1000`, `10k`, `1M`.
+pub fn count(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1_000),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1_000_000),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a count like 500, 10k or 1M"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses `key=value`; the value is JSON when it parses as JSON (`0.9`, `true`, `["a"]`), a string otherwise.
+pub fn param(s: &str) -> Result<(String, serde_json::Value), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty key"));
+    }
+    let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_owned()));
+    Ok((k.to_owned(), value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("2"), Ok(Duration::from_secs(2)));
+        assert!(duration("5x").is_err());
+        assert!(duration("-1s").is_err());
+    }
+
+    #[test]
+    fn counts() {
+        assert_eq!(count("10k"), Ok(10_000));
+        assert_eq!(count("1M"), Ok(1_000_000));
+        assert_eq!(count("7"), Ok(7));
+        assert!(count("k").is_err());
+    }
+
+    #[test]
+    fn params() {
+        assert_eq!(param("top_p=0.9"), Ok(("top_p".into(), serde_json::json!(0.9))));
+        assert_eq!(param("stop=[\"\\n\"]"), Ok(("stop".into(), serde_json::json!(["\n"]))));
+        assert_eq!(param("x=hello"), Ok(("x".into(), serde_json::json!("hello"))));
+        assert!(param("nokey").is_err());
+    }
+}

@@ -1,0 +1,350 @@
+//! `inflight run`: check the server, ingest the input into the state, reconcile the output files, dispatch,
+//! summarize. Running the same command again resumes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::state::{default_state_path, lock, remove_state};
+use super::{parse, setup_error, CommandError, Exit};
+use crate::backend::{connect, Api, ConnectOptions, OllamaBackend};
+use crate::dispatch::{dispatch, DispatchConfig, Ending, Health, Verdict};
+use crate::job::{LineReader, Parser, RequestDefaults, Template};
+use crate::output::{errors_path, Format, OutputFiles};
+use crate::report::{spawn_progress, Display, LiveStats, ProgressSource, Summary, SummaryInput};
+use crate::store::{Store, Writer};
+use crate::tune::Limiter;
+
+/// Arguments of `inflight run`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Input lines: OpenAI Batch request lines ({\"custom_id\", \"method\", \"url\", \"body\"}), \
+simple lines ({\"id\"?, \"prompt\"} | {\"id\"?, \"messages\"} | {\"id\"?, \"input\"}), or any JSON object with \
+--template. Results go to OUT.jsonl, failures and bad lines to OUT.errors.jsonl, state to OUT.inflight.db. \
+Exit codes: 0 all succeeded, 1 some failed or bad lines, 2 usage/setup error, 130 interrupted.")]
+pub struct RunArgs {
+    /// The jobs: a JSONL file, or `-` for standard input.
+    pub input: PathBuf,
+    /// Where results go (one JSON line per successful job); failures go to OUT.errors.jsonl beside it.
+    #[arg(short, long, value_name = "OUT.jsonl", required_unless_present = "dry_run")]
+    pub output: Option<PathBuf>,
+    /// The server's base URL. Default: the first of localhost:11434, 8080, 8000, 1234, 30000 that answers.
+    #[arg(long, env = "INFLIGHT_SERVER")]
+    pub server: Option<String>,
+    /// The server's API; detected when not given.
+    #[arg(long, value_enum)]
+    pub api: Option<Api>,
+    /// Bearer token for servers that need one (never printed or logged).
+    #[arg(long, env = "INFLIGHT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Model for lines that name none.
+    #[arg(short, long)]
+    pub model: Option<String>,
+    /// Prompt template (Jinja syntax) rendered over each line's fields, e.g. `Extract claims: {{ segment }}`.
+    #[arg(long, value_name = "FILE")]
+    pub template: Option<PathBuf>,
+    /// System message for prompt and template lines.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Default `max_tokens` for lines that set none.
+    #[arg(long)]
+    pub max_tokens: Option<u64>,
+    /// Default `temperature`.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Default `seed`.
+    #[arg(long)]
+    pub seed: Option<i64>,
+    /// Any other request parameter, `key=value` (value parsed as JSON when it can be); repeatable.
+    /// For Ollama, `num_ctx`/`num_batch`/`num_gpu`/`num_thread` set here are sent with every request.
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse::param)]
+    pub params: Vec<(String, serde_json::Value)>,
+    /// Send `prompt` lines as raw completions (`/v1/completions`, no chat template) instead of chat.
+    #[arg(long)]
+    pub completions: bool,
+    /// Requests in flight.
+    #[arg(short, long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Attempts per job for transient failures (connection errors, timeouts, 429/5xx).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// How long one request may take.
+    #[arg(long, default_value = "10m", value_parser = parse::duration)]
+    pub request_timeout: Duration,
+    /// After Ctrl-C, how long requests in flight may finish.
+    #[arg(long, default_value = "30s", value_parser = parse::duration)]
+    pub drain_timeout: Duration,
+    /// Output line shape.
+    #[arg(long, value_enum, default_value = "batch")]
+    pub format: Format,
+    /// The state database. Default: OUT.inflight.db beside the output.
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    /// Throw away the existing state and start over.
+    #[arg(long)]
+    pub restart: bool,
+    /// Send failed jobs again (their error lines are removed).
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Send at most N jobs in this session (e.g. 100, 10k).
+    #[arg(long, value_parser = parse::count)]
+    pub limit: Option<u64>,
+    /// Parse and render every line and show what would be sent; send nothing, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Longest accepted input line, in bytes.
+    #[arg(long, default_value = "10485760", value_parser = parse::count)]
+    pub max_line_bytes: u64,
+    /// Status line period when stderr is not a terminal.
+    #[arg(long, default_value = "10s", value_parser = parse::duration)]
+    pub status_every: Duration,
+    /// No progress display.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())));
+    }
+    let file = std::fs::File::open(path).map_err(|e| setup_error(format!("cannot read {}: {e}", path.display())))?;
+    Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
+}
+
+fn build_parser(args: &RunArgs) -> anyhow::Result<Parser> {
+    let template = match &args.template {
+        Some(path) => {
+            let src = std::fs::read_to_string(path)
+                .map_err(|e| setup_error(format!("cannot read template {}: {e}", path.display())))?;
+            let t = Template::new(src.clone())
+                .map_err(|e| setup_error(format!("template {} does not compile: {e}", path.display())))?;
+            Some((t, src))
+        }
+        None => None,
+    };
+    let defaults = RequestDefaults {
+        model: args.model.clone(),
+        max_tokens: args.max_tokens,
+        temperature: args.temperature,
+        seed: args.seed,
+        params: args.params.clone(),
+        system: args.system.clone(),
+        completions: args.completions,
+    };
+    Ok(Parser::new(defaults, template))
+}
+
+/// Runs the command.
+pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
+    let parser = build_parser(&args)?;
+    if args.dry_run {
+        return dry_run(&args, &parser);
+    }
+    let out = args.output.clone().expect("clap requires --output without --dry-run");
+    let state_path = args.state.clone().unwrap_or_else(|| default_state_path(&out));
+    let _lock = lock(&state_path)?;
+    if args.restart {
+        remove_state(&state_path).with_context(|| format!("removing {}", state_path.display()))?;
+    }
+
+    let opts = ConnectOptions {
+        api_key: args.api_key.clone(),
+        request_timeout: args.request_timeout,
+        runner_options: OllamaBackend::runner_options_of(&args.params),
+    };
+    let conn = connect(args.server.as_deref(), args.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
+    check_model(&args, &conn)?;
+    tracing::info!(server = conn.backend.url(), "{}", conn.info.description);
+
+    let mut store = Store::open(&state_path).map_err(|e| setup_error(e.to_string()))?;
+    let fresh = check_identity(&store, &parser, &args, &state_path)?;
+    ingest(&mut store, &args, &parser, fresh).await?;
+    let mut rebuild = store.meta("format")?.is_some_and(|f| f != args.format.name());
+    store.set_meta("format", args.format.name())?;
+    store.set_meta("output", &std::path::absolute(&out)?.to_string_lossy())?;
+    if args.retry_failed {
+        let n = store.reopen_failed()?;
+        eprintln!("--retry-failed: {n} failed jobs will be sent again");
+        rebuild |= n > 0;
+    }
+
+    let counts = store.counts()?;
+    let files = OutputFiles::open(&out, &store, args.format, rebuild)?;
+    let reader = store.reopen()?;
+    let writer = Writer::spawn(store, files)?;
+
+    let stop = CancellationToken::new();
+    spawn_signal_handler(stop.clone(), args.drain_timeout);
+    let limiter = Limiter::new(args.concurrency);
+    let health = Health::new(conn.backend.clone(), stop.clone());
+    let stats = Arc::new(LiveStats::default());
+    let progress = spawn_progress(ProgressSource {
+        stats: stats.clone(),
+        limiter: limiter.clone(),
+        health: health.clone(),
+        writer: writer.sender(),
+        finished_before: counts.done + counts.failed,
+        total: counts.total(),
+        status_every: args.status_every,
+        display: Display::detect(args.quiet),
+    });
+    let started = Instant::now();
+    let config = DispatchConfig { max_attempts: args.max_attempts, drain_timeout: args.drain_timeout, limit: args.limit };
+    let ending =
+        dispatch(&reader, conn.backend.clone(), limiter, health, writer.sender(), stats.clone(), config, stop).await;
+    let wall = started.elapsed();
+    progress.finish().await;
+    writer.finish().context("recording results")?;
+    let ending = ending?;
+
+    let counts = reader.counts()?;
+    let session_jobs = stats.done.load(std::sync::atomic::Ordering::Relaxed) + stats.failed.load(std::sync::atomic::Ordering::Relaxed);
+    let summary = Summary::new(SummaryInput {
+        counts,
+        latency: reader.latency_histogram()?,
+        session: Some((session_jobs, stats.completion_tokens.load(std::sync::atomic::Ordering::Relaxed), wall)),
+        retries: stats.retries.load(std::sync::atomic::Ordering::Relaxed),
+    });
+    println!("{}", summary.render());
+    println!("  results: {}  errors: {}  state: {}", out.display(), errors_path(&out).display(), state_path.display());
+    match ending {
+        Ending::Aborted(Verdict::SameFailure(message)) => Err(CommandError {
+            exit: Exit::Setup,
+            message: format!("stopped: {message}\nNothing was recorded for those jobs; fix the cause and run again."),
+        }
+        .into()),
+        Ending::Aborted(Verdict::WriterFailed) => Err(setup_error("the state writer failed")),
+        Ending::Interrupted => {
+            eprintln!("interrupted: run the same command again to resume ({} jobs pending)", counts.pending);
+            Ok(Exit::Interrupted)
+        }
+        Ending::Finished if counts.failed > 0 || counts.bad_lines > 0 => Ok(Exit::SomeFailed),
+        Ending::Finished => Ok(Exit::Success),
+    }
+}
+
+fn check_model(args: &RunArgs, conn: &crate::backend::Connection) -> anyhow::Result<()> {
+    let (Some(model), Api::Ollama) = (&args.model, conn.backend.api()) else { return Ok(()) };
+    let known = |m: &String| m == model || m.strip_suffix(":latest") == Some(model.as_str());
+    if !conn.info.models.iter().any(known) {
+        return Err(setup_error(format!(
+            "model {model:?} is not on the Ollama server at {} (it has: {}); pull it with `ollama pull {model}`",
+            conn.backend.url(),
+            conn.info.models.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a state that was started with other settings or another input. Returns whether the state is new.
+fn check_identity(store: &Store, parser: &Parser, args: &RunArgs, state: &Path) -> anyhow::Result<bool> {
+    let fingerprint = parser.fingerprint();
+    match store.meta("settings")? {
+        None => {
+            store.set_meta("settings", &fingerprint)?;
+            store.set_meta("input", &args.input.to_string_lossy())?;
+            Ok(true)
+        }
+        Some(f) if f == fingerprint => Ok(false),
+        Some(_) => Err(setup_error(format!(
+            "{} belongs to a run with other settings (model, template, system or generation parameters).\n\
+             Pass --restart to start over with these settings, or --state to start a separate run.",
+            state.display()
+        ))),
+    }
+}
+
+/// Ingests the input (or the rest of it), or, for a complete ingest, checks the input did not change.
+async fn ingest(store: &mut Store, args: &RunArgs, parser: &Parser, fresh: bool) -> anyhow::Result<()> {
+    let mut reader = LineReader::new(open_input(&args.input)?, args.max_line_bytes as usize);
+    let done_lines: u64 = store.meta("ingest_lines")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let recorded_sha = store.meta("ingest_sha256")?;
+    let changed = || {
+        setup_error(format!(
+            "the input {} changed since this run began; pass --restart to start over with it",
+            args.input.display()
+        ))
+    };
+    if !fresh {
+        reader.skip_lines(done_lines)?;
+        if recorded_sha.is_some_and(|s| s != reader.digest_so_far()) {
+            return Err(changed());
+        }
+    }
+    if store.meta("ingest_done")?.is_some() {
+        // Complete: the rest of the input must be empty.
+        if reader.next_line()?.is_some() {
+            return Err(changed());
+        }
+        return Ok(());
+    }
+    let started = Instant::now();
+    let report = tokio::task::block_in_place(|| {
+        store.ingest(&mut reader, parser, |lines| {
+            if started.elapsed() > Duration::from_secs(2) && !args.quiet {
+                eprintln!("ingesting: {lines} lines");
+            }
+        })
+    })?;
+    tracing::info!(jobs = report.jobs, bad_lines = report.bad_lines, "ingested in {:?}", started.elapsed());
+    Ok(())
+}
+
+fn dry_run(args: &RunArgs, parser: &Parser) -> anyhow::Result<Exit> {
+    let mut reader = LineReader::new(open_input(&args.input)?, args.max_line_bytes as usize);
+    let (mut jobs, mut bad, mut shown) = (0u64, 0u64, 0);
+    while let Some(line) = reader.next_line()? {
+        let parsed = match line {
+            crate::job::RawLine::Line(n, bytes) => parser.parse(n, &bytes),
+            crate::job::RawLine::TooLong(n, len) => {
+                Err(crate::job::BadLine { line: n, code: "line_too_long", message: format!("{len} bytes") })
+            }
+        };
+        match parsed {
+            Ok(Some(job)) => {
+                jobs += 1;
+                if shown < 3 {
+                    println!("{} {} {}", job.id, job.endpoint.path(), job.body);
+                    shown += 1;
+                }
+            }
+            Ok(None) => {}
+            Err(b) => {
+                bad += 1;
+                println!("line {}: {} ({})", b.line, b.code, b.message);
+            }
+        }
+    }
+    println!("dry run: {jobs} jobs, {bad} bad lines; nothing sent");
+    Ok(if bad > 0 { Exit::SomeFailed } else { Exit::Success })
+}
+
+async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
+    match term {
+        Some(t) => {
+            tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = t.recv() => {} }
+        }
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// First Ctrl-C or SIGTERM: stop sending and drain. Second: exit at once (the state is safe either way).
+fn spawn_signal_handler(stop: CancellationToken, drain: Duration) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        next_signal(&mut term).await;
+        eprintln!(
+            "\nstopping: waiting up to {}s for requests in flight (Ctrl-C again to quit now; the run resumes either way)",
+            drain.as_secs()
+        );
+        stop.cancel();
+        next_signal(&mut term).await;
+        std::process::exit(Exit::Interrupted as i32);
+    });
+}

@@ -1,0 +1,53 @@
+//! `inflight status`: a run's progress and summary from its state, from any terminal.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::json;
+
+use super::state::is_live;
+use super::{setup_error, Exit};
+use crate::report::{Summary, SummaryInput};
+use crate::store::Store;
+
+/// Arguments of `inflight status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The run's state database (OUT.inflight.db beside its output).
+    #[arg(long, value_name = "PATH")]
+    pub state: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the command. Exit 0 when every job succeeded, 1 otherwise (still going, failures or bad lines).
+pub fn execute(args: StatusArgs) -> anyhow::Result<Exit> {
+    let store = Store::open_read_only(&args.state).map_err(|e| setup_error(e.to_string()))?;
+    let counts = store.counts()?;
+    let summary = Summary::new(SummaryInput { counts, latency: store.latency_histogram()?, session: None, retries: 0 });
+    let live = is_live(&args.state);
+    let live_line = if live {
+        store.meta("live")?.and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+    } else {
+        None
+    };
+    let state = match (live, counts.pending) {
+        (true, _) => "running",
+        (false, 0) => "finished",
+        (false, _) => "stopped",
+    };
+    if args.json {
+        println!("{}", json!({"state": state, "summary": summary, "live": live_line}));
+    } else {
+        println!("{state}: {}", args.state.display());
+        if let Some(line) = live_line.as_ref().and_then(|l| l["line"].as_str()) {
+            println!("  now: {line}");
+        }
+        println!("{}", summary.render());
+        if state == "stopped" {
+            println!("  run the same `inflight run` command again to resume");
+        }
+    }
+    Ok(if state == "finished" && counts.failed == 0 && counts.bad_lines == 0 { Exit::Success } else { Exit::SomeFailed })
+}

@@ -1,0 +1,93 @@
+//! Outage detection: a failure to reach the server costs a job an attempt only while the server still
+//! answers (a ping right after the failure). When nobody gets through, the run pauses (no attempts spent), probes with backoff and resumes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Mutex};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::Backend;
+
+/// Shared view of whether the server is reachable.
+#[derive(Clone)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    open: watch::Sender<bool>,
+    check: Mutex<()>,
+    stop: CancellationToken,
+}
+
+impl Health {
+    /// Health of `backend`; waiting stops when `stop` is cancelled.
+    pub fn new(backend: Arc<dyn Backend>, stop: CancellationToken) -> Health {
+        let (open, _) = watch::channel(true);
+        Health {
+            inner: Arc::new(Inner {
+                backend,
+                open,
+                check: Mutex::new(()),
+                stop,
+            }),
+        }
+    }
+
+    /// Whether the run is paused for an outage.
+    pub fn is_paused(&self) -> bool {
+        !*self.inner.open.borrow()
+    }
+
+    /// Waits until the run is not paused. Returns false if the run is stopping.
+    pub async fn wait_open(&self) -> bool {
+        let mut rx = self.inner.open.subscribe();
+        tokio::select! {
+            r = rx.wait_for(|open| *open) => r.is_ok(),
+            _ = self.inner.stop.cancelled() => false,
+        }
+    }
+
+    /// A request could not reach the server. Returns whether that should cost the job an attempt: yes if the
+    /// server answers a ping right after (the failure was this request's own); otherwise the run pauses until
+    /// the server is back (or the run stops) and the attempt is free. Checks are serialized, so a burst of
+    /// failures costs one ping, and those behind it find the run paused.
+    pub async fn unreachable(&self) -> bool {
+        {
+            let _guard = self.inner.check.lock().await;
+            if !self.is_paused() {
+                if self.inner.backend.ping().await.is_ok() {
+                    return true;
+                }
+                tracing::warn!(server = self.inner.backend.url(), "server unreachable: pausing until it is back");
+                self.inner.open.send_replace(false);
+                tokio::spawn(self.clone().probe());
+            }
+        }
+        self.wait_open().await;
+        false
+    }
+
+    async fn probe(self) {
+        let mut delay = Duration::from_millis(250);
+        let down_since = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.inner.stop.cancelled() => return,
+            }
+            if self.inner.backend.ping().await.is_ok() {
+                tracing::warn!(
+                    server = self.inner.backend.url(),
+                    "server is back after {:.0}s: resuming",
+                    down_since.elapsed().as_secs_f64()
+                );
+                self.inner.open.send_replace(true);
+                return;
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The run loop: claim pending jobs page by page, send each under a permit from the [`Limiter`], retry
+//! transient failures, and hand every outcome to the recorder. It never decides how many requests to send.
+//!
+//! Stopping: the `stop` token (Ctrl-C, SIGTERM, or the recorder's verdict) ends claiming; requests in flight get
+//! `drain_timeout` to finish and be recorded; then the rest are cancelled and stay pending for the next run.
+
+mod health;
+mod recorder;
+mod retry;
+
+pub use health::Health;
+pub use recorder::{Outcome, Verdict, PROBATION};
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, BackendError};
+use crate::report::LiveStats;
+use crate::store::{now_ms, Completion, Failure, PendingJob, Store, StoreError, WriteMsg};
+use crate::tune::{Limiter, Permit};
+
+const PAGE: usize = 1024;
+
+/// How the dispatcher behaves.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// Attempts per job before it fails (transient errors only; permanent ones fail at once).
+    pub max_attempts: u32,
+    /// How long requests in flight may finish after a stop.
+    pub drain_timeout: Duration,
+    /// Send at most this many jobs in this session.
+    pub limit: Option<u64>,
+}
+
+/// How a dispatch ended.
+#[derive(Debug, Clone)]
+pub enum Ending {
+    /// Every pending job was sent and recorded (or `--limit` was reached).
+    Finished,
+    /// Stopped by a signal; unfinished jobs stay pending.
+    Interrupted,
+    /// Stopped by the recorder's verdict.
+    Aborted(Verdict),
+}
+
+/// Everything a job task needs.
+struct Ctx {
+    backend: Arc<dyn Backend>,
+    limiter: Limiter,
+    health: Health,
+    writer: Sender<WriteMsg>,
+    outcomes: tokio::sync::mpsc::UnboundedSender<Outcome>,
+    stats: Arc<LiveStats>,
+    config: DispatchConfig,
+    /// Soft stop: no new sends, no more retries.
+    stop: CancellationToken,
+    /// Hard stop: cancel requests in flight.
+    hard: CancellationToken,
+}
+
+/// Runs until every pending job is recorded, or until `stop`.
+#[allow(clippy::too_many_arguments)]
+pub async fn dispatch(
+    reader: &Store,
+    backend: Arc<dyn Backend>,
+    limiter: Limiter,
+    health: Health,
+    writer: Sender<WriteMsg>,
+    stats: Arc<LiveStats>,
+    config: DispatchConfig,
+    stop: CancellationToken,
+) -> Result<Ending, StoreError> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let recorder = tokio::spawn(recorder::record(rx, writer.clone(), stats.clone(), stop.clone()));
+    let ctx = Arc::new(Ctx {
+        backend,
+        limiter,
+        health,
+        writer,
+        outcomes: tx,
+        stats,
+        config,
+        stop: stop.clone(),
+        hard: CancellationToken::new(),
+    });
+    let mut tasks = JoinSet::new();
+    let claimed = claim_loop(reader, &ctx, &mut tasks).await;
+    drain(&ctx, &mut tasks).await;
+    let signalled = stop.is_cancelled();
+    drop(ctx);
+    let verdict = recorder.await.unwrap_or(Some(Verdict::WriterFailed));
+    claimed?;
+    Ok(match verdict {
+        Some(v) => Ending::Aborted(v),
+        None if signalled => Ending::Interrupted,
+        None => Ending::Finished,
+    })
+}
+
+async fn claim_loop(reader: &Store, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) -> Result<(), StoreError> {
+    let mut cursor = 0;
+    let mut sent = 0u64;
+    loop {
+        let page = reader.pending_page(cursor, PAGE)?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        for job in page {
+            if ctx.config.limit.is_some_and(|l| sent >= l) {
+                return Ok(());
+            }
+            cursor = job.seq;
+            let Some(permit) = acquire(ctx).await else { return Ok(()) };
+            sent += 1;
+            tasks.spawn(run_job(ctx.clone(), job, permit));
+            while tasks.try_join_next().is_some() {}
+        }
+    }
+}
+
+/// A permit once the server is reachable, or `None` when the run is stopping.
+async fn acquire(ctx: &Ctx) -> Option<Permit> {
+    loop {
+        if !ctx.health.wait_open().await {
+            return None;
+        }
+        let permit = tokio::select! {
+            p = ctx.limiter.acquire() => p,
+            _ = ctx.stop.cancelled() => return None,
+        };
+        if !ctx.health.is_paused() {
+            return Some(permit);
+        }
+    }
+}
+
+async fn drain(ctx: &Ctx, tasks: &mut JoinSet<()>) {
+    let stopped = tokio::select! {
+        _ = join_all(tasks) => false,
+        _ = ctx.stop.cancelled() => true,
+    };
+    if stopped && tokio::time::timeout(ctx.config.drain_timeout, join_all(tasks)).await.is_err() {
+        tracing::warn!("{} requests still in flight after the drain timeout: cancelled, they stay pending", tasks.len());
+        ctx.hard.cancel();
+        tasks.abort_all();
+        join_all(tasks).await;
+    }
+}
+
+async fn join_all(tasks: &mut JoinSet<()>) {
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Sends one job until it succeeds, fails for good, or the run stops (then it stays pending).
+async fn run_job(ctx: Arc<Ctx>, job: PendingJob, permit: Permit) {
+    let mut permit = Some(permit);
+    let mut attempts = job.attempts;
+    loop {
+        let sent_ms = now_ms();
+        let result = tokio::select! {
+            r = ctx.backend.send(job.endpoint, &job.body) => r,
+            _ = ctx.hard.cancelled() => return,
+        };
+        let error = match result {
+            Ok(answer) => {
+                let done = Completion {
+                    seq: job.seq,
+                    id: job.id,
+                    attempts: attempts + 1,
+                    sent_ms,
+                    first_byte_ms: answer.first_byte.map(|d| sent_ms + d.as_millis() as i64),
+                    finished_ms: now_ms(),
+                    prompt_tokens: answer.prompt_tokens,
+                    completion_tokens: answer.completion_tokens,
+                    finish_reason: answer.finish_reason,
+                    status_code: answer.status_code,
+                    request_id: answer.request_id.unwrap_or_else(|| format!("inflight-{}", job.seq)),
+                    response: answer.body,
+                };
+                let _ = ctx.outcomes.send(Outcome::Done(Box::new(done)));
+                return;
+            }
+            Err(e) => e,
+        };
+        drop(permit.take());
+        let counts = !error.is_unreachable() || ctx.health.unreachable().await;
+        if counts {
+            attempts += 1;
+        }
+        if !error.is_retryable() || attempts >= ctx.config.max_attempts {
+            let permanent = !error.is_retryable();
+            let _ = ctx.outcomes.send(Outcome::Failed { failure: failure(&job, attempts, sent_ms, &error), permanent });
+            return;
+        }
+        if counts {
+            ctx.stats.retries.fetch_add(1, Ordering::Relaxed);
+            let _ = ctx.writer.send(WriteMsg::Attempt { seq: job.seq, attempts, error: error.to_string() });
+            tracing::debug!(id = %job.id, attempts, "retrying after: {error}");
+            tokio::select! {
+                _ = tokio::time::sleep(retry::backoff(attempts, error.retry_after())) => {}
+                _ = ctx.stop.cancelled() => return,
+            }
+        }
+        match acquire(&ctx).await {
+            Some(p) => permit = Some(p),
+            None => return,
+        }
+    }
+}
+
+fn failure(job: &PendingJob, attempts: u32, sent_ms: i64, error: &BackendError) -> Box<Failure> {
+    let message = if error.is_retryable() { format!("gave up after {attempts} attempts: {error}") } else { error.to_string() };
+    Box::new(Failure {
+        seq: job.seq,
+        id: job.id.clone(),
+        line: job.line,
+        attempts,
+        sent_ms: Some(sent_ms),
+        finished_ms: now_ms(),
+        status_code: error.status(),
+        response: error.body().map(str::to_owned),
+        code: error.kind().to_owned(),
+        message,
+    })
+}

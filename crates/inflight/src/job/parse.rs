@@ -1,0 +1,274 @@
+//! Turning one input line into a [`Job`] or a [`BadLine`].
+//!
+//! Three shapes are accepted (see the README): OpenAI Batch request lines (`url` + `body`), simple lines
+//! (`prompt`, `messages` or `input`), and any object rendered through `--template`. Flags give defaults that a
+//! line's own fields override. A line that cannot become a job is a [`BadLine`] with a short code; it never
+//! stops the run.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::{Endpoint, Job, Template};
+
+/// Request defaults from the command line; a line's own fields win.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestDefaults {
+    /// `--model`
+    pub model: Option<String>,
+    /// `--max-tokens`
+    pub max_tokens: Option<u64>,
+    /// `--temperature`
+    pub temperature: Option<f64>,
+    /// `--seed`
+    pub seed: Option<i64>,
+    /// `--param key=value`, in order; values are JSON when they parse as JSON, strings otherwise.
+    pub params: Vec<(String, Value)>,
+    /// `--system`: a system message for prompt and template lines.
+    pub system: Option<String>,
+    /// `--completions`: send `prompt` lines to `/v1/completions` instead of chat.
+    pub completions: bool,
+}
+
+/// An input line that could not become a job. Keyed by line number, never by id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadLine {
+    /// 1-based input line number.
+    pub line: u64,
+    /// Short machine-readable code, e.g. `invalid_json`.
+    pub code: &'static str,
+    /// What is wrong, for a human.
+    pub message: String,
+}
+
+impl BadLine {
+    fn new(line: u64, code: &'static str, message: impl Into<String>) -> BadLine {
+        BadLine { line, code, message: message.into() }
+    }
+}
+
+/// Parses lines with fixed defaults and an optional template.
+pub struct Parser {
+    defaults: RequestDefaults,
+    template: Option<(Template, String)>,
+}
+
+impl Parser {
+    /// A parser; `template` is the compiled template and its source text (the source goes into the fingerprint).
+    pub fn new(defaults: RequestDefaults, template: Option<(Template, String)>) -> Parser {
+        Parser { defaults, template }
+    }
+
+    /// A digest of everything that shapes a request besides the input line itself: the run's identity.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&self.defaults).expect("defaults serialize"));
+        if let Some((_, src)) = &self.template {
+            h.update(b"\0template\0");
+            h.update(src.as_bytes());
+        }
+        hex(&h.finalize())
+    }
+
+    /// Parses one line. `Ok(None)` for a blank line, which is not a job.
+    pub fn parse(&self, line: u64, bytes: &[u8]) -> Result<Option<Job>, BadLine> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| BadLine::new(line, "invalid_utf8", format!("line is not valid UTF-8: {e}")))?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| BadLine::new(line, "invalid_json", format!("line is not valid JSON: {e}")))?;
+        let Value::Object(obj) = value else {
+            return Err(BadLine::new(line, "not_an_object", "line must be a JSON object"));
+        };
+        let id = job_id(line, &obj)?;
+        let (endpoint, body) = if let Some((tmpl, _)) = &self.template {
+            let prompt = tmpl
+                .render(&Value::Object(obj))
+                .map_err(|e| BadLine::new(line, "template_error", e.to_string()))?;
+            (Endpoint::Chat, self.chat_body(Map::new(), prompt))
+        } else if obj.contains_key("url") || obj.contains_key("body") {
+            batch_line(line, obj)?
+        } else {
+            self.simple_line(line, obj)?
+        };
+        let body = self.apply_defaults(endpoint, body);
+        Ok(Some(Job { line, id, endpoint, body: Value::Object(body).to_string() }))
+    }
+
+    fn chat_body(&self, mut body: Map<String, Value>, prompt: String) -> Map<String, Value> {
+        let mut messages = Vec::new();
+        if let Some(system) = &self.defaults.system {
+            messages.push(serde_json::json!({"role": "system", "content": system}));
+        }
+        messages.push(serde_json::json!({"role": "user", "content": prompt}));
+        body.insert("messages".into(), Value::Array(messages));
+        body
+    }
+
+    fn simple_line(&self, line: u64, mut obj: Map<String, Value>) -> Result<(Endpoint, Map<String, Value>), BadLine> {
+        obj.remove("id");
+        obj.remove("custom_id");
+        if let Some(prompt) = obj.remove("prompt") {
+            let Value::String(prompt) = prompt else {
+                return Err(BadLine::new(line, "bad_field", "\"prompt\" must be a string"));
+            };
+            if self.defaults.completions {
+                obj.insert("prompt".into(), Value::String(prompt));
+                return Ok((Endpoint::Completion, obj));
+            }
+            return Ok((Endpoint::Chat, self.chat_body(obj, prompt)));
+        }
+        if let Some(messages) = obj.get("messages") {
+            if !messages.is_array() {
+                return Err(BadLine::new(line, "bad_field", "\"messages\" must be an array"));
+            }
+            return Ok((Endpoint::Chat, obj));
+        }
+        if let Some(input) = obj.get("input") {
+            if !(input.is_string() || input.is_array()) {
+                return Err(BadLine::new(line, "bad_field", "\"input\" must be a string or an array"));
+            }
+            return Ok((Endpoint::Embedding, obj));
+        }
+        Err(BadLine::new(
+            line,
+            "missing_field",
+            "line needs \"prompt\", \"messages\" or \"input\" (or a \"url\" and \"body\"; or use --template)",
+        ))
+    }
+
+    fn apply_defaults(&self, endpoint: Endpoint, mut body: Map<String, Value>) -> Map<String, Value> {
+        let d = &self.defaults;
+        let mut set = |key: &str, value: Option<Value>| {
+            if let Some(v) = value {
+                body.entry(key.to_string()).or_insert(v);
+            }
+        };
+        set("model", d.model.clone().map(Value::String));
+        if endpoint != Endpoint::Embedding {
+            set("max_tokens", d.max_tokens.map(Value::from));
+            set("temperature", d.temperature.map(Value::from));
+            set("seed", d.seed.map(Value::from));
+            for (k, v) in &d.params {
+                set(k, Some(v.clone()));
+            }
+        }
+        body
+    }
+}
+
+fn batch_line(line: u64, mut obj: Map<String, Value>) -> Result<(Endpoint, Map<String, Value>), BadLine> {
+    if let Some(method) = obj.get("method") {
+        if method.as_str().map(|m| !m.eq_ignore_ascii_case("POST")).unwrap_or(true) {
+            return Err(BadLine::new(line, "bad_field", "\"method\" must be \"POST\""));
+        }
+    }
+    let url = obj.get("url").and_then(Value::as_str).unwrap_or_default();
+    let endpoint = Endpoint::from_path(url).ok_or_else(|| {
+        BadLine::new(
+            line,
+            "bad_url",
+            format!("unsupported \"url\" {url:?}: use /v1/chat/completions, /v1/completions or /v1/embeddings"),
+        )
+    })?;
+    match obj.remove("body") {
+        Some(Value::Object(body)) => Ok((endpoint, body)),
+        Some(_) => Err(BadLine::new(line, "bad_field", "\"body\" must be a JSON object")),
+        None => Err(BadLine::new(line, "missing_field", "batch line has a \"url\" but no \"body\"")),
+    }
+}
+
+fn job_id(line: u64, obj: &Map<String, Value>) -> Result<String, BadLine> {
+    for key in ["custom_id", "id"] {
+        match obj.get(key) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(s)) if !s.is_empty() => return Ok(s.clone()),
+            Some(Value::Number(n)) => return Ok(n.to_string()),
+            Some(_) => return Err(BadLine::new(line, "bad_id", format!("\"{key}\" must be a non-empty string or a number"))),
+        }
+    }
+    Ok(line.to_string())
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parser() -> Parser {
+        Parser::new(
+            RequestDefaults { model: Some("m".into()), max_tokens: Some(64), ..Default::default() },
+            None,
+        )
+    }
+
+    fn body(job: &Job) -> Value {
+        serde_json::from_str(&job.body).unwrap()
+    }
+
+    #[test]
+    fn prompt_line_becomes_chat_with_defaults_and_line_number_id() {
+        let job = parser().parse(7, br#"{"prompt": "hi", "temperature": 0.5}"#).unwrap().unwrap();
+        assert_eq!(job.id, "7");
+        assert_eq!(job.endpoint, Endpoint::Chat);
+        assert_eq!(
+            body(&job),
+            json!({"messages": [{"role": "user", "content": "hi"}], "model": "m", "max_tokens": 64, "temperature": 0.5})
+        );
+    }
+
+    #[test]
+    fn line_fields_override_flags() {
+        let job = parser().parse(1, br#"{"id": 5, "prompt": "x", "model": "other", "max_tokens": 3}"#).unwrap().unwrap();
+        assert_eq!(job.id, "5");
+        assert_eq!(body(&job)["model"], "other");
+        assert_eq!(body(&job)["max_tokens"], 3);
+    }
+
+    #[test]
+    fn batch_line_keeps_body_and_custom_id() {
+        let line = br#"{"custom_id": "r1", "method": "POST", "url": "/v1/embeddings", "body": {"input": "a"}}"#;
+        let job = parser().parse(2, line).unwrap().unwrap();
+        assert_eq!((job.id.as_str(), job.endpoint), ("r1", Endpoint::Embedding));
+        assert_eq!(body(&job), json!({"input": "a", "model": "m"}), "no generation defaults on embeddings");
+    }
+
+    #[test]
+    fn bad_lines_get_codes() {
+        let p = parser();
+        let code = |l: &[u8]| p.parse(3, l).unwrap_err().code;
+        assert_eq!(code(b"{nope"), "invalid_json");
+        assert_eq!(code(b"[1]"), "not_an_object");
+        assert_eq!(code(b"\xff\xfe"), "invalid_utf8");
+        assert_eq!(code(br#"{"foo": 1}"#), "missing_field");
+        assert_eq!(code(br#"{"url": "/v1/x", "body": {}}"#), "bad_url");
+        assert_eq!(code(br#"{"id": [1], "prompt": "x"}"#), "bad_id");
+        assert!(p.parse(3, b"  ").unwrap().is_none());
+    }
+
+    #[test]
+    fn template_renders_fields_with_system() {
+        let t = Template::new("Claims: {{ segment }}".into()).unwrap();
+        let d = RequestDefaults { system: Some("be brief".into()), ..Default::default() };
+        let p = Parser::new(d, Some((t, "Claims: {{ segment }}".into())));
+        let job = p.parse(1, br#"{"id": "s1", "segment": "sky is blue"}"#).unwrap().unwrap();
+        assert_eq!(body(&job)["messages"][1]["content"], "Claims: sky is blue");
+        assert_eq!(body(&job)["messages"][0]["role"], "system");
+        assert_eq!(p.parse(2, br#"{"x": 1}"#).unwrap_err().code, "template_error");
+    }
+
+    #[test]
+    fn fingerprint_changes_with_settings() {
+        let a = parser().fingerprint();
+        let b = Parser::new(RequestDefaults { model: Some("n".into()), ..Default::default() }, None).fingerprint();
+        assert_ne!(a, b);
+        assert_eq!(a, parser().fingerprint());
+    }
+}

@@ -1,0 +1,15 @@
+//! inflight: push large batches of jobs through local LLM servers at the fastest sustainable rate, durably.
+//!
+//! The data flow (see docs/ARCHITECTURE.md): input lines are parsed and rendered ([`job`]) into the
+//! [`store`]; the [`dispatch`] loop claims pending jobs and sends them through a [`backend`] under permits
+//! from the [`tune`] limiter; outcomes go back to the store's single writer, which also appends the
+//! [`output`] files; [`report`] shows progress and the summary. [`cli`] wires it together per command.
+
+pub mod backend;
+pub mod cli;
+pub mod dispatch;
+pub mod job;
+pub mod output;
+pub mod report;
+pub mod store;
+pub mod tune;

@@ -1,0 +1,157 @@
+//! Output files, derived from the store: `OUT.jsonl` (results) and `OUT.errors.jsonl` (failed jobs, bad lines).
+//!
+//! Each file holds exactly the committed records of its kind, in commit order. On start the files are
+//! reconciled with the store: a torn last line is dropped, complete lines are counted, and what the store has
+//! beyond them is appended. The same rule serves resume and `export`, so a kill -9 at any moment costs nothing.
+
+mod records;
+
+pub use records::{render_done, render_error, Format};
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::store::{Store, StoreError};
+
+/// `OUT.jsonl` → `OUT.errors.jsonl`; any other name gets `.errors.jsonl` appended.
+pub fn errors_path(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
+    out.with_file_name(format!("{stem}.errors.jsonl"))
+}
+
+/// The two output files of a run, open for appending.
+pub struct OutputFiles {
+    done: BufWriter<File>,
+    errors: BufWriter<File>,
+    format: Format,
+}
+
+impl OutputFiles {
+    /// Opens both files and brings them in line with the store. With `rebuild`, they are rewritten from scratch
+    /// (the format changed, or jobs were reopened).
+    pub fn open(out: &Path, store: &Store, format: Format, rebuild: bool) -> Result<OutputFiles, StoreError> {
+        let mut done = open_repaired(out, rebuild)?;
+        let mut errors = open_repaired(&errors_path(out), rebuild)?;
+        let done_have = count_lines(&mut done)?;
+        let errors_have = count_lines(&mut errors)?;
+        if done_have as i64 > store.next_done_ord()? || errors_have as i64 > store.next_error_ord()? {
+            // The files hold more than the store: they belong to another run. Rebuild rather than mix.
+            return OutputFiles::open(out, store, format, true);
+        }
+        let mut files = OutputFiles { done: BufWriter::new(done), errors: BufWriter::new(errors), format };
+        store.for_each_done(done_have as i64, |row| writeln!(files.done, "{}", render_done(&row, format)))?;
+        store.for_each_error(errors_have as i64, |row| writeln!(files.errors, "{}", render_error(&row, format)))?;
+        files.flush()?;
+        Ok(files)
+    }
+
+    /// Appends one result line (buffered until [`OutputFiles::flush`]).
+    pub fn write_done(&mut self, row: &crate::store::OutcomeRow) -> io::Result<()> {
+        writeln!(self.done, "{}", render_done(row, self.format))
+    }
+
+    /// Appends one error line (buffered until [`OutputFiles::flush`]).
+    pub fn write_error(&mut self, row: &crate::store::OutcomeRow) -> io::Result<()> {
+        writeln!(self.errors, "{}", render_error(row, self.format))
+    }
+
+    /// Pushes buffered lines to the OS (a killed process then loses nothing that was written).
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.done.flush()?;
+        self.errors.flush()
+    }
+}
+
+/// Writes both files for `store` at `out` from scratch, through temporary files renamed into place, so a reader
+/// never sees a half-written export.
+pub fn export(store: &Store, out: &Path, format: Format) -> Result<(u64, u64), StoreError> {
+    let mut counts = (0u64, 0u64);
+    for (path, is_errors) in [(out.to_path_buf(), false), (errors_path(out), true)] {
+        let tmp = path.with_extension("jsonl.tmp");
+        let mut w = BufWriter::new(File::create(&tmp)?);
+        let n = if is_errors { &mut counts.1 } else { &mut counts.0 };
+        let mut write = |row: crate::store::OutcomeRow| {
+            *n += 1;
+            let line = if is_errors { render_error(&row, format) } else { render_done(&row, format) };
+            writeln!(w, "{line}")
+        };
+        if is_errors {
+            store.for_each_error(0, &mut write)?;
+        } else {
+            store.for_each_done(0, &mut write)?;
+        }
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(counts)
+}
+
+fn open_repaired(path: &Path, truncate: bool) -> io::Result<File> {
+    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(truncate).open(path)?;
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(f);
+    }
+    // Find the last newline, reading backwards in blocks; everything after it is a torn line.
+    let mut end = len;
+    let mut keep = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    'scan: while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            keep = start + i as u64 + 1;
+            break 'scan;
+        }
+        end = start;
+    }
+    if keep < len {
+        f.set_len(keep)?;
+    }
+    f.seek(SeekFrom::End(0))?;
+    Ok(f)
+}
+
+fn count_lines(f: &mut File) -> io::Result<u64> {
+    f.seek(SeekFrom::Start(0))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let read = f.read(&mut buf)?;
+        if read == 0 {
+            break;
+        }
+        n += buf[..read].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+    f.seek(SeekFrom::End(0))?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_path_replaces_jsonl() {
+        assert_eq!(errors_path(Path::new("/a/out.jsonl")), Path::new("/a/out.errors.jsonl"));
+        assert_eq!(errors_path(Path::new("res")), Path::new("res.errors.jsonl"));
+    }
+
+    #[test]
+    fn torn_last_line_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o.jsonl");
+        std::fs::write(&p, "{\"a\":1}\n{\"b\":2}\n{\"c\"").unwrap();
+        let mut f = open_repaired(&p, false).unwrap();
+        assert_eq!(count_lines(&mut f).unwrap(), 2);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
+        std::fs::write(&p, "no newline at all").unwrap();
+        let mut f = open_repaired(&p, false).unwrap();
+        assert_eq!(count_lines(&mut f).unwrap(), 0);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+    }
+}

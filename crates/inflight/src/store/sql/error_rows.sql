@@ -1,0 +1,8 @@
+SELECT seq, line, id, status_code, request_id, response, latency_ms, code, message FROM (
+    SELECT out_ord, seq, line, id, status_code, request_id, response, latency_ms,
+           error_code AS code, error_message AS message
+    FROM jobs WHERE status = 3 AND out_ord >= ?1
+    UNION ALL
+    SELECT out_ord, NULL, line, NULL, NULL, NULL, NULL, NULL, code, message
+    FROM bad_lines WHERE out_ord >= ?1
+) ORDER BY out_ord

@@ -1,0 +1,365 @@
+//! The SQLite store: opening and migrating, streaming ingest, reading pages and outcomes, counts.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use super::{now_ms, StoreError};
+use crate::job::{BadLine, Endpoint, LineReader, Parser, RawLine};
+
+const MIGRATIONS: &[&str] = &[include_str!("sql/001_init.sql")];
+/// Lines per ingest transaction: large enough to amortize the commit, small enough to bound a lost tail.
+const INGEST_BATCH: usize = 20_000;
+
+/// A run's state database.
+pub struct Store {
+    pub(super) conn: Connection,
+    path: PathBuf,
+}
+
+/// A job ready to send.
+#[derive(Debug, Clone)]
+pub struct PendingJob {
+    /// Store sequence number (insertion order).
+    pub seq: i64,
+    /// The job's id.
+    pub id: String,
+    /// The endpoint the body is for.
+    pub endpoint: Endpoint,
+    /// The serialized OpenAI-shaped request body.
+    pub body: String,
+    /// Attempts already spent by earlier sessions.
+    pub attempts: u32,
+    /// Input line number.
+    pub line: i64,
+}
+
+/// One record of an output file, as stored.
+#[derive(Debug, Clone, Default)]
+pub struct OutcomeRow {
+    /// Store sequence number; `None` for a bad input line.
+    pub seq: Option<i64>,
+    /// Input line number.
+    pub line: i64,
+    /// The job's id; `None` for a bad input line.
+    pub id: Option<String>,
+    /// HTTP status of the server's last answer, if there was one.
+    pub status_code: Option<i64>,
+    /// The server's request id, if it gave one.
+    pub request_id: Option<String>,
+    /// The server's answer body (JSON text), if there was one.
+    pub response: Option<String>,
+    /// End-to-end latency of the last attempt.
+    pub latency_ms: Option<i64>,
+    /// Error code, for error records.
+    pub code: Option<String>,
+    /// Error message, for error records.
+    pub message: Option<String>,
+}
+
+/// What an ingest pass did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IngestReport {
+    /// Jobs accepted by this pass.
+    pub jobs: u64,
+    /// Bad lines recorded by this pass.
+    pub bad_lines: u64,
+}
+
+/// Job counts and totals of a run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Not finished yet.
+    pub pending: u64,
+    /// Succeeded.
+    pub done: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Input lines that did not become jobs.
+    pub bad_lines: u64,
+    /// Successful answers cut by the length limit.
+    pub length_cut: u64,
+    /// Prompt tokens over all answers.
+    pub prompt_tokens: u64,
+    /// Completion tokens over all answers.
+    pub completion_tokens: u64,
+    /// First send time (Unix ms), over all sessions.
+    pub first_sent_ms: Option<i64>,
+    /// Last finish time (Unix ms).
+    pub last_finished_ms: Option<i64>,
+}
+
+impl Counts {
+    /// Accepted jobs.
+    pub fn total(&self) -> u64 {
+        self.pending + self.done + self.failed
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the state at `path`, in WAL mode, migrated to the current schema.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        configure(&conn)?;
+        let mut store = Store { conn, path: path.to_path_buf() };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens an existing state for reading only (status, export); never creates or migrates it.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Incompatible(format!("no state file at {}", path.display())));
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version != MIGRATIONS.len() {
+            return Err(StoreError::Incompatible(format!(
+                "{} has schema version {version}, this inflight reads version {}",
+                path.display(),
+                MIGRATIONS.len()
+            )));
+        }
+        Ok(Store { conn, path: path.to_path_buf() })
+    }
+
+    /// Opens a second connection to the same file (for reading pages while the writer owns the first).
+    pub fn reopen(&self) -> Result<Store, StoreError> {
+        let conn = Connection::open(&self.path)?;
+        configure(&conn)?;
+        Ok(Store { conn, path: self.path.clone() })
+    }
+
+    /// The state file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version: usize = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Incompatible(format!(
+                "{} was written by a newer inflight (schema {version})",
+                self.path.display()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// A value from the run's metadata.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    /// Sets a metadata value.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2", [key, value])?;
+        Ok(())
+    }
+
+    /// Streams lines from `reader` into the store in large transactions. Progress (lines read, digest of the
+    /// bytes read) is committed with each batch under `ingest_lines`/`ingest_sha256`, so an interrupted ingest
+    /// resumes where it stopped. Returns once the input is exhausted.
+    pub fn ingest<R: BufRead>(
+        &mut self,
+        reader: &mut LineReader<R>,
+        parser: &Parser,
+        mut on_batch: impl FnMut(u64),
+    ) -> Result<IngestReport, StoreError> {
+        let mut report = IngestReport::default();
+        let mut next_err_ord = self.next_error_ord()?;
+        let queued_at = now_ms();
+        loop {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut exhausted = false;
+            {
+                let mut insert_job = tx.prepare_cached(include_str!("sql/insert_job.sql"))?;
+                let mut insert_bad = tx.prepare_cached(include_str!("sql/insert_bad_line.sql"))?;
+                let mut bad = |b: BadLine, ord: &mut i64| -> Result<(), StoreError> {
+                    if insert_bad.execute(params![b.line as i64, b.code, b.message, *ord])? > 0 {
+                        *ord += 1;
+                        report.bad_lines += 1;
+                    }
+                    Ok(())
+                };
+                for _ in 0..INGEST_BATCH {
+                    let parsed = match reader.next_line()? {
+                        None => {
+                            exhausted = true;
+                            break;
+                        }
+                        Some(RawLine::TooLong(line, len)) => Err(BadLine {
+                            line,
+                            code: "line_too_long",
+                            message: format!("line is {len} bytes, over --max-line-bytes"),
+                        }),
+                        Some(RawLine::Line(line, bytes)) => parser.parse(line, &bytes),
+                    };
+                    match parsed {
+                        Ok(None) => {}
+                        Ok(Some(job)) => {
+                            let line = job.line as i64;
+                            let inserted =
+                                insert_job.execute(params![line, job.id, job.endpoint.code(), job.body, queued_at])?;
+                            if inserted > 0 {
+                                report.jobs += 1;
+                                continue;
+                            }
+                            let first: i64 =
+                                tx.query_row("SELECT line FROM jobs WHERE id = ?1", [&job.id], |r| r.get(0))?;
+                            if first != line {
+                                let message = format!("duplicate id {:?} (first on line {first})", job.id);
+                                bad(BadLine { line: job.line, code: "duplicate_id", message }, &mut next_err_ord)?;
+                            }
+                        }
+                        Err(b) => bad(b, &mut next_err_ord)?,
+                    }
+                }
+            }
+            let lines = reader.lines_read().to_string();
+            let digest = reader.digest_so_far();
+            for (k, v) in [("ingest_lines", lines.as_str()), ("ingest_sha256", digest.as_str())] {
+                tx.execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2", [k, v])?;
+            }
+            if exhausted {
+                tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('ingest_done', '1')", [])?;
+            }
+            tx.commit()?;
+            on_batch(reader.lines_read());
+            if exhausted {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// The next free position in the errors file.
+    pub fn next_error_ord(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT MAX(COALESCE((SELECT MAX(out_ord) FROM jobs WHERE status = 3), -1),
+                        COALESCE((SELECT MAX(out_ord) FROM bad_lines), -1)) + 1",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The next free position in the results file.
+    pub fn next_done_ord(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row("SELECT COALESCE(MAX(out_ord), -1) + 1 FROM jobs WHERE status = 2", [], |r| r.get(0))?)
+    }
+
+    /// Up to `limit` pending jobs after `after_seq`, in order.
+    pub fn pending_page(&self, after_seq: i64, limit: usize) -> Result<Vec<PendingJob>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(include_str!("sql/pending_page.sql"))?;
+        let rows = stmt.query_map(params![after_seq, limit as i64], |r| {
+            let endpoint: String = r.get(2)?;
+            Ok(PendingJob {
+                seq: r.get(0)?,
+                id: r.get(1)?,
+                endpoint: Endpoint::from_code(&endpoint).unwrap_or(Endpoint::Chat),
+                body: r.get(3)?,
+                attempts: r.get(4)?,
+                line: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Calls `f` with every successful result from position `from` on, in commit order.
+    pub fn for_each_done(&self, from: i64, f: impl FnMut(OutcomeRow) -> std::io::Result<()>) -> Result<(), StoreError> {
+        self.for_each(include_str!("sql/done_rows.sql"), from, f)
+    }
+
+    /// Calls `f` with every error record (failed jobs and bad lines) from position `from` on, in commit order.
+    pub fn for_each_error(&self, from: i64, f: impl FnMut(OutcomeRow) -> std::io::Result<()>) -> Result<(), StoreError> {
+        self.for_each(include_str!("sql/error_rows.sql"), from, f)
+    }
+
+    fn for_each(
+        &self,
+        sql: &str,
+        from: i64,
+        mut f: impl FnMut(OutcomeRow) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare(sql)?;
+        let mut rows = stmt.query([from])?;
+        while let Some(r) = rows.next()? {
+            f(OutcomeRow {
+                seq: r.get(0)?,
+                line: r.get(1)?,
+                id: r.get(2)?,
+                status_code: r.get(3)?,
+                request_id: r.get(4)?,
+                response: r.get(5)?,
+                latency_ms: r.get(6)?,
+                code: r.get(7)?,
+                message: r.get(8)?,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Counts by outcome and token totals.
+    pub fn counts(&self) -> Result<Counts, StoreError> {
+        Ok(self.conn.query_row(include_str!("sql/counts.sql"), [], |r| {
+            Ok(Counts {
+                pending: r.get::<_, i64>(0)? as u64,
+                done: r.get::<_, i64>(1)? as u64,
+                failed: r.get::<_, i64>(2)? as u64,
+                bad_lines: r.get::<_, i64>(3)? as u64,
+                length_cut: r.get::<_, i64>(4)? as u64,
+                prompt_tokens: r.get::<_, i64>(5)? as u64,
+                completion_tokens: r.get::<_, i64>(6)? as u64,
+                first_sent_ms: r.get(7)?,
+                last_finished_ms: r.get(8)?,
+            })
+        })?)
+    }
+
+    /// Latencies of successful jobs, for percentiles.
+    pub fn latency_histogram(&self) -> Result<hdrhistogram::Histogram<u64>, StoreError> {
+        // Bounded (1 ms to a day) so values beyond the initial range are recorded, not clamped.
+        let mut h = hdrhistogram::Histogram::new_with_bounds(1, 86_400_000, 3).expect("valid bounds");
+        let mut stmt = self.conn.prepare("SELECT latency_ms FROM jobs WHERE status = 2 AND latency_ms IS NOT NULL")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            h.saturating_record(r.get::<_, i64>(0)?.max(0) as u64);
+        }
+        Ok(h)
+    }
+
+    /// Puts every failed job back to pending (`--retry-failed`) and renumbers the errors file. Returns how many.
+    pub fn reopen_failed(&mut self) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(include_str!("sql/reopen_failed.sql"), [])?;
+        if n > 0 {
+            tx.execute_batch(include_str!("sql/renumber_errors.sql"))?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Runs SQLite's own consistency check; `"ok"` when the file is sound.
+    pub fn integrity_check(&self) -> Result<String, StoreError> {
+        Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Incompatible(format!("could not switch the state file to WAL (got {mode})")));
+    }
+    // NORMAL in WAL mode survives a killed process; only a power loss can drop the last commits.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! The one writer: a thread that owns the state's write connection and the output files.
+//!
+//! Results arrive over a channel and are committed in groups (every few milliseconds or up to a thousand
+//! messages, whichever comes first); a group's output lines are appended only after its commit, so the files
+//! never hold a result the store does not. Group commit is what lets a durable runner keep up with a fast
+//! server on two cores: one fsync-free WAL commit per group instead of one per job.
+
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, TransactionBehavior};
+
+use super::{OutcomeRow, Store, StoreError};
+use crate::output::OutputFiles;
+
+const GROUP_MAX: usize = 1024;
+const GROUP_WAIT: Duration = Duration::from_millis(5);
+
+/// A successful answer to record.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// Store sequence number of the job.
+    pub seq: i64,
+    /// The job's id.
+    pub id: String,
+    /// Attempts spent in total.
+    pub attempts: u32,
+    /// When the successful attempt was sent (Unix ms).
+    pub sent_ms: i64,
+    /// First byte of its answer (Unix ms).
+    pub first_byte_ms: Option<i64>,
+    /// When it finished (Unix ms).
+    pub finished_ms: i64,
+    /// Prompt tokens reported by the server.
+    pub prompt_tokens: Option<i64>,
+    /// Completion tokens reported by the server.
+    pub completion_tokens: Option<i64>,
+    /// `stop`, `length`, ...
+    pub finish_reason: Option<String>,
+    /// HTTP status (200).
+    pub status_code: u16,
+    /// The server's request id, or ours.
+    pub request_id: String,
+    /// The answer body as JSON text.
+    pub response: String,
+}
+
+/// A job that failed for good.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Store sequence number of the job.
+    pub seq: i64,
+    /// The job's id.
+    pub id: String,
+    /// Input line number.
+    pub line: i64,
+    /// Attempts spent in total.
+    pub attempts: u32,
+    /// When the last attempt was sent (Unix ms).
+    pub sent_ms: Option<i64>,
+    /// When it failed (Unix ms).
+    pub finished_ms: i64,
+    /// HTTP status of the server's answer, if it answered.
+    pub status_code: Option<u16>,
+    /// The server's answer body, if it answered with JSON.
+    pub response: Option<String>,
+    /// Short error code (`BackendError::kind`).
+    pub code: String,
+    /// The error message, the server's own where it gave one.
+    pub message: String,
+}
+
+/// What the writer is asked to do.
+#[derive(Debug)]
+pub enum WriteMsg {
+    /// Record a success.
+    Done(Box<Completion>),
+    /// Record a failure.
+    Failed(Box<Failure>),
+    /// Record a failed attempt that will be retried.
+    Attempt {
+        /// The job.
+        seq: i64,
+        /// Attempts spent so far.
+        attempts: u32,
+        /// Why it failed.
+        error: String,
+    },
+    /// Replace the live status blob (read by `inflight status`).
+    Live(String),
+    /// Answer once everything sent before this message is committed and written.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The handle the run keeps: a sender for the tasks, and the thread to join at the end.
+pub struct WriterHandle {
+    tx: Sender<WriteMsg>,
+    join: JoinHandle<Result<(), StoreError>>,
+}
+
+impl WriterHandle {
+    /// A sender for tasks; sending fails only when the writer has stopped on an error.
+    pub fn sender(&self) -> Sender<WriteMsg> {
+        self.tx.clone()
+    }
+
+    /// Commits what is queued and stops the thread, returning its error if it failed.
+    pub fn finish(self) -> Result<(), StoreError> {
+        drop(self.tx);
+        self.join.join().unwrap_or(Err(StoreError::WriterGone))
+    }
+}
+
+/// The writer thread's state.
+pub struct Writer {
+    store: Store,
+    files: OutputFiles,
+    next_done: i64,
+    next_error: i64,
+}
+
+impl Writer {
+    /// Starts the writer thread over `store` (whose connection it takes) and the reconciled output files.
+    pub fn spawn(store: Store, files: OutputFiles) -> Result<WriterHandle, StoreError> {
+        let writer = Writer { next_done: store.next_done_ord()?, next_error: store.next_error_ord()?, store, files };
+        let (tx, rx) = mpsc::channel();
+        let join = std::thread::Builder::new().name("inflight-writer".into()).spawn(move || writer.run(rx))?;
+        Ok(WriterHandle { tx, join })
+    }
+
+    fn run(mut self, rx: Receiver<WriteMsg>) -> Result<(), StoreError> {
+        let mut group = Vec::with_capacity(GROUP_MAX);
+        while let Ok(first) = rx.recv() {
+            group.push(first);
+            let deadline = Instant::now() + GROUP_WAIT;
+            while group.len() < GROUP_MAX {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(msg) => group.push(msg),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            self.commit(&mut group)?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, group: &mut Vec<WriteMsg>) -> Result<(), StoreError> {
+        let mut done_rows = Vec::new();
+        let mut error_rows = Vec::new();
+        let mut acks = Vec::new();
+        let tx = self.store.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut done = tx.prepare_cached(include_str!("sql/record_done.sql"))?;
+            let mut failed = tx.prepare_cached(include_str!("sql/record_failed.sql"))?;
+            let mut attempt = tx.prepare_cached(include_str!("sql/record_attempt.sql"))?;
+            for msg in group.drain(..) {
+                match msg {
+                    WriteMsg::Done(c) => {
+                        let latency = c.finished_ms - c.sent_ms;
+                        let changed = done.execute(params![
+                            c.seq,
+                            c.attempts,
+                            c.sent_ms,
+                            c.first_byte_ms,
+                            c.finished_ms,
+                            latency,
+                            c.prompt_tokens,
+                            c.completion_tokens,
+                            c.finish_reason,
+                            c.status_code,
+                            c.request_id,
+                            c.response,
+                            self.next_done,
+                        ])?;
+                        if changed > 0 {
+                            self.next_done += 1;
+                            done_rows.push(OutcomeRow {
+                                seq: Some(c.seq),
+                                id: Some(c.id),
+                                status_code: Some(c.status_code.into()),
+                                request_id: Some(c.request_id),
+                                response: Some(c.response),
+                                latency_ms: Some(latency),
+                                ..Default::default()
+                            });
+                        }
+                    }
+                    WriteMsg::Failed(f) => {
+                        let latency = f.sent_ms.map(|s| f.finished_ms - s);
+                        let changed = failed.execute(params![
+                            f.seq,
+                            f.attempts,
+                            f.sent_ms,
+                            f.finished_ms,
+                            latency,
+                            f.status_code,
+                            f.response,
+                            f.code,
+                            f.message,
+                            self.next_error,
+                        ])?;
+                        if changed > 0 {
+                            self.next_error += 1;
+                            error_rows.push(OutcomeRow {
+                                seq: Some(f.seq),
+                                line: f.line,
+                                id: Some(f.id),
+                                status_code: f.status_code.map(i64::from),
+                                request_id: None,
+                                response: f.response,
+                                latency_ms: latency,
+                                code: Some(f.code),
+                                message: Some(f.message),
+                            });
+                        }
+                    }
+                    WriteMsg::Attempt { seq, attempts, error } => {
+                        attempt.execute(params![seq, attempts, error])?;
+                    }
+                    WriteMsg::Live(blob) => {
+                        tx.execute(
+                            "INSERT INTO meta (key, value) VALUES ('live', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
+                            [blob],
+                        )?;
+                    }
+                    WriteMsg::Flush(ack) => acks.push(ack),
+                }
+            }
+        }
+        tx.commit()?;
+        for row in &done_rows {
+            self.files.write_done(row)?;
+        }
+        for row in &error_rows {
+            self.files.write_error(row)?;
+        }
+        self.files.flush()?;
+        for ack in acks {
+            let _ = ack.send(());
+        }
+        Ok(())
+    }
+}

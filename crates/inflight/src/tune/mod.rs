@@ -1,0 +1,8 @@
+//! Tuning: how many requests are in flight. The dispatcher never decides that; the [`Limiter`] does, and a
+//! controller sets the limiter (a fixed `--concurrency N` is a controller that never moves).
+
+mod limiter;
+mod window;
+
+pub use limiter::{Limiter, Permit};
+pub use window::RateWindow;

@@ -1,0 +1,60 @@
+//! A 10,000-line file with 100 bad lines of assorted kinds: 9,900 results, 100 error records with the right
+//! line numbers and codes, exit code 1.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use inflight_sim::SimConfig;
+use serde_json::json;
+
+use crate::util::*;
+
+#[test]
+fn bad_lines_become_error_records_and_never_stop_the_run() {
+    let sim = Sim::start(SimConfig::zero_latency());
+    let s = Scratch::new();
+    let input = s.path("jobs.jsonl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+    let mut expected: BTreeMap<u64, &str> = BTreeMap::new();
+    for line in 1..=10_000u64 {
+        let good = json!({"id": format!("j{line}"), "prompt": format!("p{line}")}).to_string().into_bytes();
+        let bytes: Vec<u8> = if line % 100 == 50 {
+            let (code, bytes): (&str, Vec<u8>) = match (line / 100) % 8 {
+                0 => ("invalid_json", b"{\"id\": \"x\", \"prompt\": ".to_vec()),
+                1 => ("invalid_utf8", b"{\"prompt\": \"\xff\xfe\"}".to_vec()),
+                2 => ("missing_field", json!({"id": format!("m{line}"), "text": "no prompt"}).to_string().into_bytes()),
+                3 => ("duplicate_id", json!({"id": "j1", "prompt": "again"}).to_string().into_bytes()),
+                4 => ("line_too_long", json!({"prompt": "x".repeat(5000)}).to_string().into_bytes()),
+                5 => ("not_an_object", b"[1, 2, 3]".to_vec()),
+                6 => ("bad_url", json!({"custom_id": format!("u{line}"), "url": "/v1/nope", "body": {}}).to_string().into_bytes()),
+                _ => ("bad_field", json!({"id": format!("f{line}"), "prompt": 42}).to_string().into_bytes()),
+            };
+            expected.insert(line, code);
+            bytes
+        } else {
+            good
+        };
+        f.write_all(&bytes).unwrap();
+        f.write_all(b"\n").unwrap();
+    }
+    drop(f);
+
+    let out = run(&[
+        "run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", sim.url(), "-q",
+        "--max-line-bytes", "4096", "-c", "32",
+    ]);
+    assert_exit(&out, 1);
+    assert_eq!(read_jsonl(&s.out()).len(), 9_900);
+    let errors = read_jsonl(&s.errors());
+    assert_eq!(errors.len(), 100);
+    let got: BTreeMap<u64, String> = errors
+        .iter()
+        .map(|e| (e["line"].as_u64().unwrap(), e["error"]["code"].as_str().unwrap().to_owned()))
+        .collect();
+    let want: BTreeMap<u64, String> = expected.iter().map(|(l, c)| (*l, c.to_string())).collect();
+    assert_eq!(got, want);
+    assert!(errors.iter().all(|e| e["custom_id"].is_null() && !e["error"]["message"].as_str().unwrap().is_empty()));
+    let ids = id_counts(&s.out(), &s.errors());
+    assert_eq!(ids.len(), 9_900);
+    assert!(ids.values().all(|&n| n == 1));
+}

@@ -1,0 +1,88 @@
+//! Real llama-server from the test bed (`scripts/testbed.sh`): chat, raw completion and embedding jobs.
+//! Ignored by a plain `cargo test` because it needs the test bed; `scripts/test.sh` runs it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::util::*;
+
+/// A llama-server started by the test bed, killed on drop.
+struct LlamaServer {
+    url: String,
+    pid: u32,
+}
+
+impl LlamaServer {
+    fn start(args: &[&str]) -> LlamaServer {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/testbed.sh");
+        let out = Command::new("bash").arg(script).arg("start").args(args).output().expect("testbed.sh runs");
+        assert!(out.status.success(), "testbed.sh start failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8(out.stdout).unwrap();
+        let (url, pid) = line.trim().split_once(' ').expect("URL PID");
+        LlamaServer { url: url.to_owned(), pid: pid.parse().unwrap() }
+    }
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+    }
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn chat_completion_and_embedding_jobs_against_llama_server() {
+    let server = LlamaServer::start(&["-np", "4", "-t", "2", "-c", "4096", "--embeddings", "--pooling", "mean"]);
+    let s = Scratch::new();
+    let mut lines: Vec<String> = (0..24)
+        .map(|i| json!({"id": format!("chat{i}"), "prompt": format!("Name one fact about the number {i}.")}).to_string())
+        .collect();
+    lines.extend((0..8).map(|i| {
+        json!({"custom_id": format!("raw{i}"), "method": "POST", "url": "/v1/completions",
+               "body": {"prompt": format!("Once upon a time, {i}"), "max_tokens": 8}})
+        .to_string()
+    }));
+    lines.extend((0..8).map(|i| json!({"id": format!("emb{i}"), "input": format!("text number {i}")}).to_string()));
+    let input = s.write_lines("jobs.jsonl", lines);
+    let out = run(&[
+        "run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", &server.url, "-q",
+        "--max-tokens", "24", "-c", "4",
+    ]);
+    assert_exit(&out, 0);
+    let results = read_jsonl(&s.out());
+    assert_eq!(results.len(), 40);
+    for r in &results {
+        let id = r["custom_id"].as_str().unwrap();
+        let body = &r["response"]["body"];
+        match &id[..3] {
+            "cha" => assert!(!body["choices"][0]["message"]["content"].as_str().unwrap().is_empty(), "{r}"),
+            "raw" => assert!(body["choices"][0]["text"].is_string(), "{r}"),
+            _ => assert!(body["data"][0]["embedding"].as_array().unwrap().len() > 100, "{id}"),
+        }
+    }
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("40 jobs: 40 done"), "{summary}");
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn embeddings_without_the_flag_fail_permanently_with_the_servers_message() {
+    let server = LlamaServer::start(&["-np", "2", "-t", "2", "-c", "2048"]);
+    let s = Scratch::new();
+    let mut lines: Vec<String> = (0..4).map(|i| json!({"id": format!("c{i}"), "prompt": "Hi"}).to_string()).collect();
+    lines.extend((0..3).map(|i| json!({"id": format!("e{i}"), "input": "x"}).to_string()));
+    let input = s.write_lines("jobs.jsonl", lines);
+    let out = run(&[
+        "run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", &server.url, "-q",
+        "--max-tokens", "8", "-c", "1",
+    ]);
+    assert_exit(&out, 1);
+    let errors = read_jsonl(&s.errors());
+    assert_eq!(errors.len(), 3);
+    for e in &errors {
+        assert_eq!(e["response"]["status_code"], 501, "{e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains("--embeddings"), "{e}");
+    }
+}

@@ -1,0 +1,20 @@
+//! Integration tests: `inflight` against real servers on loopback (the simulator, and llama-server from the
+//! test bed), with state on disk.
+
+/// Shared helpers: temp dirs, job files, running the binary, reading outputs.
+mod util;
+
+/// Runs against the simulator's OpenAI API: shapes, resume, identity, export, status, dry run.
+mod run_sim;
+/// The Ollama API, against the simulator's Ollama-compatible mode.
+mod ollama;
+/// A 10,000-line input with 100 bad lines of assorted kinds.
+mod bad_input;
+/// Transient faults are retried to success; permanent ones fail at once; outages pause the run.
+mod faults;
+/// SIGKILL at random moments, restart, every job exactly once.
+mod crash;
+/// Output lines validate against docs/schema/.
+mod schema;
+/// Real llama-server from the test bed: chat, completion and embeddings.
+mod real_server;

@@ -1,0 +1,136 @@
+//! Test helpers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The built binary.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_inflight"))
+}
+
+/// A temporary directory with a jobs file and an output path.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+    out: String,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.jsonl").to_str().unwrap().to_owned();
+        Scratch { dir, out }
+    }
+
+    /// The output path as a command-line argument.
+    pub fn out_arg(&self) -> &str {
+        &self.out
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `lines` (one per line) to `name` and returns its path.
+    pub fn write_lines(&self, name: &str, lines: impl IntoIterator<Item = String>) -> PathBuf {
+        let mut text = String::new();
+        for l in lines {
+            text.push_str(&l);
+            text.push('\n');
+        }
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn out(&self) -> PathBuf {
+        self.path("out.jsonl")
+    }
+
+    pub fn errors(&self) -> PathBuf {
+        self.path("out.errors.jsonl")
+    }
+}
+
+/// Runs `inflight` with `args`, returning its output (never panics on a non-zero exit).
+pub fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    bin().args(args).output().expect("inflight runs")
+}
+
+/// The exit code, with stderr shown on mismatch.
+#[track_caller]
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every line of a JSONL file, parsed; panics on a torn or invalid line.
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}"))).collect()
+}
+
+/// How many times each custom_id appears across the results and errors files.
+pub fn id_counts(out: &Path, errors: &Path) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for v in read_jsonl(out).into_iter().chain(read_jsonl(errors)) {
+        if let Some(id) = v["custom_id"].as_str() {
+            *m.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    m
+}
+
+/// `n` prompt lines with ids `j0..j{n-1}`.
+pub fn prompt_lines(n: usize) -> impl Iterator<Item = String> {
+    (0..n).map(|i| serde_json::json!({"id": format!("j{i}"), "prompt": format!("say {i}")}).to_string())
+}
+
+/// A current-thread runtime running a simulator for the duration of a test.
+pub struct Sim {
+    pub rt: tokio::runtime::Runtime,
+    pub server: Option<inflight_sim::SimServer>,
+    url: String,
+}
+
+impl Sim {
+    pub fn start(cfg: inflight_sim::SimConfig) -> Sim {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let server = rt.block_on(inflight_sim::SimServer::start(cfg)).expect("simulator starts");
+        let url = server.url();
+        Sim { rt, server: Some(server), url }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn stats(&self) -> inflight_sim::SimStats {
+        self.server.as_ref().unwrap().stats()
+    }
+
+    /// Takes the server down (connections refused) until [`Sim::restart`].
+    pub fn stop(&mut self) -> u16 {
+        let server = self.server.take().unwrap();
+        let port = server.addr().port();
+        self.rt.block_on(server.shutdown());
+        port
+    }
+
+    pub fn restart(&mut self, cfg: inflight_sim::SimConfig) {
+        self.server = Some(self.rt.block_on(inflight_sim::SimServer::start(cfg)).expect("simulator restarts"));
+    }
+}
+
+/// Sends a signal with the `kill` command (no libc dependency in tests).
+pub fn send_signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill").args([format!("-{sig}"), pid.to_string()]).status().unwrap();
+    assert!(ok.success());
+}

