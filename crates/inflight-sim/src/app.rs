@@ -61,10 +61,7 @@ impl Flight {
     /// Records a successful answer of `tokens` generated tokens.
     pub fn succeed(&self, tokens: u32) {
         self.0.counters.ok.fetch_add(1, Relaxed);
-        self.0
-            .counters
-            .completion_tokens
-            .fetch_add(u64::from(tokens), Relaxed);
+        self.0.counters.completion_tokens.fetch_add(u64::from(tokens), Relaxed);
     }
 }
 
@@ -85,11 +82,7 @@ pub(crate) struct Run {
 
 #[derive(Debug)]
 enum Source {
-    Instant {
-        tokens: u32,
-        next: u32,
-        stream: bool,
-    },
+    Instant { tokens: u32, next: u32, stream: bool },
     Model(Ticket),
 }
 
@@ -98,17 +91,10 @@ impl Run {
     pub async fn next(&mut self) -> Option<Event> {
         match &mut self.source {
             Source::Model(t) => t.next().await,
-            Source::Instant {
-                tokens,
-                next,
-                stream,
-            } => {
+            Source::Instant { tokens, next, stream } => {
                 if *stream && *next < *tokens {
                     *next += 1;
-                    return Some(Event::Token {
-                        id: self.id,
-                        index: *next - 1,
-                    });
+                    return Some(Event::Token { id: self.id, index: *next - 1 });
                 }
                 if *next > *tokens {
                     return None;
@@ -252,8 +238,7 @@ impl App {
                 c.error_503.fetch_add(1, Relaxed);
                 let msg = "simulated overload, try again later";
                 let mut r = self.error(StatusCode::SERVICE_UNAVAILABLE, msg, "unavailable_error");
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 Some(r)
             }
             Fault::Reset => {
@@ -284,8 +269,7 @@ impl App {
                     "server busy: request queue is full",
                     "unavailable_error",
                 );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 r
             }
             Api::Ollama => self.error(
@@ -301,19 +285,11 @@ impl App {
         let id = self.next_id.fetch_add(1, Relaxed);
         let Some(rt) = &self.runtime else {
             let limit = spec.max_tokens.unwrap_or(u32::MAX);
-            let tokens = if spec.embed {
-                0
-            } else {
-                ZERO_LATENCY_TOKENS.min(limit)
-            };
+            let tokens = if spec.embed { 0 } else { ZERO_LATENCY_TOKENS.min(limit) };
             return Ok(Run {
                 id,
                 cut: !spec.embed && limit < ZERO_LATENCY_TOKENS,
-                source: Source::Instant {
-                    tokens,
-                    next: 0,
-                    stream: spec.stream,
-                },
+                source: Source::Instant { tokens, next: 0, stream: spec.stream },
             });
         };
         let draw = if spec.embed {
@@ -326,22 +302,11 @@ impl App {
         let req = crate::scheduler::Request {
             model: spec.model,
             opts: spec.opts,
-            keep_alive: spec
-                .keep_alive
-                .unwrap_or(KeepAlive::For(self.cfg.keep_alive.as_secs_f64())),
-            job: Job {
-                id,
-                prompt_tokens: spec.prompt_tokens,
-                output_tokens,
-                stream: spec.stream,
-            },
+            keep_alive: spec.keep_alive.unwrap_or(KeepAlive::For(self.cfg.keep_alive.as_secs_f64())),
+            job: Job { id, prompt_tokens: spec.prompt_tokens, output_tokens, stream: spec.stream },
         };
         let ticket = rt.submit(req)?;
-        Ok(Run {
-            id,
-            cut: output_tokens < draw,
-            source: Source::Model(ticket),
-        })
+        Ok(Run { id, cut: output_tokens < draw, source: Source::Model(ticket) })
     }
 }
 
@@ -386,17 +351,10 @@ pub(crate) fn with_auth(router: Router, app: Arc<App>) -> Router {
 async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let open = matches!(req.uri().path(), "/" | "/health");
     let expected = app.cfg.api_key.as_deref().map(|k| format!("Bearer {k}"));
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     if open || expected.as_deref() == given {
         return next.run(req).await;
     }
     app.counters.unauthorized.fetch_add(1, Relaxed);
-    app.error(
-        StatusCode::UNAUTHORIZED,
-        "invalid api key",
-        "authentication_error",
-    )
+    app.error(StatusCode::UNAUTHORIZED, "invalid api key", "authentication_error")
 }

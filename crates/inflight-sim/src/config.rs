@@ -46,17 +46,12 @@ pub enum LengthDist {
 impl LengthDist {
     /// Draws one length.
     pub fn draw(&self, rng: &mut impl rand::Rng) -> u32 {
-        let uniform = |rng: &mut dyn rand::RngCore, (lo, hi): (u32, u32)| {
-            rand::Rng::random_range(rng, lo.min(hi)..=hi.max(lo))
-        };
+        let uniform =
+            |rng: &mut dyn rand::RngCore, (lo, hi): (u32, u32)| rand::Rng::random_range(rng, lo.min(hi)..=hi.max(lo));
         match *self {
             LengthDist::Fixed(n) => n,
             LengthDist::Uniform { min, max } => uniform(rng, (min, max)),
-            LengthDist::Bimodal {
-                short,
-                long,
-                long_fraction,
-            } => {
+            LengthDist::Bimodal { short, long, long_fraction } => {
                 if rng.random::<f64>() < long_fraction {
                     uniform(rng, long)
                 } else {
@@ -176,10 +171,7 @@ impl SimConfig {
     /// Answers every request at once with a fixed short completion, skipping
     /// the performance model: for measuring a client's own overhead.
     pub fn zero_latency() -> Self {
-        SimConfig {
-            zero_latency: true,
-            ..SimConfig::default()
-        }
+        SimConfig { zero_latency: true, ..SimConfig::default() }
     }
 
     /// Whether this configuration skips the performance model.

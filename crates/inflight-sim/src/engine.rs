@@ -180,9 +180,7 @@ impl Engine {
     pub fn next_event_at(&self) -> Option<f64> {
         match self.step_end {
             Some(end) => Some(end),
-            None if !self.queue.is_empty() || self.reload_pending.is_some() => {
-                Some(self.ready_at.max(self.clock))
-            }
+            None if !self.queue.is_empty() || self.reload_pending.is_some() => Some(self.ready_at.max(self.clock)),
             None => None,
         }
     }
@@ -234,13 +232,7 @@ impl Engine {
             let (ls, le) = self.load_window;
             let load = (self.clock.min(le) - q.arrived.max(ls)).max(0.0);
             prefill += f64::from(q.job.prompt_tokens) * self.params.prefill_per_token;
-            self.active.push(Active {
-                job: q.job,
-                arrived: q.arrived,
-                admitted: self.clock,
-                load,
-                produced: 0,
-            });
+            self.active.push(Active { job: q.job, arrived: q.arrived, admitted: self.clock, load, produced: 0 });
         }
         prefill
     }
@@ -254,10 +246,7 @@ impl Engine {
             let a = &mut self.active[i];
             if a.produced < a.job.output_tokens {
                 if a.job.stream {
-                    out.push(Event::Token {
-                        id: a.job.id,
-                        index: a.produced,
-                    });
+                    out.push(Event::Token { id: a.job.id, index: a.produced });
                 }
                 a.produced += 1;
             }

@@ -17,12 +17,7 @@ fn params(lanes: usize, knee: f64, base: f64, per_request: f64, prefill: f64) ->
 }
 
 fn job(id: u64, prompt: u32, out: u32) -> Job {
-    Job {
-        id,
-        prompt_tokens: prompt,
-        output_tokens: out,
-        stream: false,
-    }
+    Job { id, prompt_tokens: prompt, output_tokens: out, stream: false }
 }
 
 /// Keeps `concurrency` jobs in flight until `total` finished; returns the jobs
@@ -104,10 +99,7 @@ fn throughput_rises_to_the_knee_then_stays_flat() {
     let tp = |c| closed_loop(p.clone(), c, 2048).0;
     let (t8, t16, t32, t64, t128) = (tp(8), tp(16), tp(32), tp(64), tp(128));
     assert!(t8 < t16 && t16 < t32, "{t8} {t16} {t32}");
-    assert!(
-        close(t64, t32, 0.02) && close(t128, t32, 0.02),
-        "{t32} {t64} {t128}"
-    );
+    assert!(close(t64, t32, 0.02) && close(t128, t32, 0.02), "{t32} {t64} {t128}");
     let peak_tokens_per_s = 1.0 / (0.008 / 32.0 + 0.0001);
     assert!(close(t32 * 64.0, peak_tokens_per_s, 1e-6));
 }
@@ -145,22 +137,13 @@ fn advancing_in_tiny_increments_matches_one_big_jump() {
     coarse.advance(1e9, &mut coarse_events);
     let (a, b) = (finish_times(&fine_events), finish_times(&coarse_events));
     assert_eq!(a.len(), 30);
-    assert!(
-        a.iter().zip(&b).all(|(x, y)| close(*x, *y, 1e-12)),
-        "{a:?} vs {b:?}"
-    );
+    assert!(a.iter().zip(&b).all(|(x, y)| close(*x, *y, 1e-12)), "{a:?} vs {b:?}");
 }
 
 #[test]
 fn streaming_jobs_report_every_token_and_zero_length_jobs_finish_after_one_step() {
     let mut e = Engine::new(params(2, 2.0, 0.01, 0.0, 0.0), 0.0);
-    e.submit(
-        Job {
-            stream: true,
-            ..job(1, 0, 3)
-        },
-        0.0,
-    );
+    e.submit(Job { stream: true, ..job(1, 0, 3) }, 0.0);
     e.submit(job(2, 0, 0), 0.0);
     let mut ev = Vec::new();
     e.advance(1.0, &mut ev);
@@ -181,9 +164,7 @@ fn streaming_jobs_report_every_token_and_zero_length_jobs_finish_after_one_step(
         .collect();
     assert_eq!(done.len(), 2);
     assert!(done.contains(&(2, 0, 0.01)));
-    assert!(done
-        .iter()
-        .any(|&(id, n, t)| id == 1 && n == 3 && close(t, 0.03, 1e-12)));
+    assert!(done.iter().any(|&(id, n, t)| id == 1 && n == 3 && close(t, 0.03, 1e-12)));
     assert!(e.is_idle());
 }
 
@@ -198,10 +179,7 @@ fn loading_delays_the_first_step_and_is_reported() {
     let Some(Event::Done(f)) = ev.pop() else {
         panic!("no completion: {ev:?}");
     };
-    assert!(
-        close(f.load, 0.4, 1e-12) && close(f.finished, 0.51, 1e-12),
-        "{f:?}"
-    );
+    assert!(close(f.load, 0.4, 1e-12) && close(f.finished, 0.51, 1e-12), "{f:?}");
 }
 
 #[test]

@@ -41,11 +41,7 @@ pub(crate) struct FaultPlan {
 impl FaultPlan {
     /// A plan drawing from `faults` with `seed`.
     pub fn new(faults: Faults, seed: u64) -> Self {
-        FaultPlan {
-            faults,
-            seed,
-            seen: Mutex::new(HashMap::new()),
-        }
+        FaultPlan { faults, seed, seen: Mutex::new(HashMap::new()) }
     }
 
     /// The fault of this attempt of the request with this body.
@@ -61,8 +57,7 @@ impl FaultPlan {
         if cap != 0 && *injected >= cap {
             return None;
         }
-        let mut rng =
-            rand::rngs::SmallRng::seed_from_u64(mix(mix(self.seed, key), u64::from(*attempts)));
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(mix(mix(self.seed, key), u64::from(*attempts)));
         let roll: f64 = rng.random();
         let f = &self.faults;
         let kinds = [
@@ -104,10 +99,7 @@ pub(crate) fn truncated(full: Vec<u8>, content_type: &'static str) -> Response {
     let mut resp = Response::new(Body::from_stream(chunks));
     *resp.status_mut() = StatusCode::OK;
     let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
     resp
 }
@@ -118,12 +110,7 @@ mod tests {
 
     #[test]
     fn faults_stop_after_max_per_request_and_repeat_by_seed() {
-        let faults = Faults {
-            error_500: 0.5,
-            reset: 0.5,
-            max_per_request: 2,
-            ..Faults::default()
-        };
+        let faults = Faults { error_500: 0.5, reset: 0.5, max_per_request: 2, ..Faults::default() };
         let plan = FaultPlan::new(faults.clone(), 7);
         let draws: Vec<_> = (0..5).map(|_| plan.draw(b"job-1")).collect();
         assert_eq!(draws.iter().filter(|d| d.is_some()).count(), 2);

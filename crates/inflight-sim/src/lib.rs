@@ -68,13 +68,7 @@ impl SimServer {
         let router = app::with_auth(router, app.clone());
         let (stop, stopped) = watch::channel(false);
         let accept = tokio::spawn(server::accept_loop(listener, router, stopped));
-        Ok(SimServer {
-            addr,
-            app,
-            stop,
-            accept,
-            driver,
-        })
+        Ok(SimServer { addr, app, stop, accept, driver })
     }
 
     /// The bound address.

@@ -15,12 +15,7 @@ struct Args {
     #[arg(long, value_enum, default_value = "openai")]
     api: Api,
     /// Performance profile.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "lanes4",
-        conflicts_with = "zero_latency"
-    )]
+    #[arg(long, value_enum, default_value = "lanes4", conflicts_with = "zero_latency")]
     profile: Profile,
     /// Answer at once with a fixed short completion (overhead benchmarks).
     #[arg(long)]
@@ -70,11 +65,7 @@ struct Args {
 }
 
 fn config(a: &Args) -> SimConfig {
-    let mut cfg = if a.zero_latency {
-        SimConfig::zero_latency()
-    } else {
-        SimConfig::profile(a.profile)
-    };
+    let mut cfg = if a.zero_latency { SimConfig::zero_latency() } else { SimConfig::profile(a.profile) };
     if let Some(lanes) = a.lanes {
         cfg = cfg.with_lanes(lanes);
     }
@@ -101,10 +92,7 @@ fn config(a: &Args) -> SimConfig {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(
-        args.time_scale.is_finite() && args.time_scale > 0.0,
-        "--time-scale must be positive"
-    );
+    anyhow::ensure!(args.time_scale.is_finite() && args.time_scale > 0.0, "--time-scale must be positive");
     let server = SimServer::start(config(&args)).await?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", server.url())?;

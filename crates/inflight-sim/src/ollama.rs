@@ -21,18 +21,14 @@ use crate::engine::Finished;
 use crate::scheduler::{KeepAlive, RunnerOpts};
 use crate::server::ConnHandle;
 use crate::wire::{
-    completion_text, embedding, estimate_tokens, hash, message_tokens, rfc3339, string_or_list,
-    token_text,
+    completion_text, embedding, estimate_tokens, hash, message_tokens, rfc3339, string_or_list, token_text,
 };
 
 /// Routes of the Ollama server.
 pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(|| async { "Ollama is running" }))
-        .route(
-            "/api/version",
-            get(|| async { Json(json!({"version": "0.12.0"})) }),
-        )
+        .route("/api/version", get(|| async { Json(json!({"version": "0.12.0"})) }))
         .route("/api/tags", get(tags))
         .route("/api/ps", get(ps))
         .route("/api/chat", post(chat))
@@ -80,9 +76,7 @@ fn parse_duration(s: &str) -> Option<f64> {
         let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
         let value: f64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -114,8 +108,8 @@ fn keep_alive(v: &Value) -> Result<Option<KeepAlive>, String> {
 
 /// The request's fields every inference endpoint shares; `Err` is the response to send instead.
 fn admit(app: &App, body: &[u8]) -> Result<(Value, String, Option<KeepAlive>), Box<Response>> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| Box::new(app.bad_request(&format!("invalid JSON body: {e}"))))?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| Box::new(app.bad_request(&format!("invalid JSON body: {e}"))))?;
     let Some(model) = v["model"].as_str().map(str::to_string) else {
         return Err(Box::new(app.bad_request("model is required")));
     };
@@ -183,19 +177,11 @@ fn reason(cut: bool) -> &'static str {
     }
 }
 
-async fn chat(
-    State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnHandle>,
-    body: Bytes,
-) -> Response {
+async fn chat(State(app): State<Arc<App>>, Extension(conn): Extension<ConnHandle>, body: Bytes) -> Response {
     infer(app, conn, body, Kind::Chat).await
 }
 
-async fn generate(
-    State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnHandle>,
-    body: Bytes,
-) -> Response {
+async fn generate(State(app): State<Arc<App>>, Extension(conn): Extension<ConnHandle>, body: Bytes) -> Response {
     infer(app, conn, body, Kind::Generate).await
 }
 
@@ -215,31 +201,14 @@ async fn infer(app: Arc<App>, conn: ConnHandle, body: Bytes, kind: Kind) -> Resp
             (estimate_tokens(prompt), prompt.is_empty())
         }
     };
-    let num_predict = v["options"]["num_predict"]
-        .as_i64()
-        .filter(|n| *n >= 0)
-        .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    let num_predict =
+        v["options"]["num_predict"].as_i64().filter(|n| *n >= 0).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
     let stream = v["stream"].as_bool().unwrap_or(true) && !load_only;
-    let meta = Meta {
-        kind,
-        model: model.clone(),
-        prompt_tokens,
-    };
-    let sample = Finished {
-        id: 0,
-        tokens: 8,
-        arrived: 0.0,
-        admitted: 0.0,
-        finished: 0.0,
-        load: 0.0,
-        prefill: 0.0,
-    };
+    let meta = Meta { kind, model: model.clone(), prompt_tokens };
+    let sample = Finished { id: 0, tokens: 8, arrived: 0.0, admitted: 0.0, finished: 0.0, load: 0.0, prefill: 0.0 };
     let rendered = || {
         let full = meta.line(completion_text(8), Some((&sample, "stop")));
-        (
-            full.to_string().into_bytes(),
-            "application/json; charset=utf-8",
-        )
+        (full.to_string().into_bytes(), "application/json; charset=utf-8")
     };
     if let Some(resp) = app.fault(&body, &conn, rendered).await {
         return resp;
@@ -283,11 +252,7 @@ fn gone(app: &App) -> Response {
     app.error(status, "server is shutting down", "unavailable_error")
 }
 
-async fn embed(
-    State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnHandle>,
-    body: Bytes,
-) -> Response {
+async fn embed(State(app): State<Arc<App>>, Extension(conn): Extension<ConnHandle>, body: Bytes) -> Response {
     let flight = app.enter();
     let (v, model, ka) = match admit(&app, &body) {
         Ok(ok) => ok,
@@ -308,12 +273,7 @@ async fn embed(
             "prompt_eval_count": prompt_tokens,
         })
     };
-    let rendered = || {
-        (
-            render(None).to_string().into_bytes(),
-            "application/json; charset=utf-8",
-        )
-    };
+    let rendered = || (render(None).to_string().into_bytes(), "application/json; charset=utf-8");
     if let Some(resp) = app.fault(&body, &conn, rendered).await {
         return resp;
     }

@@ -15,10 +15,7 @@ use serde_json::{json, Value};
 use crate::app::{stream_body, App, Flight, Piece, Spec};
 use crate::scheduler::RunnerOpts;
 use crate::server::ConnHandle;
-use crate::wire::{
-    completion_text, embedding, estimate_tokens, message_tokens, string_or_list, token_text,
-    unix_secs,
-};
+use crate::wire::{completion_text, embedding, estimate_tokens, message_tokens, string_or_list, token_text, unix_secs};
 
 /// Routes of the OpenAI-compatible server.
 pub(crate) fn router(app: Arc<App>) -> Router {
@@ -130,34 +127,22 @@ fn finish_reason(cut: bool) -> &'static str {
     }
 }
 
-async fn chat(
-    State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnHandle>,
-    body: Bytes,
-) -> Response {
+async fn chat(State(app): State<Arc<App>>, Extension(conn): Extension<ConnHandle>, body: Bytes) -> Response {
     generate(app, conn, body, Kind::Chat).await
 }
 
-async fn completions(
-    State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnHandle>,
-    body: Bytes,
-) -> Response {
+async fn completions(State(app): State<Arc<App>>, Extension(conn): Extension<ConnHandle>, body: Bytes) -> Response {
     generate(app, conn, body, Kind::Text).await
 }
 
 /// Parses the body and checks the model; `Err` is the response to send instead.
 fn admit(app: &App, body: &[u8]) -> Result<(Value, String), Box<Response>> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| Box::new(app.bad_request(&format!("invalid JSON body: {e}"))))?;
-    let model = v["model"]
-        .as_str()
-        .unwrap_or_else(|| app.cfg.models.first().map_or("sim-model", |m| m.as_str()))
-        .to_string();
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| Box::new(app.bad_request(&format!("invalid JSON body: {e}"))))?;
+    let model =
+        v["model"].as_str().unwrap_or_else(|| app.cfg.models.first().map_or("sim-model", |m| m.as_str())).to_string();
     if app.is_missing(&model, |a, b| a == b) {
-        return Err(Box::new(
-            app.not_found(&format!("model '{model}' not found")),
-        ));
+        return Err(Box::new(app.not_found(&format!("model '{model}' not found"))));
     }
     Ok((v, model))
 }
@@ -170,10 +155,7 @@ async fn generate(app: Arc<App>, conn: ConnHandle, body: Bytes, kind: Kind) -> R
     };
     let prompt_tokens = match kind {
         Kind::Chat => message_tokens(&v["messages"]),
-        Kind::Text => string_or_list(&v["prompt"])
-            .iter()
-            .map(|p| estimate_tokens(p))
-            .sum(),
+        Kind::Text => string_or_list(&v["prompt"]).iter().map(|p| estimate_tokens(p)).sum(),
     };
     let max_tokens = ["max_tokens", "max_completion_tokens", "n_predict"]
         .iter()
@@ -181,44 +163,20 @@ async fn generate(app: Arc<App>, conn: ConnHandle, body: Bytes, kind: Kind) -> R
         .filter(|n| *n >= 0)
         .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
     let stream = v["stream"].as_bool().unwrap_or(false);
-    let mut meta = Meta {
-        kind,
-        id: 0,
-        model: model.clone(),
-        created: unix_secs(),
-        prompt_tokens,
-    };
-    let rendered = || {
-        (
-            meta.full(8, false).to_string().into_bytes(),
-            "application/json",
-        )
-    };
+    let mut meta = Meta { kind, id: 0, model: model.clone(), created: unix_secs(), prompt_tokens };
+    let rendered = || (meta.full(8, false).to_string().into_bytes(), "application/json");
     if let Some(resp) = app.fault(&body, &conn, rendered).await {
         return resp;
     }
-    let spec = Spec {
-        model,
-        prompt_tokens,
-        max_tokens,
-        stream,
-        embed: false,
-        opts: RunnerOpts::default(),
-        keep_alive: None,
-    };
+    let spec =
+        Spec { model, prompt_tokens, max_tokens, stream, embed: false, opts: RunnerOpts::default(), keep_alive: None };
     let Ok(mut run) = app.start(spec) else {
         return app.busy();
     };
     meta.id = run.id;
     if stream {
         let body = stream_body(run, flight, move |piece, cut| meta.chunk(piece, cut));
-        return (
-            [
-                (header::CONTENT_TYPE, "text/event-stream"),
-                (header::CACHE_CONTROL, "no-cache"),
-            ],
-            body,
-        )
+        return ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], body)
             .into_response();
     }
     let Some(done) = run.finish().await else {
@@ -230,18 +188,10 @@ async fn generate(app: Arc<App>, conn: ConnHandle, body: Bytes, kind: Kind) -> R
 
 /// The answer when the server is shut down under a waiting request.
 fn gone(app: &App) -> Response {
-    app.error(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "server is shutting down",
-        "unavailable_error",
-    )
+    app.error(axum::http::StatusCode::SERVICE_UNAVAILABLE, "server is shutting down", "unavailable_error")
 }
 
-async fn embeddings(
-    State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnHandle>,
-    body: Bytes,
-) -> Response {
+async fn embeddings(State(app): State<Arc<App>>, Extension(conn): Extension<ConnHandle>, body: Bytes) -> Response {
     let flight: Flight = app.enter();
     let (v, model) = match admit(&app, &body) {
         Ok(ok) => ok,
@@ -265,12 +215,7 @@ async fn embeddings(
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
         })
     };
-    if let Some(resp) = app
-        .fault(&body, &conn, || {
-            (render().to_string().into_bytes(), "application/json")
-        })
-        .await
-    {
+    if let Some(resp) = app.fault(&body, &conn, || (render().to_string().into_bytes(), "application/json")).await {
         return resp;
     }
     let spec = Spec {
@@ -298,9 +243,7 @@ async fn models(State(app): State<Arc<App>>) -> Json<Value> {
         .cfg
         .models
         .iter()
-        .map(
-            |m| json!({"id": m, "object": "model", "created": created, "owned_by": "inflight-sim"}),
-        )
+        .map(|m| json!({"id": m, "object": "model", "created": created, "owned_by": "inflight-sim"}))
         .collect();
     Json(json!({"object": "list", "data": data}))
 }

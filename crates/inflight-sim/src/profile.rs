@@ -110,9 +110,7 @@ impl Profile {
                 .with_per_request_step(Duration::from_micros(20))
                 .with_prefill_per_token(Duration::from_micros(10)),
             Profile::Warmup => lanes4.with_warmup_requests(20).with_warmup_factor(5.0),
-            Profile::Drift => lanes4
-                .with_drift_after(Some(Duration::from_secs(180)))
-                .with_drift_factor(1.3),
+            Profile::Drift => lanes4.with_drift_after(Some(Duration::from_secs(180))).with_drift_factor(1.3),
             Profile::BoundedQueue => lanes4.with_max_queue(Some(16)),
             Profile::Bimodal => batching32(lanes4).with_lengths(LengthDist::Bimodal {
                 short: (16, 24),
@@ -133,16 +131,10 @@ impl FromStr for Profile {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Profile::ALL
-            .into_iter()
-            .find(|p| p.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                let names: Vec<_> = Profile::ALL.iter().map(|p| p.name()).collect();
-                format!(
-                    "unknown profile '{s}' (expected one of: {})",
-                    names.join(", ")
-                )
-            })
+        Profile::ALL.into_iter().find(|p| p.name().eq_ignore_ascii_case(s)).ok_or_else(|| {
+            let names: Vec<_> = Profile::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown profile '{s}' (expected one of: {})", names.join(", "))
+        })
     }
 }
 
@@ -154,10 +146,7 @@ mod tests {
     fn names_round_trip_through_from_str_and_clap() {
         for p in Profile::ALL {
             assert_eq!(p.name().parse::<Profile>(), Ok(p));
-            assert_eq!(
-                <Profile as ValueEnum>::from_str(p.name(), false).ok(),
-                Some(p)
-            );
+            assert_eq!(<Profile as ValueEnum>::from_str(p.name(), false).ok(), Some(p));
         }
         assert!("nope".parse::<Profile>().is_err());
     }

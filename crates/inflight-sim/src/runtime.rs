@@ -90,11 +90,7 @@ impl Runtime {
     /// Wraps a scheduler; simulated time 0 is now.
     pub fn new(sched: Scheduler, scale: f64) -> Arc<Self> {
         Arc::new(Runtime {
-            inner: Mutex::new(Inner {
-                sched,
-                waiters: HashMap::new(),
-                scratch: Vec::new(),
-            }),
+            inner: Mutex::new(Inner { sched, waiters: HashMap::new(), scratch: Vec::new() }),
             wake: Notify::new(),
             epoch: Instant::now(),
             scale,
@@ -128,12 +124,7 @@ impl Runtime {
             inner.waiters.insert(id, tx);
         }
         self.wake.notify_one();
-        Ok(Ticket {
-            rt: self.clone(),
-            id,
-            rx,
-            finished: false,
-        })
+        Ok(Ticket { rt: self.clone(), id, rx, finished: false })
     }
 
     /// Model loads so far.

@@ -97,12 +97,7 @@ impl Scheduler {
     }
 
     /// Ollama-style residency with loads, keep-alive and LRU eviction.
-    pub fn residency(
-        params: EngineParams,
-        load_time: f64,
-        max_loaded: usize,
-        max_pending: Option<usize>,
-    ) -> Self {
+    pub fn residency(params: EngineParams, load_time: f64, max_loaded: usize, max_pending: Option<usize>) -> Self {
         Scheduler {
             residency: true,
             load_time,
@@ -119,12 +114,7 @@ impl Scheduler {
 
     /// Hands a request arriving at `now` to its model; call [`Scheduler::advance`] to `now` first.
     pub fn submit(&mut self, req: Request, now: f64) -> Result<(), Busy> {
-        let pending: usize = self
-            .models
-            .iter()
-            .map(|m| m.engine.pending())
-            .sum::<usize>()
-            + self.waiting.len();
+        let pending: usize = self.models.iter().map(|m| m.engine.pending()).sum::<usize>() + self.waiting.len();
         if self.max_pending.is_some_and(|max| pending >= max) {
             return Err(Busy);
         }
@@ -171,10 +161,7 @@ impl Scheduler {
 
     /// The next simulated time at which some engine has work to do.
     pub fn next_event_at(&self) -> Option<f64> {
-        self.models
-            .iter()
-            .filter_map(|m| m.engine.next_event_at())
-            .min_by(f64::total_cmp)
+        self.models.iter().filter_map(|m| m.engine.next_event_at()).min_by(f64::total_cmp)
     }
 
     /// Resident models (Ollama mode) as of `now`.
@@ -241,13 +228,7 @@ impl Scheduler {
         let mut engine = Engine::loading(self.params.clone(), start, self.load_time);
         engine.submit(req.job, arrived);
         self.loads += 1;
-        self.models.push(Model {
-            name: req.model,
-            engine,
-            opts: req.opts,
-            keep_alive: req.keep_alive,
-            last_used: now,
-        });
+        self.models.push(Model { name: req.model, engine, opts: req.opts, keep_alive: req.keep_alive, last_used: now });
         Ok(())
     }
 }

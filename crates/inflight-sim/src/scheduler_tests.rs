@@ -21,12 +21,7 @@ fn req(id: u64, model: &str, keep_alive: KeepAlive) -> Request {
         model: model.to_string(),
         opts: RunnerOpts::default(),
         keep_alive,
-        job: Job {
-            id,
-            prompt_tokens: 0,
-            output_tokens: 10,
-            stream: false,
-        },
+        job: Job { id, prompt_tokens: 0, output_tokens: 10, stream: false },
     }
 }
 
@@ -59,13 +54,7 @@ fn first_request_pays_the_load_and_keep_alive_zero_unloads() {
     s.submit(req(3, "a", KeepAlive::Forever), 6.0).unwrap();
     assert_eq!(s.loads(), 2);
     run(&mut s, 10.0);
-    assert_eq!(
-        s.loaded(10.0),
-        vec![LoadedModel {
-            name: "a".into(),
-            expires_at: None
-        }]
-    );
+    assert_eq!(s.loaded(10.0), vec![LoadedModel { name: "a".into(), expires_at: None }]);
 }
 
 #[test]

@@ -38,11 +38,7 @@ pub(crate) fn bind(port: u16) -> std::io::Result<TcpListener> {
 
 /// Accepts connections until `shutdown` turns true, then closes the listener
 /// and resets every open connection before returning.
-pub(crate) async fn accept_loop(
-    listener: TcpListener,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub(crate) async fn accept_loop(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) {
     let mut conns = JoinSet::new();
     let for_conns = shutdown.clone();
     loop {
@@ -75,8 +71,7 @@ async fn serve_conn(stream: TcpStream, router: Router, mut shutdown: watch::Rece
         req.extensions_mut().insert(handle.clone());
         tower_service::Service::call(&mut router.clone(), req)
     });
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
         _ = &mut conn => return,

@@ -49,11 +49,7 @@ pub(crate) fn message_tokens(messages: &Value) -> u32 {
     list.iter()
         .map(|m| match &m["content"] {
             Value::String(s) => estimate_tokens(s),
-            Value::Array(parts) => parts
-                .iter()
-                .filter_map(|p| p["text"].as_str())
-                .map(estimate_tokens)
-                .sum(),
+            Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).map(estimate_tokens).sum(),
             _ => 0,
         })
         .sum()
@@ -63,10 +59,7 @@ pub(crate) fn message_tokens(messages: &Value) -> u32 {
 pub(crate) fn string_or_list(v: &Value) -> Vec<String> {
     match v {
         Value::String(s) => vec![s.clone()],
-        Value::Array(items) => items
-            .iter()
-            .filter_map(|i| i.as_str().map(str::to_string))
-            .collect(),
+        Value::Array(items) => items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect(),
         _ => Vec::new(),
     }
 }
@@ -80,12 +73,7 @@ pub(crate) fn embedding(text: &str) -> Vec<f32> {
             (h >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         })
         .collect();
-    let norm = raw
-        .iter()
-        .map(|x| x * x)
-        .sum::<f32>()
-        .sqrt()
-        .max(f32::EPSILON);
+    let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
     raw.into_iter().map(|x| x / norm).collect()
 }
 
@@ -98,9 +86,7 @@ pub(crate) fn hash(bytes: &[u8]) -> u64 {
 
 /// Combines two values into a well-spread seed (splitmix64 finaliser).
 pub(crate) fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b
-        .wrapping_add(0x9e37_79b9_7f4a_7c15)
-        .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let mut z = a ^ b.wrapping_add(0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -108,9 +94,7 @@ pub(crate) fn mix(a: u64, b: u64) -> u64 {
 
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// RFC 3339 UTC timestamp with nanoseconds, as Ollama prints them.

@@ -11,59 +11,32 @@ fn chat_body(tag: &str) -> serde_json::Value {
 
 /// A server where every request's first attempt gets `faults` and the second succeeds.
 async fn faulty(faults: Faults) -> SimServer {
-    let faults = Faults {
-        max_per_request: 1,
-        ..faults
-    };
-    let cfg = SimConfig::zero_latency()
-        .with_faults(faults)
-        .with_stall_for(Duration::from_secs(60));
+    let faults = Faults { max_per_request: 1, ..faults };
+    let cfg = SimConfig::zero_latency().with_faults(faults).with_stall_for(Duration::from_secs(60));
     SimServer::start(cfg).await.unwrap()
 }
 
-async fn send(
-    client: &reqwest::Client,
-    server: &SimServer,
-    tag: &str,
-) -> reqwest::Result<reqwest::Response> {
-    client
-        .post(format!("{}/v1/chat/completions", server.url()))
-        .json(&chat_body(tag))
-        .send()
-        .await
+async fn send(client: &reqwest::Client, server: &SimServer, tag: &str) -> reqwest::Result<reqwest::Response> {
+    client.post(format!("{}/v1/chat/completions", server.url())).json(&chat_body(tag)).send().await
 }
 
 #[tokio::test]
 async fn http_error_faults_then_success() {
     let client = reqwest::Client::new();
-    let server = faulty(Faults {
-        error_500: 1.0,
-        ..Faults::default()
-    })
-    .await;
+    let server = faulty(Faults { error_500: 1.0, ..Faults::default() }).await;
     let first = send(&client, &server, "a").await.unwrap();
     assert_eq!(first.status().as_u16(), 500);
     let body: serde_json::Value = first.json().await.unwrap();
     assert!(body["error"]["message"].is_string());
-    assert_eq!(
-        send(&client, &server, "a").await.unwrap().status().as_u16(),
-        200
-    );
+    assert_eq!(send(&client, &server, "a").await.unwrap().status().as_u16(), 200);
     assert_eq!((server.stats().error_500, server.stats().ok), (1, 1));
     server.shutdown().await;
 
-    let server = faulty(Faults {
-        error_503_retry_after: 1.0,
-        ..Faults::default()
-    })
-    .await;
+    let server = faulty(Faults { error_503_retry_after: 1.0, ..Faults::default() }).await;
     let first = send(&client, &server, "a").await.unwrap();
     assert_eq!(first.status().as_u16(), 503);
     assert_eq!(first.headers()["retry-after"], "1");
-    assert_eq!(
-        send(&client, &server, "a").await.unwrap().status().as_u16(),
-        200
-    );
+    assert_eq!(send(&client, &server, "a").await.unwrap().status().as_u16(), 200);
     assert_eq!(server.stats().error_503_retry_after, 1);
     server.shutdown().await;
 }
@@ -71,19 +44,10 @@ async fn http_error_faults_then_success() {
 #[tokio::test]
 async fn reset_fault_drops_the_connection_without_a_response() {
     let client = reqwest::Client::new();
-    let server = faulty(Faults {
-        reset: 1.0,
-        ..Faults::default()
-    })
-    .await;
-    let err = send(&client, &server, "a")
-        .await
-        .expect_err("connection must be reset");
+    let server = faulty(Faults { reset: 1.0, ..Faults::default() }).await;
+    let err = send(&client, &server, "a").await.expect_err("connection must be reset");
     assert!(!err.is_timeout() && err.status().is_none(), "{err:?}");
-    assert_eq!(
-        send(&client, &server, "a").await.unwrap().status().as_u16(),
-        200
-    );
+    assert_eq!(send(&client, &server, "a").await.unwrap().status().as_u16(), 200);
     assert_eq!(server.stats().reset, 1);
     server.shutdown().await;
 }
@@ -91,11 +55,7 @@ async fn reset_fault_drops_the_connection_without_a_response() {
 #[tokio::test]
 async fn truncated_fault_sends_an_incomplete_body() {
     let client = reqwest::Client::new();
-    let server = faulty(Faults {
-        truncated: 1.0,
-        ..Faults::default()
-    })
-    .await;
+    let server = faulty(Faults { truncated: 1.0, ..Faults::default() }).await;
     let first = send(&client, &server, "a").await.unwrap();
     assert_eq!(first.status().as_u16(), 200);
     let promised = first.content_length().expect("content-length");
@@ -111,23 +71,11 @@ async fn truncated_fault_sends_an_incomplete_body() {
 
 #[tokio::test]
 async fn stall_fault_holds_the_request_past_the_client_timeout() {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let server = faulty(Faults {
-        stall: 1.0,
-        ..Faults::default()
-    })
-    .await;
-    let err = send(&client, &server, "a")
-        .await
-        .expect_err("must time out");
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let server = faulty(Faults { stall: 1.0, ..Faults::default() }).await;
+    let err = send(&client, &server, "a").await.expect_err("must time out");
     assert!(err.is_timeout(), "{err:?}");
-    assert_eq!(
-        send(&client, &server, "a").await.unwrap().status().as_u16(),
-        200
-    );
+    assert_eq!(send(&client, &server, "a").await.unwrap().status().as_u16(), 200);
     assert_eq!(server.stats().stall, 1);
     server.shutdown().await;
 }
@@ -140,21 +88,10 @@ async fn bounded_queue_answers_503_with_retry_after() {
     let client = reqwest::Client::new();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..30 {
-        let (client, url) = (
-            client.clone(),
-            format!("{}/v1/chat/completions", server.url()),
-        );
+        let (client, url) = (client.clone(), format!("{}/v1/chat/completions", server.url()));
         tasks.spawn(async move {
-            let resp = client
-                .post(url)
-                .json(&chat_body(&format!("{i}")))
-                .send()
-                .await
-                .unwrap();
-            let retry = resp
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_string());
+            let resp = client.post(url).json(&chat_body(&format!("{i}"))).send().await.unwrap();
+            let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
             (resp.status().as_u16(), retry)
         });
     }
@@ -162,10 +99,7 @@ async fn bounded_queue_answers_503_with_retry_after() {
     let busy: Vec<_> = results.iter().filter(|(s, _)| *s == 503).collect();
     assert!(!busy.is_empty(), "{results:?}");
     assert!(busy.iter().all(|(_, r)| r.as_deref() == Some("1")));
-    assert!(
-        results.iter().all(|(s, _)| *s == 200 || *s == 503),
-        "{results:?}"
-    );
+    assert!(results.iter().all(|(s, _)| *s == 200 || *s == 503), "{results:?}");
     let stats = server.stats();
     assert_eq!(stats.busy_503 as usize, busy.len());
     assert_eq!(stats.ok as usize, 30 - busy.len());
@@ -176,19 +110,12 @@ async fn bounded_queue_answers_503_with_retry_after() {
 #[tokio::test]
 async fn shutdown_resets_open_connections_and_the_port_can_be_reused() {
     // Slow enough that the streamed answer is still running at shutdown.
-    let cfg = SimConfig::profile(Profile::Serial)
-        .with_time_scale(0.05)
-        .with_api(Api::Ollama);
+    let cfg = SimConfig::profile(Profile::Serial).with_time_scale(0.05).with_api(Api::Ollama);
     let server = SimServer::start(cfg.clone()).await.unwrap();
     let port = server.addr().port();
     let url = format!("{}/api/generate", server.url());
     let body = json!({"model": "sim-model", "prompt": "tell me a story"});
-    let mut resp = reqwest::Client::new()
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = reqwest::Client::new().post(&url).json(&body).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
 
     server.shutdown().await;
@@ -202,26 +129,16 @@ async fn shutdown_resets_open_connections_and_the_port_can_be_reused() {
     })
     .await
     .expect("the open stream must end promptly");
-    assert!(
-        outcome.is_err(),
-        "stream ended cleanly instead of being cut"
-    );
+    assert!(outcome.is_err(), "stream ended cleanly instead of being cut");
     let refused = reqwest::Client::new().post(&url).json(&body).send().await;
     assert!(refused.is_err_and(|e| e.is_connect()));
 
-    let server = SimServer::start(cfg.with_port(port).with_time_scale(100.0))
-        .await
-        .unwrap();
+    let server = SimServer::start(cfg.with_port(port).with_time_scale(100.0)).await.unwrap();
     assert_eq!(server.addr().port(), port);
     let mut fast = body.clone();
     fast["stream"] = false.into();
     fast["options"] = json!({"num_predict": 2});
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .json(&fast)
-        .send()
-        .await
-        .unwrap();
+    let resp = reqwest::Client::new().post(&url).json(&fast).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     server.shutdown().await;
 }

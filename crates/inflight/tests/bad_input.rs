@@ -26,7 +26,10 @@ fn bad_lines_become_error_records_and_never_stop_the_run() {
                 3 => ("duplicate_id", json!({"id": "j1", "prompt": "again"}).to_string().into_bytes()),
                 4 => ("line_too_long", json!({"prompt": "x".repeat(5000)}).to_string().into_bytes()),
                 5 => ("not_an_object", b"[1, 2, 3]".to_vec()),
-                6 => ("bad_url", json!({"custom_id": format!("u{line}"), "url": "/v1/nope", "body": {}}).to_string().into_bytes()),
+                6 => (
+                    "bad_url",
+                    json!({"custom_id": format!("u{line}"), "url": "/v1/nope", "body": {}}).to_string().into_bytes(),
+                ),
                 _ => ("bad_field", json!({"id": format!("f{line}"), "prompt": 42}).to_string().into_bytes()),
             };
             expected.insert(line, code);
@@ -40,17 +43,24 @@ fn bad_lines_become_error_records_and_never_stop_the_run() {
     drop(f);
 
     let out = run(&[
-        "run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", sim.url(), "-q",
-        "--max-line-bytes", "4096", "-c", "32",
+        "run",
+        input.to_str().unwrap(),
+        "-o",
+        s.out_arg(),
+        "--server",
+        sim.url(),
+        "-q",
+        "--max-line-bytes",
+        "4096",
+        "-c",
+        "32",
     ]);
     assert_exit(&out, 1);
     assert_eq!(read_jsonl(&s.out()).len(), 9_900);
     let errors = read_jsonl(&s.errors());
     assert_eq!(errors.len(), 100);
-    let got: BTreeMap<u64, String> = errors
-        .iter()
-        .map(|e| (e["line"].as_u64().unwrap(), e["error"]["code"].as_str().unwrap().to_owned()))
-        .collect();
+    let got: BTreeMap<u64, String> =
+        errors.iter().map(|e| (e["line"].as_u64().unwrap(), e["error"]["code"].as_str().unwrap().to_owned())).collect();
     let want: BTreeMap<u64, String> = expected.iter().map(|(l, c)| (*l, c.to_string())).collect();
     assert_eq!(got, want);
     assert!(errors.iter().all(|e| e["custom_id"].is_null() && !e["error"]["message"].as_str().unwrap().is_empty()));

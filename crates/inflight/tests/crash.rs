@@ -13,13 +13,25 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let sim = Sim::start(SimConfig::profile(Profile::Batching32).with_time_scale(10.0));
     let s = Scratch::new();
     let input = s.write_lines("jobs.jsonl", prompt_lines(2000));
-    let args = ["run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", sim.url(), "-q",
-                "-c", "32", "--max-tokens", "16"];
+    let args = [
+        "run",
+        input.to_str().unwrap(),
+        "-o",
+        s.out_arg(),
+        "--server",
+        sim.url(),
+        "-q",
+        "-c",
+        "32",
+        "--max-tokens",
+        "16",
+    ];
     let mut rng = rand::rng();
     let mut kills = 0;
     // The first kill lands during start-up or ingest, the others after a random number of results.
     for round in 0..6 {
-        let mut child = bin().args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut child =
+            bin().args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
         let have = lines_in(&s.out());
         let target = if round == 0 { 0 } else { have + rng.random_range(1..300) };
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -26,13 +26,31 @@ fn transient_faults_are_retried_until_every_job_succeeds() {
     let s = Scratch::new();
     let input = s.write_lines("jobs.jsonl", prompt_lines(600));
     let out = run(&[
-        "run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", sim.url(), "-q",
-        "--max-tokens", "8", "-c", "16", "--request-timeout", "2s", "--max-attempts", "5",
+        "run",
+        input.to_str().unwrap(),
+        "-o",
+        s.out_arg(),
+        "--server",
+        sim.url(),
+        "-q",
+        "--max-tokens",
+        "8",
+        "-c",
+        "16",
+        "--request-timeout",
+        "2s",
+        "--max-attempts",
+        "5",
     ]);
     assert_exit(&out, 0);
     let st = sim.stats();
-    for (kind, n) in [("500", st.error_500), ("503", st.error_503_retry_after), ("reset", st.reset),
-                      ("stall", st.stall), ("truncated", st.truncated)] {
+    for (kind, n) in [
+        ("500", st.error_500),
+        ("503", st.error_503_retry_after),
+        ("reset", st.reset),
+        ("stall", st.stall),
+        ("truncated", st.truncated),
+    ] {
         assert!(n > 0, "no {kind} fault was injected: {st:?}");
     }
     let ids = id_counts(&s.out(), &s.errors());
@@ -52,8 +70,17 @@ fn model_not_found_fails_each_job_after_one_attempt_with_the_servers_message() {
     });
     let input = s.write_lines("jobs.jsonl", lines);
     let out = run(&[
-        "run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", sim.url(), "-q",
-        "--max-tokens", "4", "-c", "4",
+        "run",
+        input.to_str().unwrap(),
+        "-o",
+        s.out_arg(),
+        "--server",
+        sim.url(),
+        "-q",
+        "--max-tokens",
+        "4",
+        "-c",
+        "4",
     ]);
     assert_exit(&out, 1);
     let errors = read_jsonl(&s.errors());
@@ -73,8 +100,17 @@ fn first_requests_all_failing_the_same_way_stop_the_run_and_record_nothing() {
     let s = Scratch::new();
     let input = s.write_lines("jobs.jsonl", prompt_lines(1000));
     let out = run(&[
-        "run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", sim.url(), "-q",
-        "--model", "ghost", "-c", "2",
+        "run",
+        input.to_str().unwrap(),
+        "-o",
+        s.out_arg(),
+        "--server",
+        sim.url(),
+        "-q",
+        "--model",
+        "ghost",
+        "-c",
+        "2",
     ]);
     assert_exit(&out, 2);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -91,8 +127,20 @@ fn outage_pauses_the_run_and_resumes_without_spending_attempts() {
     let state = s.path("out.inflight.db");
     let child = bin()
         .args([
-            "run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", sim.url(),
-            "--max-tokens", "8", "-c", "8", "--max-attempts", "1", "--status-every", "100ms",
+            "run",
+            input.to_str().unwrap(),
+            "-o",
+            s.out_arg(),
+            "--server",
+            sim.url(),
+            "--max-tokens",
+            "8",
+            "-c",
+            "8",
+            "--max-attempts",
+            "1",
+            "--status-every",
+            "100ms",
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -16,12 +16,27 @@ fn chat_generate_and_embed_through_ollama_without_reloading_the_model() {
     let mut lines: Vec<String> = (0..30).map(|i| json!({"id": format!("c{i}"), "prompt": "hi"}).to_string()).collect();
     // A line asking for other runner options must not make Ollama reload the model.
     lines.push(json!({"id": "ctx", "prompt": "hi", "num_ctx": 512}).to_string());
-    lines.push(json!({"custom_id": "g", "method": "POST", "url": "/v1/completions", "body": {"prompt": "Once"}}).to_string());
+    lines.push(
+        json!({"custom_id": "g", "method": "POST", "url": "/v1/completions", "body": {"prompt": "Once"}}).to_string(),
+    );
     lines.push(json!({"id": "e", "input": ["a", "b"]}).to_string());
     let input = s.write_lines("jobs.jsonl", lines);
     let out = run(&[
-        "run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", sim.url(), "-q",
-        "--model", "sim-model", "--max-tokens", "8", "--param", "num_ctx=2048", "-c", "4",
+        "run",
+        input.to_str().unwrap(),
+        "-o",
+        s.out_arg(),
+        "--server",
+        sim.url(),
+        "-q",
+        "--model",
+        "sim-model",
+        "--max-tokens",
+        "8",
+        "--param",
+        "num_ctx=2048",
+        "-c",
+        "4",
     ]);
     assert_exit(&out, 0);
     let results = read_jsonl(&s.out());
@@ -40,8 +55,8 @@ fn detects_ollama_and_refuses_a_model_it_does_not_have() {
     let sim = Sim::start(ollama());
     let s = Scratch::new();
     let input = s.write_lines("jobs.jsonl", prompt_lines(5));
-    let out = run(&["run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", sim.url(), "-q",
-                    "--model", "llama9"]);
+    let out =
+        run(&["run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", sim.url(), "-q", "--model", "llama9"]);
     assert_exit(&out, 2);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ollama pull llama9"), "{stderr}");

@@ -37,7 +37,9 @@ fn chat_completion_and_embedding_jobs_against_llama_server() {
     let server = LlamaServer::start(&["-np", "4", "-t", "2", "-c", "4096", "--embeddings", "--pooling", "mean"]);
     let s = Scratch::new();
     let mut lines: Vec<String> = (0..24)
-        .map(|i| json!({"id": format!("chat{i}"), "prompt": format!("Name one fact about the number {i}.")}).to_string())
+        .map(|i| {
+            json!({"id": format!("chat{i}"), "prompt": format!("Name one fact about the number {i}.")}).to_string()
+        })
         .collect();
     lines.extend((0..8).map(|i| {
         json!({"custom_id": format!("raw{i}"), "method": "POST", "url": "/v1/completions",
@@ -47,8 +49,17 @@ fn chat_completion_and_embedding_jobs_against_llama_server() {
     lines.extend((0..8).map(|i| json!({"id": format!("emb{i}"), "input": format!("text number {i}")}).to_string()));
     let input = s.write_lines("jobs.jsonl", lines);
     let out = run(&[
-        "run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", &server.url, "-q",
-        "--max-tokens", "24", "-c", "4",
+        "run",
+        input.to_str().unwrap(),
+        "-o",
+        s.out_arg(),
+        "--server",
+        &server.url,
+        "-q",
+        "--max-tokens",
+        "24",
+        "-c",
+        "4",
     ]);
     assert_exit(&out, 0);
     let results = read_jsonl(&s.out());
@@ -75,8 +86,17 @@ fn embeddings_without_the_flag_fail_permanently_with_the_servers_message() {
     lines.extend((0..3).map(|i| json!({"id": format!("e{i}"), "input": "x"}).to_string()));
     let input = s.write_lines("jobs.jsonl", lines);
     let out = run(&[
-        "run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", &server.url, "-q",
-        "--max-tokens", "8", "-c", "1",
+        "run",
+        input.to_str().unwrap(),
+        "-o",
+        s.out_arg(),
+        "--server",
+        &server.url,
+        "-q",
+        "--max-tokens",
+        "8",
+        "-c",
+        "1",
     ]);
     assert_exit(&out, 1);
     let errors = read_jsonl(&s.errors());

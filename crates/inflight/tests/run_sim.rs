@@ -15,7 +15,8 @@ fn mixed_lines() -> Vec<String> {
                "body": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 5}})
         .to_string(),
         json!({"custom_id": "bt", "method": "POST", "url": "/v1/completions", "body": {"prompt": "Once"}}).to_string(),
-        json!({"custom_id": "be", "method": "POST", "url": "/v1/embeddings", "body": {"input": ["a", "b"]}}).to_string(),
+        json!({"custom_id": "be", "method": "POST", "url": "/v1/embeddings", "body": {"input": ["a", "b"]}})
+            .to_string(),
         json!({"id": "e", "input": "embed me"}).to_string(),
         json!({"prompt": "no id: keyed by line number"}).to_string(),
     ]
@@ -29,7 +30,8 @@ fn every_line_shape_succeeds_in_batch_output_format() {
     let out = run(&["run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", sim.url(), "-q"]);
     assert_exit(&out, 0);
     let results = read_jsonl(&s.out());
-    let by_id = |id: &str| results.iter().find(|r| r["custom_id"] == id).unwrap_or_else(|| panic!("{id} missing")).clone();
+    let by_id =
+        |id: &str| results.iter().find(|r| r["custom_id"] == id).unwrap_or_else(|| panic!("{id} missing")).clone();
     assert_eq!(results.len(), 7);
     assert_eq!(by_id("p")["response"]["status_code"], 200);
     assert!(by_id("p")["error"].is_null());
@@ -74,7 +76,11 @@ fn changed_settings_or_input_are_refused_unless_restart() {
     s.write_lines("jobs.jsonl", prompt_lines(21));
     let changed = run(&with(&["--model", "a"]));
     assert_exit(&changed, 2);
-    assert!(String::from_utf8_lossy(&changed.stderr).contains("changed"), "{}", String::from_utf8_lossy(&changed.stderr));
+    assert!(
+        String::from_utf8_lossy(&changed.stderr).contains("changed"),
+        "{}",
+        String::from_utf8_lossy(&changed.stderr)
+    );
 
     assert_exit(&run(&with(&["--model", "b", "--restart"])), 0);
     let results = read_jsonl(&s.out());
@@ -118,8 +124,15 @@ fn dry_run_renders_templates_and_sends_nothing() {
     std::fs::write(&template, "Extract the factual claims from: {{ segment }}").unwrap();
     let input = s.write_lines("jobs.jsonl", [json!({"id": "a", "segment": "the sky is blue"}).to_string()]);
     let out = run(&[
-        "run", input.to_str().unwrap(), "--template", template.to_str().unwrap(), "--system", "Be terse.",
-        "--dry-run", "--server", sim.url(),
+        "run",
+        input.to_str().unwrap(),
+        "--template",
+        template.to_str().unwrap(),
+        "--system",
+        "Be terse.",
+        "--dry-run",
+        "--server",
+        sim.url(),
     ]);
     assert_exit(&out, 0);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -133,9 +146,21 @@ fn sigint_drains_exits_130_and_resumes() {
     let sim = Sim::start(SimConfig::profile(inflight_sim::Profile::Lanes4));
     let s = Scratch::new();
     let input = s.write_lines("jobs.jsonl", prompt_lines(400));
-    let args = ["run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", sim.url(), "-q",
-                "--max-tokens", "8", "-c", "4"];
-    let mut child = bin().args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let args = [
+        "run",
+        input.to_str().unwrap(),
+        "-o",
+        s.out_arg(),
+        "--server",
+        sim.url(),
+        "-q",
+        "--max-tokens",
+        "8",
+        "-c",
+        "4",
+    ];
+    let mut child =
+        bin().args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while read_jsonl(&s.out()).len() < 5 {
         assert!(Instant::now() < deadline, "no results within 60 s");
@@ -151,4 +176,3 @@ fn sigint_drains_exits_130_and_resumes() {
     assert_eq!(counts.len(), 400);
     assert!(counts.values().all(|&n| n == 1));
 }
-

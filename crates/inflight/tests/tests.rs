@@ -4,17 +4,17 @@
 /// Shared helpers: temp dirs, job files, running the binary, reading outputs.
 mod util;
 
-/// Runs against the simulator's OpenAI API: shapes, resume, identity, export, status, dry run.
-mod run_sim;
-/// The Ollama API, against the simulator's Ollama-compatible mode.
-mod ollama;
 /// A 10,000-line input with 100 bad lines of assorted kinds.
 mod bad_input;
-/// Transient faults are retried to success; permanent ones fail at once; outages pause the run.
-mod faults;
 /// SIGKILL at random moments, restart, every job exactly once.
 mod crash;
-/// Output lines validate against docs/schema/.
-mod schema;
+/// Transient faults are retried to success; permanent ones fail at once; outages pause the run.
+mod faults;
+/// The Ollama API, against the simulator's Ollama-compatible mode.
+mod ollama;
 /// Real llama-server from the test bed: chat, completion and embeddings.
 mod real_server;
+/// Runs against the simulator's OpenAI API: shapes, resume, identity, export, status, dry run.
+mod run_sim;
+/// Output lines validate against docs/schema/.
+mod schema;

@@ -54,7 +54,11 @@ pub struct ConnectOptions {
 }
 
 /// Connects to `server` (or the first usual local port that answers), detecting its API unless `api` is given.
-pub async fn connect(server: Option<&str>, api: Option<Api>, opts: &ConnectOptions) -> Result<Connection, ConnectError> {
+pub async fn connect(
+    server: Option<&str>,
+    api: Option<Api>,
+    opts: &ConnectOptions,
+) -> Result<Connection, ConnectError> {
     match server {
         Some(url) => {
             let url = normalize(url);
@@ -90,7 +94,9 @@ async fn connect_one(url: &str, api: Option<Api>, opts: &ConnectOptions) -> Resu
         None => detect(url, opts).await?,
     };
     let backend: Arc<dyn Backend> = match api {
-        Api::Openai => Arc::new(OpenAiBackend::new(url, opts.api_key.clone(), opts.request_timeout).map_err(|e| e.to_string())?),
+        Api::Openai => {
+            Arc::new(OpenAiBackend::new(url, opts.api_key.clone(), opts.request_timeout).map_err(|e| e.to_string())?)
+        }
         Api::Ollama => Arc::new(
             OllamaBackend::new(url, opts.api_key.clone(), opts.request_timeout, opts.runner_options.clone())
                 .map_err(|e| e.to_string())?,

@@ -54,12 +54,20 @@ impl OllamaBackend {
 
     /// Picks the runner options out of `--param` values.
     pub fn runner_options_of(params: &[(String, Value)]) -> Map<String, Value> {
-        params.iter().filter(|(k, _)| RUNNER_OPTIONS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
+        params
+            .iter()
+            .filter(|(k, _)| RUNNER_OPTIONS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }
 
 /// Translates an OpenAI-shaped body to Ollama's request for `endpoint`: `(path, body)`.
-pub fn to_ollama(endpoint: Endpoint, body: &Value, runner: &Map<String, Value>) -> Result<(&'static str, Value), String> {
+pub fn to_ollama(
+    endpoint: Endpoint,
+    body: &Value,
+    runner: &Map<String, Value>,
+) -> Result<(&'static str, Value), String> {
     let obj = body.as_object().ok_or("request body is not an object")?;
     let mut options: Map<String, Value> = obj.get("options").and_then(Value::as_object).cloned().unwrap_or_default();
     for (openai, ollama) in OPTION_NAMES {
@@ -111,7 +119,12 @@ pub fn from_ollama(endpoint: Endpoint, v: &Value, n: u64) -> Value {
         Endpoint::Embedding => {
             let data: Vec<Value> = v["embeddings"]
                 .as_array()
-                .map(|e| e.iter().enumerate().map(|(i, x)| json!({"object": "embedding", "index": i, "embedding": x})).collect())
+                .map(|e| {
+                    e.iter()
+                        .enumerate()
+                        .map(|(i, x)| json!({"object": "embedding", "index": i, "embedding": x}))
+                        .collect()
+                })
                 .unwrap_or_default();
             json!({"object": "list", "data": data, "model": model,
                    "usage": {"prompt_tokens": prompt, "total_tokens": prompt}, "x_ollama": timings})

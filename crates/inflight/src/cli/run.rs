@@ -193,7 +193,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
         display: Display::detect(args.quiet),
     });
     let started = Instant::now();
-    let config = DispatchConfig { max_attempts: args.max_attempts, drain_timeout: args.drain_timeout, limit: args.limit };
+    let config =
+        DispatchConfig { max_attempts: args.max_attempts, drain_timeout: args.drain_timeout, limit: args.limit };
     let ending =
         dispatch(&reader, conn.backend.clone(), limiter, health, writer.sender(), stats.clone(), config, stop).await;
     let wall = started.elapsed();
@@ -202,7 +203,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
     let ending = ending?;
 
     let counts = reader.counts()?;
-    let session_jobs = stats.done.load(std::sync::atomic::Ordering::Relaxed) + stats.failed.load(std::sync::atomic::Ordering::Relaxed);
+    let session_jobs =
+        stats.done.load(std::sync::atomic::Ordering::Relaxed) + stats.failed.load(std::sync::atomic::Ordering::Relaxed);
     let summary = Summary::new(SummaryInput {
         counts,
         latency: reader.latency_histogram()?,

@@ -27,11 +27,8 @@ pub fn execute(args: StatusArgs) -> anyhow::Result<Exit> {
     let counts = store.counts()?;
     let summary = Summary::new(SummaryInput { counts, latency: store.latency_histogram()?, session: None, retries: 0 });
     let live = is_live(&args.state);
-    let live_line = if live {
-        store.meta("live")?.and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
-    } else {
-        None
-    };
+    let live_line =
+        if live { store.meta("live")?.and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok()) } else { None };
     let state = match (live, counts.pending) {
         (true, _) => "running",
         (false, 0) => "finished",
@@ -49,5 +46,9 @@ pub fn execute(args: StatusArgs) -> anyhow::Result<Exit> {
             println!("  run the same `inflight run` command again to resume");
         }
     }
-    Ok(if state == "finished" && counts.failed == 0 && counts.bad_lines == 0 { Exit::Success } else { Exit::SomeFailed })
+    Ok(if state == "finished" && counts.failed == 0 && counts.bad_lines == 0 {
+        Exit::Success
+    } else {
+        Exit::SomeFailed
+    })
 }

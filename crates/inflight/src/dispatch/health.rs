@@ -26,14 +26,7 @@ impl Health {
     /// Health of `backend`; waiting stops when `stop` is cancelled.
     pub fn new(backend: Arc<dyn Backend>, stop: CancellationToken) -> Health {
         let (open, _) = watch::channel(true);
-        Health {
-            inner: Arc::new(Inner {
-                backend,
-                open,
-                check: Mutex::new(()),
-                stop,
-            }),
-        }
+        Health { inner: Arc::new(Inner { backend, open, check: Mutex::new(()), stop }) }
     }
 
     /// Whether the run is paused for an outage.

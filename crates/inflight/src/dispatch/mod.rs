@@ -145,7 +145,10 @@ async fn drain(ctx: &Ctx, tasks: &mut JoinSet<()>) {
         _ = ctx.stop.cancelled() => true,
     };
     if stopped && tokio::time::timeout(ctx.config.drain_timeout, join_all(tasks)).await.is_err() {
-        tracing::warn!("{} requests still in flight after the drain timeout: cancelled, they stay pending", tasks.len());
+        tracing::warn!(
+            "{} requests still in flight after the drain timeout: cancelled, they stay pending",
+            tasks.len()
+        );
         ctx.hard.cancel();
         tasks.abort_all();
         join_all(tasks).await;
@@ -214,7 +217,8 @@ async fn run_job(ctx: Arc<Ctx>, job: PendingJob, permit: Permit) {
 }
 
 fn failure(job: &PendingJob, attempts: u32, sent_ms: i64, error: &BackendError) -> Box<Failure> {
-    let message = if error.is_retryable() { format!("gave up after {attempts} attempts: {error}") } else { error.to_string() };
+    let message =
+        if error.is_retryable() { format!("gave up after {attempts} attempts: {error}") } else { error.to_string() };
     Box::new(Failure {
         seq: job.seq,
         id: job.id.clone(),

@@ -50,9 +50,8 @@ pub async fn record(
     let mut held: Vec<Box<Failure>> = Vec::new();
     let mut on_probation = true;
     let mut verdict = None;
-    let release = |held: &mut Vec<Box<Failure>>| -> bool {
-        held.drain(..).all(|f| writer.send(WriteMsg::Failed(f)).is_ok())
-    };
+    let release =
+        |held: &mut Vec<Box<Failure>>| -> bool { held.drain(..).all(|f| writer.send(WriteMsg::Failed(f)).is_ok()) };
     while let Some(outcome) = rx.recv().await {
         if verdict.is_some() {
             continue; // stopping: nothing more is recorded, the jobs stay pending

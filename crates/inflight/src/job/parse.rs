@@ -84,9 +84,8 @@ impl Parser {
         };
         let id = job_id(line, &obj)?;
         let (endpoint, body) = if let Some((tmpl, _)) = &self.template {
-            let prompt = tmpl
-                .render(&Value::Object(obj))
-                .map_err(|e| BadLine::new(line, "template_error", e.to_string()))?;
+            let prompt =
+                tmpl.render(&Value::Object(obj)).map_err(|e| BadLine::new(line, "template_error", e.to_string()))?;
             (Endpoint::Chat, self.chat_body(Map::new(), prompt))
         } else if obj.contains_key("url") || obj.contains_key("body") {
             batch_line(line, obj)?
@@ -186,7 +185,9 @@ fn job_id(line: u64, obj: &Map<String, Value>) -> Result<String, BadLine> {
             None | Some(Value::Null) => continue,
             Some(Value::String(s)) if !s.is_empty() => return Ok(s.clone()),
             Some(Value::Number(n)) => return Ok(n.to_string()),
-            Some(_) => return Err(BadLine::new(line, "bad_id", format!("\"{key}\" must be a non-empty string or a number"))),
+            Some(_) => {
+                return Err(BadLine::new(line, "bad_id", format!("\"{key}\" must be a non-empty string or a number")))
+            }
         }
     }
     Ok(line.to_string())
@@ -203,10 +204,7 @@ mod tests {
     use serde_json::json;
 
     fn parser() -> Parser {
-        Parser::new(
-            RequestDefaults { model: Some("m".into()), max_tokens: Some(64), ..Default::default() },
-            None,
-        )
+        Parser::new(RequestDefaults { model: Some("m".into()), max_tokens: Some(64), ..Default::default() }, None)
     }
 
     fn body(job: &Job) -> Value {
@@ -226,7 +224,8 @@ mod tests {
 
     #[test]
     fn line_fields_override_flags() {
-        let job = parser().parse(1, br#"{"id": 5, "prompt": "x", "model": "other", "max_tokens": 3}"#).unwrap().unwrap();
+        let job =
+            parser().parse(1, br#"{"id": 5, "prompt": "x", "model": "other", "max_tokens": 3}"#).unwrap().unwrap();
         assert_eq!(job.id, "5");
         assert_eq!(body(&job)["model"], "other");
         assert_eq!(body(&job)["max_tokens"], 3);

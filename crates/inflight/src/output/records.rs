@@ -87,7 +87,8 @@ pub fn render_done(row: &OutcomeRow, format: Format) -> String {
 
 /// One line of OUT.errors.jsonl: a failed job, or a bad input line (no id, keyed by `line`).
 pub fn render_error(row: &OutcomeRow, format: Format) -> String {
-    let error = json!({"code": row.code.clone().unwrap_or_default(), "message": row.message.clone().unwrap_or_default()});
+    let error =
+        json!({"code": row.code.clone().unwrap_or_default(), "message": row.message.clone().unwrap_or_default()});
     match format {
         Format::Batch => json!({
             "id": row.seq.map(|s| format!("batch_req_{s}")),
@@ -135,7 +136,8 @@ mod tests {
 
     #[test]
     fn bad_line_error_has_line_and_no_id() {
-        let row = OutcomeRow { line: 9, code: Some("invalid_json".into()), message: Some("x".into()), ..Default::default() };
+        let row =
+            OutcomeRow { line: 9, code: Some("invalid_json".into()), message: Some("x".into()), ..Default::default() };
         let v: Value = serde_json::from_str(&render_error(&row, Format::Batch)).unwrap();
         assert_eq!(v["line"], 9);
         assert!(v["custom_id"].is_null() && v["response"].is_null());

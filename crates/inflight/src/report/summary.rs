@@ -145,8 +145,14 @@ mod tests {
         for v in 1..=100 {
             latency.record(v).unwrap();
         }
-        let counts = Counts { done: 8, failed: 2, bad_lines: 1, length_cut: 3, completion_tokens: 400, ..Default::default() };
-        let s = Summary::new(SummaryInput { counts, latency, session: Some((10, 400, Duration::from_secs(5))), retries: 0 });
+        let counts =
+            Counts { done: 8, failed: 2, bad_lines: 1, length_cut: 3, completion_tokens: 400, ..Default::default() };
+        let s = Summary::new(SummaryInput {
+            counts,
+            latency,
+            session: Some((10, 400, Duration::from_secs(5))),
+            retries: 0,
+        });
         assert_eq!((s.jobs, s.jobs_per_s, s.output_tokens_per_s), (10, 2.0, 80.0));
         assert_eq!(s.latency_ms.p50, 50);
         let text = s.render();

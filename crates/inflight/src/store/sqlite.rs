@@ -112,7 +112,8 @@ impl Store {
         if !path.exists() {
             return Err(StoreError::Incompatible(format!("no state file at {}", path.display())));
         }
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version != MIGRATIONS.len() {
@@ -161,8 +162,10 @@ impl Store {
 
     /// Sets a metadata value.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2", [key, value])?;
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+            [key, value],
+        )?;
         Ok(())
     }
 
@@ -228,7 +231,10 @@ impl Store {
             let lines = reader.lines_read().to_string();
             let digest = reader.digest_so_far();
             for (k, v) in [("ingest_lines", lines.as_str()), ("ingest_sha256", digest.as_str())] {
-                tx.execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2", [k, v])?;
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+                    [k, v],
+                )?;
             }
             if exhausted {
                 tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('ingest_done', '1')", [])?;
@@ -279,7 +285,11 @@ impl Store {
     }
 
     /// Calls `f` with every error record (failed jobs and bad lines) from position `from` on, in commit order.
-    pub fn for_each_error(&self, from: i64, f: impl FnMut(OutcomeRow) -> std::io::Result<()>) -> Result<(), StoreError> {
+    pub fn for_each_error(
+        &self,
+        from: i64,
+        f: impl FnMut(OutcomeRow) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
         self.for_each(include_str!("sql/error_rows.sql"), from, f)
     }
 
