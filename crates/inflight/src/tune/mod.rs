@@ -1,8 +1,10 @@
 //! Tuning: how many requests are in flight. The dispatcher never decides that; the [`Limiter`] does, and a
 //! controller sets the limiter (a fixed `--concurrency N` is a controller that never moves).
 
+mod controller;
 mod limiter;
 mod window;
 
+pub use controller::{Controller, ControllerConfig, Decision, Phase, Sample, SampleOutcome};
 pub use limiter::{Limiter, Permit};
 pub use window::RateWindow;

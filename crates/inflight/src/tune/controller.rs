@@ -1,0 +1,486 @@
+//! The controller: finds and holds the smallest concurrency whose sustained throughput is within the noise
+//! band of the best measured, and says why each time it moves.
+//!
+//! Throughput, not latency, steers it: on a batching server latency rises long before throughput stops growing,
+//! so latency-driven limiters (Vegas, Gradient2) settle too low. The shape:
+//!
+//! - Measure in windows of at least `min_window` and `2 × level` completions (so a window holds many answers
+//!   even when output lengths vary 10×); drop the first window after every change (requests sent at the old
+//!   level are still finishing; the very first window also holds model loads and cold caches). A level is
+//!   measured when its last windows agree within 10%, or after `max_windows` (then their median).
+//! - Climb by doubling from 1 while a doubling gains more than the noise band; then search between the last
+//!   two levels for the smallest one within the band of the best.
+//! - Hold, and now and then probe a quarter above and below, comparing against the windows just before and
+//!   after the probe so slow drift cancels; move only when the difference is clear of the noise.
+//! - Backpressure (429, 503, timeouts) or an error burst: cut by a quarter at once and remember that ceiling
+//!   for a while.
+//!
+//! The core is synchronous and reads time only from its arguments, so unit tests drive it with synthetic time.
+
+#[cfg(test)]
+#[path = "controller_tests.rs"]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What the controller is told about each finished attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Output tokens of a successful answer (0 for embeddings or unknown).
+    pub tokens: u64,
+    /// End-to-end latency of the attempt.
+    pub latency: Duration,
+    /// How it ended.
+    pub outcome: SampleOutcome,
+}
+
+/// How an attempt ended, as far as the controller cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleOutcome {
+    /// An answer.
+    Ok,
+    /// 429, 503 or a timeout: the server says it has too much.
+    Backpressure,
+    /// Another transient failure (reset, 500): too many of them in a window count as backpressure.
+    Error,
+}
+
+/// Settings of the controller.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Lowest level.
+    pub min: usize,
+    /// Highest level (`--max-concurrency`).
+    pub max: usize,
+    /// Relative difference treated as noise.
+    pub noise: f64,
+    /// Shortest measurement window.
+    pub min_window: Duration,
+    /// Longest window (closes with at least 3 completions even if fewer than wanted arrived).
+    pub max_window: Duration,
+    /// Windows after which a level is taken as measured even if they disagree.
+    pub max_windows: usize,
+    /// Windows at the held level between probes.
+    pub probe_every: usize,
+    /// How long a backpressure ceiling is remembered.
+    pub ceiling_ttl: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            min: 1,
+            max: 256,
+            noise: 0.05,
+            min_window: Duration::from_secs(1),
+            max_window: Duration::from_secs(60),
+            max_windows: 5,
+            probe_every: 20,
+            ceiling_ttl: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A change of the limit, with its reason (logged at info level).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The old level.
+    pub from: usize,
+    /// The new level.
+    pub to: usize,
+    /// Why, e.g. `+11% tokens/s`.
+    pub reason: String,
+}
+
+/// What the controller is doing, for the progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Doubling while it pays.
+    Climbing,
+    /// Searching between the last two levels.
+    Refining,
+    /// Holding the chosen level.
+    Holding,
+    /// Trying a level above or below the held one.
+    Probing,
+}
+
+impl Phase {
+    /// Short name for the progress display.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Climbing => "climbing",
+            Phase::Refining => "refining",
+            Phase::Holding => "holding",
+            Phase::Probing => "probing",
+        }
+    }
+}
+
+/// One level's measurement.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    /// Output tokens (or jobs) per second.
+    rate: f64,
+    /// Median latency.
+    latency: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Climb,
+    /// Searching for the smallest level within the band of `best` in (lo, hi).
+    Refine {
+        lo: usize,
+        hi: usize,
+        steps: u8,
+    },
+    Hold {
+        windows: usize,
+        up_next: bool,
+    },
+    /// Probing `probe` from `held`: `before` is the held level's rate just before, `measured` the probe's rate
+    /// once known (then the held level is measured again, after).
+    Probe {
+        held: usize,
+        probe: usize,
+        before: f64,
+        measured: Option<f64>,
+    },
+}
+
+/// The controller's state. Feed it samples and ticks; apply the decisions it returns to the limiter.
+pub struct Controller {
+    cfg: ControllerConfig,
+    level: usize,
+    state: State,
+    window_start: Duration,
+    tokens: u64,
+    jobs: u64,
+    errors: u64,
+    latencies: Vec<Duration>,
+    /// Completed windows at the current level (the settling window excluded): (rate, median latency).
+    windows: Vec<(f64, Duration)>,
+    settling: bool,
+    measured: BTreeMap<usize, Measured>,
+    ceiling: Option<(usize, Duration)>,
+    /// Whether jobs (not tokens) are the unit: no sample so far reported tokens.
+    by_jobs: bool,
+    serialized_said: bool,
+    notes: Vec<String>,
+}
+
+impl Controller {
+    /// A controller starting at `cfg.min` at time `now`.
+    pub fn new(cfg: ControllerConfig, now: Duration) -> Controller {
+        let level = cfg.min.max(1);
+        Controller {
+            cfg,
+            level,
+            state: State::Climb,
+            window_start: now,
+            tokens: 0,
+            jobs: 0,
+            errors: 0,
+            latencies: Vec::new(),
+            windows: Vec::new(),
+            settling: true,
+            measured: BTreeMap::new(),
+            ceiling: None,
+            by_jobs: true,
+            serialized_said: false,
+            notes: Vec::new(),
+        }
+    }
+
+    /// The current level.
+    pub fn level(&self) -> usize {
+        self.level
+    }
+
+    /// What it is doing.
+    pub fn phase(&self) -> Phase {
+        match self.state {
+            State::Climb => Phase::Climbing,
+            State::Refine { .. } => Phase::Refining,
+            State::Hold { .. } => Phase::Holding,
+            State::Probe { .. } => Phase::Probing,
+        }
+    }
+
+    /// Messages for the user that arose since the last call (e.g. "the server runs one request at a time").
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// The level whose throughput stopped growing: the effective parallelism the server showed, once known.
+    pub fn effective_lanes(&self) -> Option<usize> {
+        match self.state {
+            State::Hold { .. } | State::Probe { .. } => Some(self.held()),
+            _ => None,
+        }
+    }
+
+    fn held(&self) -> usize {
+        match self.state {
+            State::Probe { held, .. } => held,
+            _ => self.level,
+        }
+    }
+
+    /// Records one finished attempt at time `now`; returns a decision if the limit should change.
+    pub fn on_sample(&mut self, now: Duration, s: Sample) -> Option<Decision> {
+        match s.outcome {
+            SampleOutcome::Ok => {
+                self.jobs += 1;
+                self.tokens += s.tokens;
+                if s.tokens > 0 {
+                    self.by_jobs = false;
+                }
+                self.latencies.push(s.latency);
+            }
+            SampleOutcome::Backpressure if !self.settling => return Some(self.back_off(now, "server pushed back")),
+            SampleOutcome::Backpressure => {}
+            SampleOutcome::Error => self.errors += 1,
+        }
+        self.tick(now)
+    }
+
+    /// Closes the window if it is long enough; returns a decision if the limit should change.
+    pub fn tick(&mut self, now: Duration) -> Option<Decision> {
+        let elapsed = now.saturating_sub(self.window_start);
+        let wanted = (2 * self.level as u64).max(16);
+        let full = elapsed >= self.cfg.min_window && self.jobs >= wanted;
+        let overdue = elapsed >= self.cfg.max_window && self.jobs >= 3;
+        if !(full || overdue) {
+            return None;
+        }
+        let attempts = self.jobs + self.errors;
+        if !self.settling && attempts >= 8 && self.errors * 4 > attempts {
+            return Some(self.back_off(now, "error burst"));
+        }
+        let units = if self.by_jobs { self.jobs } else { self.tokens };
+        let rate = units as f64 / elapsed.as_secs_f64();
+        self.latencies.sort_unstable();
+        let latency = self.latencies[self.latencies.len() / 2];
+        self.reset_window(now);
+        if std::mem::take(&mut self.settling) {
+            return None;
+        }
+        self.windows.push((rate, latency));
+        if self.windows.len() > self.cfg.max_windows {
+            self.windows.remove(0);
+        }
+        let m = self.level_measured()?;
+        self.measured.insert(self.level, m);
+        self.decide(now, m)
+    }
+
+    fn reset_window(&mut self, now: Duration) {
+        self.window_start = now;
+        self.tokens = 0;
+        self.jobs = 0;
+        self.errors = 0;
+        self.latencies.clear();
+    }
+
+    /// The current level's measurement once its windows are steady (or there are enough of them).
+    fn level_measured(&self) -> Option<Measured> {
+        let n = self.windows.len();
+        if matches!(self.state, State::Hold { .. }) {
+            // Holding: every window counts; the rate is the mean of the last three.
+            let last = &self.windows[n.saturating_sub(3)..];
+            let rate = last.iter().map(|w| w.0).sum::<f64>() / last.len() as f64;
+            return Some(Measured { rate, latency: last[last.len() - 1].1 });
+        }
+        let need = 2;
+        if n < need {
+            return None;
+        }
+        let last = &self.windows[n - need..];
+        let (lo, hi) = last.iter().fold((f64::MAX, 0f64), |(lo, hi), w| (lo.min(w.0), hi.max(w.0)));
+        let steady = hi <= lo * 1.10;
+        if !steady && n < self.cfg.max_windows {
+            return None;
+        }
+        let pick = if steady { last } else { &self.windows[..] };
+        let mut rates: Vec<f64> = pick.iter().map(|w| w.0).collect();
+        let mut lats: Vec<Duration> = pick.iter().map(|w| w.1).collect();
+        rates.sort_by(f64::total_cmp);
+        lats.sort_unstable();
+        let rate = if steady { rates.iter().sum::<f64>() / rates.len() as f64 } else { rates[rates.len() / 2] };
+        Some(Measured { rate, latency: lats[lats.len() / 2] })
+    }
+
+    fn unit(&self) -> &'static str {
+        if self.by_jobs {
+            "jobs/s"
+        } else {
+            "tokens/s"
+        }
+    }
+
+    fn cap(&self, now: Duration) -> usize {
+        match self.ceiling {
+            Some((c, until)) if now < until => c.saturating_sub(1).max(self.cfg.min),
+            _ => self.cfg.max,
+        }
+    }
+
+    fn decide(&mut self, now: Duration, m: Measured) -> Option<Decision> {
+        let band = self.cfg.noise;
+        match self.state {
+            State::Climb => {
+                let prev = self.level / 2;
+                if let Some(p) = self.measured.get(&prev).copied().filter(|_| prev >= self.cfg.min && prev < self.level)
+                {
+                    let gain = m.rate / p.rate - 1.0;
+                    if gain <= band {
+                        self.check_serialized(prev, p, m);
+                        return self.start_refine(now, prev);
+                    }
+                }
+                let next = (self.level * 2).min(self.cap(now));
+                if next <= self.level {
+                    return self.hold(now, self.level, format!("at the limit {}", self.level));
+                }
+                let reason = match self.measured.get(&prev).filter(|_| prev < self.level) {
+                    Some(p) => format!(
+                        "{:+.0}% {} from {prev} to {}, trying {next}",
+                        pct(m.rate, p.rate),
+                        self.unit(),
+                        self.level
+                    ),
+                    None => format!("{:.1} {} at {}, trying {next}", m.rate, self.unit(), self.level),
+                };
+                Some(self.set(now, next, State::Climb, reason))
+            }
+            State::Refine { lo, hi, steps } => {
+                let best = self.best_rate();
+                let (lo, hi) = if m.rate >= best * (1.0 - band) { (lo, self.level) } else { (self.level, hi) };
+                self.refine_step(now, lo, hi, steps)
+            }
+            State::Hold { windows, up_next } => {
+                let windows = windows + 1;
+                if windows < self.cfg.probe_every {
+                    self.state = State::Hold { windows, up_next };
+                    return None;
+                }
+                let held = self.level;
+                let step = (held / 4).max(1);
+                let target = if up_next {
+                    (held + step).min(self.cap(now))
+                } else {
+                    held.saturating_sub(step).max(self.cfg.min)
+                };
+                self.state = State::Hold { windows: 0, up_next: !up_next };
+                if target == held {
+                    return None;
+                }
+                let reason = format!("probing {} (held {held})", if target > held { "above" } else { "below" });
+                Some(self.set(
+                    now,
+                    target,
+                    State::Probe { held, probe: target, before: m.rate, measured: None },
+                    reason,
+                ))
+            }
+            State::Probe { held, probe, before, measured: None } => {
+                let state = State::Probe { held, probe, before, measured: Some(m.rate) };
+                Some(self.set(now, held, state, format!("probe of {probe} measured, back to {held} to compare")))
+            }
+            State::Probe { held, probe, before, measured: Some(probe_rate) } => {
+                // Compare with the held level's windows just before and just after, so slow drift cancels.
+                let base = (before + m.rate) / 2.0;
+                let keep =
+                    if probe > held { probe_rate > base * (1.0 + band) } else { probe_rate >= base * (1.0 - band) };
+                if keep {
+                    let reason = format!("{:+.0}% {} at {probe} vs {held}", pct(probe_rate, base), self.unit());
+                    return self.hold(now, probe, reason);
+                }
+                self.state = State::Hold { windows: 0, up_next: probe < held };
+                None
+            }
+        }
+    }
+
+    fn best_rate(&self) -> f64 {
+        self.measured.values().map(|m| m.rate).fold(0.0, f64::max)
+    }
+
+    fn start_refine(&mut self, now: Duration, prev: usize) -> Option<Decision> {
+        // The gain from prev to the current level was inside the noise: the answer is at most prev. The gain
+        // from prev/2 to prev was clear, so search (prev/2, prev] for the smallest level within the band.
+        let best = self.best_rate();
+        let lo = prev / 2;
+        let chosen_ok = self.measured.get(&prev).is_some_and(|m| m.rate >= best * (1.0 - self.cfg.noise));
+        let (lo, hi) = if chosen_ok { (lo, prev) } else { (prev, self.level) };
+        self.refine_step(now, lo, hi, 0)
+    }
+
+    fn refine_step(&mut self, now: Duration, lo: usize, hi: usize, steps: u8) -> Option<Decision> {
+        let mid = lo + (hi - lo) / 2;
+        if steps >= 2 || mid <= lo || mid >= hi || self.measured.contains_key(&mid) {
+            let best = self.best_rate();
+            let reason = format!(
+                "{} {} at {hi} is within {:.0}% of the best measured ({:.1})",
+                self.measured.get(&hi).map(|m| format!("{:.1}", m.rate)).unwrap_or_default(),
+                self.unit(),
+                self.cfg.noise * 100.0,
+                best
+            );
+            return self.hold(now, hi, reason);
+        }
+        Some(self.set(now, mid, State::Refine { lo, hi, steps: steps + 1 }, format!("searching between {lo} and {hi}")))
+    }
+
+    fn hold(&mut self, now: Duration, level: usize, reason: String) -> Option<Decision> {
+        let state = State::Hold { windows: 0, up_next: true };
+        if level == self.level {
+            self.state = state;
+            return None;
+        }
+        Some(self.set(now, level, state, format!("holding: {reason}")))
+    }
+
+    fn set(&mut self, now: Duration, to: usize, state: State, reason: String) -> Decision {
+        let from = self.level;
+        self.level = to.clamp(self.cfg.min, self.cfg.max);
+        self.state = state;
+        self.windows.clear();
+        self.settling = true;
+        self.reset_window(now);
+        Decision { from, to: self.level, reason }
+    }
+
+    fn back_off(&mut self, now: Duration, why: &str) -> Decision {
+        let from = self.held().max(self.level);
+        let to = (from * 3 / 4).max(self.cfg.min);
+        self.ceiling = Some((from, now + self.cfg.ceiling_ttl));
+        self.measured.retain(|&l, _| l < from);
+        let reason = format!("{why}: cut by a quarter, staying below {from} for {}s", self.cfg.ceiling_ttl.as_secs());
+        self.set(now, to, State::Hold { windows: 0, up_next: false }, reason)
+    }
+
+    fn check_serialized(&mut self, level: usize, at: Measured, above: Measured) {
+        let latency_grew = above.latency.as_secs_f64() >= at.latency.as_secs_f64() * 1.6;
+        if level == 1 && latency_grew && !self.serialized_said {
+            self.serialized_said = true;
+            self.notes.push(format!(
+                "the server runs one request at a time: {:.1} {unit} at 1 in flight and {:.1} at {}, while latency \
+                 grew from {} ms to {} ms",
+                at.rate,
+                above.rate,
+                self.level,
+                at.latency.as_millis(),
+                above.latency.as_millis(),
+                unit = self.unit(),
+            ));
+        }
+    }
+}
+
+fn pct(a: f64, b: f64) -> f64 {
+    (a / b - 1.0) * 100.0
+}

@@ -1,0 +1,150 @@
+//! The controller's rules on synthetic measurement streams: a server model gives the completion rate at each
+//! level (and time); the test feeds the completions to the controller in synthetic time.
+
+use super::*;
+use rand::{Rng, SeedableRng};
+
+/// A synthetic server: jobs/s at a level and time, and how samples look.
+struct Synth {
+    rate: Box<dyn Fn(usize, f64, u64) -> f64>,
+    backpressure: Box<dyn Fn(usize) -> f64>,
+    noise: f64,
+}
+
+impl Synth {
+    fn new(rate: impl Fn(usize, f64, u64) -> f64 + 'static) -> Synth {
+        Synth { rate: Box::new(rate), backpressure: Box::new(|_| 0.0), noise: 0.0 }
+    }
+}
+
+struct Trace {
+    /// (time s, level) after every decision.
+    levels: Vec<(f64, usize)>,
+    decisions: Vec<Decision>,
+    notes: Vec<String>,
+    final_level: usize,
+    /// Time-weighted mean level over the second half of the run.
+    late_mean: f64,
+}
+
+fn drive(cfg: ControllerConfig, synth: &Synth, seconds: f64) -> Trace {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut c = Controller::new(cfg, Duration::ZERO);
+    let dt = 0.005;
+    let (mut t, mut acc, mut done) = (0.0f64, 0.0f64, 0u64);
+    let mut factor = 1.0;
+    let mut next_noise = 0.0;
+    let mut trace =
+        Trace { levels: vec![(0.0, c.level())], decisions: vec![], notes: vec![], final_level: 0, late_mean: 0.0 };
+    let mut weighted = 0.0;
+    while t < seconds {
+        if t >= next_noise {
+            factor = 1.0 + synth.noise * rng.random_range(-1.0..=1.0);
+            next_noise = t + 0.5;
+        }
+        let level = c.level();
+        let rate = (synth.rate)(level, t, done) * factor;
+        acc += rate * dt;
+        t += dt;
+        let now = Duration::from_secs_f64(t);
+        if t > seconds / 2.0 {
+            weighted += level as f64 * dt;
+        }
+        while acc >= 1.0 {
+            acc -= 1.0;
+            let outcome = if rng.random_bool((synth.backpressure)(level).clamp(0.0, 1.0)) {
+                SampleOutcome::Backpressure
+            } else {
+                done += 1;
+                SampleOutcome::Ok
+            };
+            let latency = Duration::from_secs_f64(level as f64 / rate.max(1e-9));
+            if let Some(d) = c.on_sample(now, Sample { tokens: 64, latency, outcome }) {
+                trace.levels.push((t, d.to));
+                trace.decisions.push(d);
+            }
+        }
+        if let Some(d) = c.tick(now) {
+            trace.levels.push((t, d.to));
+            trace.decisions.push(d);
+        }
+        trace.notes.extend(c.take_notes());
+    }
+    trace.final_level = c.effective_lanes().unwrap_or(c.level());
+    trace.late_mean = weighted / (seconds / 2.0);
+    trace
+}
+
+fn lanes(n: usize, per_lane: f64) -> impl Fn(usize, f64, u64) -> f64 {
+    move |level, _, _| per_lane * level.min(n) as f64
+}
+
+#[test]
+fn four_lanes_settle_at_four() {
+    let trace = drive(ControllerConfig::default(), &Synth::new(lanes(4, 7.0)), 300.0);
+    assert_eq!(trace.final_level, 4, "{:?}", trace.decisions);
+    assert!(trace.late_mean <= 5.0, "no needless queueing: mean {}", trace.late_mean);
+    assert!(trace.decisions.iter().all(|d| !d.reason.is_empty()));
+}
+
+#[test]
+fn serial_server_holds_at_one_and_says_so() {
+    let trace = drive(ControllerConfig::default(), &Synth::new(lanes(1, 7.6)), 120.0);
+    assert!(trace.final_level <= 2, "{:?}", trace.decisions);
+    assert_eq!(trace.notes.len(), 1, "said once: {:?}", trace.notes);
+    assert!(trace.notes[0].contains("one request at a time"), "{:?}", trace.notes);
+}
+
+#[test]
+fn batching_knee_near_32() {
+    // Throughput grows to 32 in flight, then stays flat.
+    let trace = drive(ControllerConfig::default(), &Synth::new(lanes(32, 1.2)), 600.0);
+    assert!((24..=40).contains(&trace.final_level), "{} {:?}", trace.final_level, trace.decisions);
+}
+
+#[test]
+fn warm_up_does_not_fool_it() {
+    // The first 20 completions run 5x slower.
+    let synth = Synth::new(|level, _, done| if done < 20 { 1.4 } else { 7.0 } * level.min(4) as f64);
+    let trace = drive(ControllerConfig::default(), &synth, 300.0);
+    assert_eq!(trace.final_level, 4, "{:?}", trace.decisions);
+}
+
+#[test]
+fn backpressure_cuts_by_a_quarter_and_remembers_the_ceiling() {
+    let mut synth = Synth::new(lanes(64, 7.0));
+    synth.backpressure = Box::new(|level| if level > 12 { 0.3 } else { 0.0 });
+    let trace = drive(ControllerConfig::default(), &synth, 200.0);
+    let cut = trace.decisions.iter().position(|d| d.reason.contains("pushed back")).expect("a cut");
+    let d = &trace.decisions[cut];
+    assert_eq!(d.to, d.from * 3 / 4, "{d:?}");
+    // While the ceiling is remembered, the level stays below it.
+    let within_ttl: Vec<_> = trace
+        .levels
+        .iter()
+        .filter(|(t, _)| *t > trace.levels[cut + 1].0 && *t < trace.levels[cut + 1].0 + 100.0)
+        .collect();
+    assert!(within_ttl.iter().all(|(_, l)| *l < d.from), "{within_ttl:?}");
+    assert!(trace.final_level <= 12, "{:?}", trace.decisions);
+}
+
+#[test]
+fn drift_does_not_move_the_held_level() {
+    // 30% slower after 180 s; the best level stays 4.
+    let synth = Synth::new(|level, t, _| if t > 180.0 { 4.9 } else { 7.0 } * level.min(4) as f64);
+    let trace = drive(ControllerConfig::default(), &synth, 600.0);
+    assert_eq!(trace.final_level, 4, "{:?}", trace.decisions);
+    let held_moves =
+        trace.decisions.iter().filter(|d| d.reason.starts_with("holding") && d.from != 4 && d.to != 4).count();
+    assert_eq!(held_moves, 0, "{:?}", trace.decisions);
+}
+
+#[test]
+fn noise_does_not_make_it_oscillate() {
+    let mut synth = Synth::new(lanes(16, 2.0));
+    synth.noise = 0.10;
+    let trace = drive(ControllerConfig::default(), &synth, 900.0);
+    assert!((12..=24).contains(&trace.final_level), "{} {:?}", trace.final_level, trace.decisions);
+    let late: Vec<_> = trace.decisions.iter().filter(|d| !d.reason.contains("prob")).skip(8).collect();
+    assert!(late.len() <= 3, "settled, few moves besides probes: {late:?}");
+}
