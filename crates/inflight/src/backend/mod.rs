@@ -55,6 +55,45 @@ pub struct ServerInfo {
     pub models: Vec<String>,
     /// A short description, e.g. `ollama 0.12.0` or `openai-compatible`.
     pub description: String,
+    /// Which server software it is, as far as it can be told.
+    pub kind: ServerKind,
+}
+
+/// Which server software answers, as far as its API tells.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServerKind {
+    /// Ollama (native API).
+    Ollama,
+    /// llama.cpp's llama-server (`/props` answers), with its number of slots.
+    LlamaServer {
+        /// `total_slots` from `/props`.
+        slots: Option<u64>,
+    },
+    /// vLLM (`owned_by: vllm`).
+    Vllm,
+    /// LM Studio.
+    LmStudio,
+    /// An OpenAI-compatible server we cannot tell apart.
+    #[default]
+    Unknown,
+}
+
+impl ServerKind {
+    /// The server's own setting for running more requests at once, as a line to act on.
+    pub fn parallel_fix(self) -> String {
+        match self {
+            ServerKind::Ollama => "Fix: restart Ollama with more lanes, e.g. `OLLAMA_NUM_PARALLEL=4 ollama serve`".into(),
+            ServerKind::LlamaServer { .. } => {
+                "Fix: start llama-server with more slots, e.g. `--parallel 4` (`-np 4`; the context is split among them)"
+                    .into()
+            }
+            ServerKind::Vllm => "Fix: raise vLLM's `--max-num-seqs`".into(),
+            ServerKind::LmStudio => "Fix: raise LM Studio's \"Max Concurrent Predictions\"".into(),
+            ServerKind::Unknown => "Fix: raise the server's parallel lanes (llama-server `--parallel`, Ollama \
+                `OLLAMA_NUM_PARALLEL`, vLLM `--max-num-seqs`, LM Studio \"Max Concurrent Predictions\")"
+                .into(),
+        }
+    }
 }
 
 /// One inference server.

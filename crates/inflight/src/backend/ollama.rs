@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 use super::http::Http;
-use super::{Answer, Api, Backend, BackendError, ServerInfo};
+use super::{Answer, Api, Backend, BackendError, ServerInfo, ServerKind};
 use crate::job::Endpoint;
 
 /// How long Ollama keeps the model loaded after each request: long enough to bridge any pause in a run.
@@ -184,7 +184,8 @@ impl Backend for OllamaBackend {
             .as_array()
             .map(|m| m.iter().filter_map(|x| x["name"].as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
-        Ok(ServerInfo { models, description: format!("Ollama {}", version.body["version"].as_str().unwrap_or("?")) })
+        let description = format!("Ollama {}", version.body["version"].as_str().unwrap_or("?"));
+        Ok(ServerInfo { models, description, kind: ServerKind::Ollama })
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

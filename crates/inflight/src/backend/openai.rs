@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::http::Http;
-use super::{usage_of, Answer, Api, Backend, BackendError, ServerInfo};
+use super::{usage_of, Answer, Api, Backend, BackendError, ServerInfo, ServerKind};
 use crate::job::Endpoint;
 
 /// A server speaking `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
@@ -51,11 +51,26 @@ impl Backend for OpenAiBackend {
 
     async fn probe(&self) -> Result<ServerInfo, BackendError> {
         let reply = self.http.get("/v1/models", Duration::from_secs(5)).await?;
-        let models = reply.body["data"]
-            .as_array()
-            .map(|d| d.iter().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect())
-            .unwrap_or_default();
-        Ok(ServerInfo { models, description: "OpenAI-compatible".into() })
+        let data = reply.body["data"].as_array().cloned().unwrap_or_default();
+        let models = data.iter().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect();
+        let owner = data.first().and_then(|m| m["owned_by"].as_str()).unwrap_or_default().to_owned();
+        // llama-server answers /props with its slot count; the others say who they are in `owned_by`.
+        let kind = match self.http.get("/props", Duration::from_secs(5)).await {
+            Ok(props) if props.body.get("total_slots").is_some() => {
+                ServerKind::LlamaServer { slots: props.body["total_slots"].as_u64() }
+            }
+            _ if owner == "vllm" => ServerKind::Vllm,
+            _ if owner == "organization_owner" => ServerKind::LmStudio,
+            _ => ServerKind::Unknown,
+        };
+        let description = match kind {
+            ServerKind::LlamaServer { slots: Some(n) } => format!("llama-server with {n} slots"),
+            ServerKind::LlamaServer { slots: None } => "llama-server".into(),
+            ServerKind::Vllm => "vLLM".into(),
+            ServerKind::LmStudio => "LM Studio".into(),
+            _ => "OpenAI-compatible server".into(),
+        };
+        Ok(ServerInfo { models, description, kind })
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

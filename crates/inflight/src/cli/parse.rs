@@ -36,6 +36,26 @@ pub fn count(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// `--concurrency`: `auto` or a fixed number of requests in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concurrency {
+    /// The controller finds and holds the best level.
+    Auto,
+    /// Exactly this many.
+    Fixed(usize),
+}
+
+/// Parses `auto` or a positive count.
+pub fn concurrency(s: &str) -> Result<Concurrency, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(Concurrency::Auto);
+    }
+    match count(s)? {
+        0 => Err("concurrency must be at least 1 (or auto)".into()),
+        n => Ok(Concurrency::Fixed(n as usize)),
+    }
+}
+
 /// Parses `key=value`; the value is JSON when it parses as JSON (`0.9`, `true`, `["a"]`), a string otherwise.
 pub fn param(s: &str) -> Result<(String, serde_json::Value), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
@@ -66,6 +86,14 @@ mod tests {
         assert_eq!(count("1M"), Ok(1_000_000));
         assert_eq!(count("7"), Ok(7));
         assert!(count("k").is_err());
+    }
+
+    #[test]
+    fn concurrency_values() {
+        assert_eq!(concurrency("auto"), Ok(Concurrency::Auto));
+        assert_eq!(concurrency("16"), Ok(Concurrency::Fixed(16)));
+        assert!(concurrency("0").is_err());
+        assert!(concurrency("many").is_err());
     }
 
     #[test]

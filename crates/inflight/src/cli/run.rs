@@ -11,14 +11,15 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::state::{default_state_path, lock, remove_state};
+use super::parse::Concurrency;
 use super::{parse, setup_error, CommandError, Exit};
 use crate::backend::{connect, Api, ConnectOptions, OllamaBackend};
-use crate::dispatch::{dispatch, DispatchConfig, Ending, Health, Verdict};
+use crate::dispatch::{dispatch, DispatchConfig, Ending, Health, Verdict, Wiring};
 use crate::job::{LineReader, Parser, RequestDefaults, Template};
 use crate::output::{errors_path, Format, OutputFiles};
 use crate::report::{spawn_progress, Display, LiveStats, ProgressSource, Summary, SummaryInput};
 use crate::store::{Store, Writer};
-use crate::tune::Limiter;
+use crate::tune::{spawn_controller, Clock, Controller, ControllerConfig, Limiter, SystemClock};
 
 /// Arguments of `inflight run`.
 #[derive(Debug, Clone, Args)]
@@ -66,9 +67,13 @@ pub struct RunArgs {
     /// Send `prompt` lines as raw completions (`/v1/completions`, no chat template) instead of chat.
     #[arg(long)]
     pub completions: bool,
-    /// Requests in flight.
-    #[arg(short, long, default_value_t = 8)]
-    pub concurrency: usize,
+    /// Requests in flight: `auto` finds and holds the fastest sustainable level while the run goes (and says
+    /// what limits it); a number fixes it.
+    #[arg(short, long, default_value = "auto", value_parser = parse::concurrency)]
+    pub concurrency: parse::Concurrency,
+    /// Upper bound for `--concurrency auto`.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_concurrency: u64,
     /// Attempts per job for transient failures (connection errors, timeouts, 429/5xx).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
@@ -179,9 +184,20 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
 
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone(), args.drain_timeout);
-    let limiter = Limiter::new(args.concurrency);
     let health = Health::new(conn.backend.clone(), stop.clone());
     let stats = Arc::new(LiveStats::default());
+    let (limiter, samples, tune) = match args.concurrency {
+        Concurrency::Fixed(n) => (Limiter::new(n), None, None),
+        Concurrency::Auto => {
+            let limiter = Limiter::new(1);
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let cfg = ControllerConfig { max: args.max_concurrency as usize, ..Default::default() };
+            let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+            let controller = Controller::new(cfg, clock.now());
+            let handle = spawn_controller(controller, limiter.clone(), rx, clock, conn.info.kind.parallel_fix());
+            (limiter, Some(tx), Some(handle))
+        }
+    };
     let progress = spawn_progress(ProgressSource {
         stats: stats.clone(),
         limiter: limiter.clone(),
@@ -191,14 +207,27 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
         total: counts.total(),
         status_every: args.status_every,
         display: Display::detect(args.quiet),
+        tune: tune.as_ref().map(|t| t.status.clone()),
     });
     let started = Instant::now();
     let config =
         DispatchConfig { max_attempts: args.max_attempts, drain_timeout: args.drain_timeout, limit: args.limit };
-    let ending =
-        dispatch(&reader, conn.backend.clone(), limiter, health, writer.sender(), stats.clone(), config, stop).await;
+    let wiring = Wiring {
+        backend: conn.backend.clone(),
+        limiter: limiter.clone(),
+        health,
+        writer: writer.sender(),
+        stats: stats.clone(),
+        samples,
+        stop,
+    };
+    let ending = dispatch(&reader, wiring, config).await;
     let wall = started.elapsed();
     progress.finish().await;
+    let tuned = match tune {
+        Some(t) => Some(t.finish().await),
+        None => None,
+    };
     writer.finish().context("recording results")?;
     let ending = ending?;
 
@@ -212,6 +241,21 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
         retries: stats.retries.load(std::sync::atomic::Ordering::Relaxed),
     });
     println!("{}", summary.render());
+    match &tuned {
+        Some(t) => {
+            let held = t.held.map(|h| h.to_string()).unwrap_or_else(|| format!("{} (still searching)", limiter.limit()));
+            println!(
+                "  concurrency auto: held {held} in flight (tried up to {}, {} changes); effective lanes seen: {}",
+                t.max_tried,
+                t.changes,
+                t.held.map(|h| h.to_string()).unwrap_or_else(|| "not yet known".into())
+            );
+            for note in &t.notes {
+                println!("  note: {note}");
+            }
+        }
+        None => println!("  concurrency fixed at {}", limiter.limit()),
+    }
     println!("  results: {}  errors: {}  state: {}", out.display(), errors_path(&out).display(), state_path.display());
     match ending {
         Ending::Aborted(Verdict::SameFailure(message)) => Err(CommandError {

@@ -14,15 +14,16 @@ pub use recorder::{Outcome, Verdict, PROBATION};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError};
 use crate::report::LiveStats;
 use crate::store::{now_ms, Completion, Failure, PendingJob, Store, StoreError, WriteMsg};
-use crate::tune::{Limiter, Permit};
+use crate::tune::{Limiter, Permit, Sample, SampleOutcome};
 
 const PAGE: usize = 1024;
 
@@ -54,7 +55,8 @@ struct Ctx {
     limiter: Limiter,
     health: Health,
     writer: Sender<WriteMsg>,
-    outcomes: tokio::sync::mpsc::UnboundedSender<Outcome>,
+    outcomes: UnboundedSender<Outcome>,
+    samples: Option<UnboundedSender<Sample>>,
     stats: Arc<LiveStats>,
     config: DispatchConfig,
     /// Soft stop: no new sends, no more retries.
@@ -63,18 +65,27 @@ struct Ctx {
     hard: CancellationToken,
 }
 
+/// What the dispatcher works with.
+pub struct Wiring {
+    /// The server.
+    pub backend: Arc<dyn Backend>,
+    /// Permits: how many requests may be in flight.
+    pub limiter: Limiter,
+    /// Whether the server is reachable.
+    pub health: Health,
+    /// The store's writer.
+    pub writer: Sender<WriteMsg>,
+    /// Live counters.
+    pub stats: Arc<LiveStats>,
+    /// Where every finished attempt is reported for tuning (`None` for a fixed concurrency).
+    pub samples: Option<UnboundedSender<Sample>>,
+    /// Cancelled to stop the run (signals, the recorder's verdict).
+    pub stop: CancellationToken,
+}
+
 /// Runs until every pending job is recorded, or until `stop`.
-#[allow(clippy::too_many_arguments)]
-pub async fn dispatch(
-    reader: &Store,
-    backend: Arc<dyn Backend>,
-    limiter: Limiter,
-    health: Health,
-    writer: Sender<WriteMsg>,
-    stats: Arc<LiveStats>,
-    config: DispatchConfig,
-    stop: CancellationToken,
-) -> Result<Ending, StoreError> {
+pub async fn dispatch(reader: &Store, wiring: Wiring, config: DispatchConfig) -> Result<Ending, StoreError> {
+    let Wiring { backend, limiter, health, writer, stats, samples, stop } = wiring;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let recorder = tokio::spawn(recorder::record(rx, writer.clone(), stats.clone(), stop.clone()));
     let ctx = Arc::new(Ctx {
@@ -83,6 +94,7 @@ pub async fn dispatch(
         health,
         writer,
         outcomes: tx,
+        samples,
         stats,
         config,
         stop: stop.clone(),
@@ -165,10 +177,12 @@ async fn run_job(ctx: Arc<Ctx>, job: PendingJob, permit: Permit) {
     let mut attempts = job.attempts;
     loop {
         let sent_ms = now_ms();
+        let started = Instant::now();
         let result = tokio::select! {
             r = ctx.backend.send(job.endpoint, &job.body) => r,
             _ = ctx.hard.cancelled() => return,
         };
+        ctx.sample(&result, started.elapsed());
         let error = match result {
             Ok(answer) => {
                 let done = Completion {
@@ -213,6 +227,26 @@ async fn run_job(ctx: Arc<Ctx>, job: PendingJob, permit: Permit) {
             Some(p) => permit = Some(p),
             None => return,
         }
+    }
+}
+
+impl Ctx {
+    /// Tells the controller how an attempt ended. Outages and the request's own faults (permanent errors) say
+    /// nothing about how much the server can take, so they are left out.
+    fn sample(&self, result: &Result<crate::backend::Answer, BackendError>, latency: Duration) {
+        let Some(samples) = &self.samples else { return };
+        let outcome = match result {
+            Ok(_) => SampleOutcome::Ok,
+            Err(e) if e.is_unreachable() || !e.is_retryable() => return,
+            Err(BackendError::Timeout(_)) => SampleOutcome::Backpressure,
+            Err(e) if matches!(e.status(), Some(429 | 503)) => SampleOutcome::Backpressure,
+            Err(_) => SampleOutcome::Error,
+        };
+        let tokens = match result {
+            Ok(a) => a.completion_tokens.unwrap_or(0).max(0) as u64,
+            Err(_) => 0,
+        };
+        let _ = samples.send(Sample { tokens, latency, outcome });
     }
 }
 

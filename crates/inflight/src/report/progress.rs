@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::LiveStats;
 use crate::dispatch::Health;
 use crate::store::{now_ms, WriteMsg};
-use crate::tune::{Limiter, RateWindow};
+use crate::tune::{Limiter, RateWindow, TuneStatus};
 
 const TICK: Duration = Duration::from_millis(250);
 const WINDOW: Duration = Duration::from_secs(30);
@@ -52,6 +52,8 @@ pub struct ProgressSource {
     pub status_every: Duration,
     /// How to show it.
     pub display: Display,
+    /// The controller's state, for `--concurrency auto`.
+    pub tune: Option<Arc<std::sync::Mutex<TuneStatus>>>,
 }
 
 /// How progress is shown.
@@ -116,8 +118,12 @@ async fn run(src: ProgressSource, stop: CancellationToken) {
         let rate = jobs.rate().unwrap_or(0.0);
         let eta = (rate > 0.0).then(|| Duration::from_secs_f64(src.total.saturating_sub(finished) as f64 / rate));
         let state = if src.health.is_paused() { " PAUSED: server unreachable, probing" } else { "" };
+        let tuning = match &src.tune {
+            Some(t) => format!(" (auto: {})", t.lock().map(|t| t.phase).unwrap_or("?")),
+            None => String::new(),
+        };
         let line = format!(
-            "{finished}/{total} done, {failed} failed | {rate:.1} jobs/s, {tok:.0} tok/s | in flight {inflight}/{limit} | ETA {eta}{state}",
+            "{finished}/{total} done, {failed} failed | {rate:.1} jobs/s, {tok:.0} tok/s | in flight {inflight}/{limit}{tuning} | ETA {eta}{state}",
             total = src.total,
             tok = tokens.rate().unwrap_or(0.0),
             inflight = src.limiter.in_flight(),

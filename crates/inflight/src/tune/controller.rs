@@ -73,7 +73,7 @@ impl Default for ControllerConfig {
             min: 1,
             max: 256,
             noise: 0.05,
-            min_window: Duration::from_secs(1),
+            min_window: Duration::from_millis(500),
             max_window: Duration::from_secs(60),
             max_windows: 5,
             probe_every: 20,
@@ -167,7 +167,7 @@ pub struct Controller {
     ceiling: Option<(usize, Duration)>,
     /// Whether jobs (not tokens) are the unit: no sample so far reported tokens.
     by_jobs: bool,
-    serialized_said: bool,
+    serialized: bool,
     notes: Vec<String>,
 }
 
@@ -189,7 +189,7 @@ impl Controller {
             measured: BTreeMap::new(),
             ceiling: None,
             by_jobs: true,
-            serialized_said: false,
+            serialized: false,
             notes: Vec::new(),
         }
     }
@@ -216,6 +216,9 @@ impl Controller {
 
     /// The level whose throughput stopped growing: the effective parallelism the server showed, once known.
     pub fn effective_lanes(&self) -> Option<usize> {
+        if self.serialized {
+            return Some(1);
+        }
         match self.state {
             State::Hold { .. } | State::Probe { .. } => Some(self.held()),
             _ => None,
@@ -251,7 +254,9 @@ impl Controller {
     pub fn tick(&mut self, now: Duration) -> Option<Decision> {
         let elapsed = now.saturating_sub(self.window_start);
         let wanted = (2 * self.level as u64).max(16);
-        let full = elapsed >= self.cfg.min_window && self.jobs >= wanted;
+        // A window spans at least two typical latencies, so answers sent together do not all land in one.
+        let typical = self.latencies.get(self.latencies.len() / 2).copied().unwrap_or_default();
+        let full = elapsed >= self.cfg.min_window.max(typical * 2) && self.jobs >= wanted;
         let overdue = elapsed >= self.cfg.max_window && self.jobs >= 3;
         if !(full || overdue) {
             return None;
@@ -337,7 +342,7 @@ impl Controller {
                 {
                     let gain = m.rate / p.rate - 1.0;
                     if gain <= band {
-                        self.check_serialized(prev, p, m);
+                        self.check_serialized(m);
                         return self.start_refine(now, prev);
                     }
                 }
@@ -463,21 +468,25 @@ impl Controller {
         self.set(now, to, State::Hold { windows: 0, up_next: false }, reason)
     }
 
-    fn check_serialized(&mut self, level: usize, at: Measured, above: Measured) {
-        let latency_grew = above.latency.as_secs_f64() >= at.latency.as_secs_f64() * 1.6;
-        if level == 1 && latency_grew && !self.serialized_said {
-            self.serialized_said = true;
-            self.notes.push(format!(
-                "the server runs one request at a time: {:.1} {unit} at 1 in flight and {:.1} at {}, while latency \
-                 grew from {} ms to {} ms",
-                at.rate,
-                above.rate,
-                self.level,
-                at.latency.as_millis(),
-                above.latency.as_millis(),
-                unit = self.unit(),
-            ));
+    /// Throughput flat from 1 in flight while latency grows: the server runs one request at a time. Said once.
+    fn check_serialized(&mut self, top: Measured) {
+        let Some(one) = self.measured.get(&1).copied() else { return };
+        let flat = self.best_rate() <= one.rate * 1.3;
+        let latency_grew = top.latency.as_secs_f64() >= one.latency.as_secs_f64() * 1.6;
+        if self.serialized || !flat || !latency_grew {
+            return;
         }
+        self.serialized = true;
+        self.notes.push(format!(
+            "the server runs one request at a time: {:.1} {unit} at 1 in flight and {:.1} at {}, while latency \
+             grew from {} ms to {} ms",
+            one.rate,
+            top.rate,
+            self.level,
+            one.latency.as_millis(),
+            top.latency.as_millis(),
+            unit = self.unit(),
+        ));
     }
 }
 

@@ -2,9 +2,11 @@
 //! controller sets the limiter (a fixed `--concurrency N` is a controller that never moves).
 
 mod controller;
+mod driver;
 mod limiter;
 mod window;
 
 pub use controller::{Controller, ControllerConfig, Decision, Phase, Sample, SampleOutcome};
+pub use driver::{spawn_controller, Clock, SystemClock, TuneHandle, TuneStatus};
 pub use limiter::{Limiter, Permit};
 pub use window::RateWindow;

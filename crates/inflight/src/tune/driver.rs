@@ -1,0 +1,114 @@
+//! The controller's task: the one owner of the [`Controller`]. It receives a [`Sample`] for every finished
+//! attempt, ticks on a clock it is given, applies decisions to the [`Limiter`], logs each with its reason, and
+//! publishes its state for the progress display and the summary.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
+
+use super::{Controller, Limiter, Sample};
+
+/// Where the controller reads time from (tests give it synthetic time through the core's arguments).
+pub trait Clock: Send + Sync {
+    /// Time since some fixed start.
+    fn now(&self) -> Duration;
+}
+
+/// Monotonic wall time.
+pub struct SystemClock(Instant);
+
+impl SystemClock {
+    /// A clock starting now.
+    pub fn new() -> SystemClock {
+        SystemClock(Instant::now())
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// What the controller is doing, shared with the display.
+#[derive(Debug, Clone, Default)]
+pub struct TuneStatus {
+    /// `climbing`, `refining`, `holding`, `probing`; empty for a fixed level.
+    pub phase: &'static str,
+    /// The level held once known.
+    pub held: Option<usize>,
+    /// Messages for the user (e.g. that the server runs one request at a time).
+    pub notes: Vec<String>,
+    /// Highest level tried.
+    pub max_tried: usize,
+    /// Level changes so far.
+    pub changes: u64,
+}
+
+/// A running controller task.
+pub struct TuneHandle {
+    /// Its state, for display.
+    pub status: Arc<Mutex<TuneStatus>>,
+    task: JoinHandle<()>,
+}
+
+impl TuneHandle {
+    /// Waits for the task to end (it ends when every sample sender is gone) and returns the final state.
+    pub async fn finish(self) -> TuneStatus {
+        let _ = self.task.await;
+        let status = self.status.lock().expect("tune status lock");
+        status.clone()
+    }
+}
+
+/// Starts the controller task: `samples` feed it, `limiter` obeys it.
+pub fn spawn_controller(
+    mut controller: Controller,
+    limiter: Limiter,
+    mut samples: UnboundedReceiver<Sample>,
+    clock: Arc<dyn Clock>,
+    fix: String,
+) -> TuneHandle {
+    let status = Arc::new(Mutex::new(TuneStatus { phase: controller.phase().name(), ..Default::default() }));
+    let shared = status.clone();
+    limiter.set_limit(controller.level());
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut max_tried = controller.level();
+        let mut changes = 0;
+        loop {
+            let decision = tokio::select! {
+                s = samples.recv() => match s {
+                    Some(s) => controller.on_sample(clock.now(), s),
+                    None => break,
+                },
+                _ = tick.tick() => controller.tick(clock.now()),
+            };
+            if let Some(d) = decision {
+                tracing::info!("concurrency {} → {}: {}", d.from, d.to, d.reason);
+                limiter.set_limit(d.to);
+                max_tried = max_tried.max(d.to);
+                changes += 1;
+            }
+            let notes = controller.take_notes();
+            for note in &notes {
+                tracing::warn!("{note}. {fix}");
+            }
+            let mut st = shared.lock().expect("tune status lock");
+            st.phase = controller.phase().name();
+            st.held = controller.effective_lanes();
+            st.max_tried = max_tried;
+            st.changes = changes;
+            st.notes.extend(notes.into_iter().map(|n| format!("{n}. {fix}")));
+        }
+    });
+    TuneHandle { status, task }
+}
