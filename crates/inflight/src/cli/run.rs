@@ -10,8 +10,8 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::state::{default_state_path, lock, remove_state};
 use super::parse::Concurrency;
+use super::state::{default_state_path, lock, remove_state};
 use super::{parse, setup_error, CommandError, Exit};
 use crate::backend::{connect, Api, ConnectOptions, OllamaBackend};
 use crate::dispatch::{dispatch, DispatchConfig, Ending, Health, Verdict, Wiring};
@@ -243,7 +243,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
     println!("{}", summary.render());
     match &tuned {
         Some(t) => {
-            let held = t.held.map(|h| h.to_string()).unwrap_or_else(|| format!("{} (still searching)", limiter.limit()));
+            let held =
+                t.held.map(|h| h.to_string()).unwrap_or_else(|| format!("{} (still searching)", limiter.limit()));
             println!(
                 "  concurrency auto: held {held} in flight (tried up to {}, {} changes); effective lanes seen: {}",
                 t.max_tried,

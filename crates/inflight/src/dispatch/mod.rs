@@ -87,7 +87,8 @@ pub struct Wiring {
 pub async fn dispatch(reader: &Store, wiring: Wiring, config: DispatchConfig) -> Result<Ending, StoreError> {
     let Wiring { backend, limiter, health, writer, stats, samples, stop } = wiring;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let recorder = tokio::spawn(recorder::record(rx, writer.clone(), stats.clone(), stop.clone()));
+    let hard = CancellationToken::new();
+    let recorder = tokio::spawn(recorder::record(rx, writer.clone(), stats.clone(), [stop.clone(), hard.clone()]));
     let ctx = Arc::new(Ctx {
         backend,
         limiter,
@@ -98,7 +99,7 @@ pub async fn dispatch(reader: &Store, wiring: Wiring, config: DispatchConfig) ->
         stats,
         config,
         stop: stop.clone(),
-        hard: CancellationToken::new(),
+        hard,
     });
     let mut tasks = JoinSet::new();
     let claimed = claim_loop(reader, &ctx, &mut tasks).await;

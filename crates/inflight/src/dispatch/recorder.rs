@@ -45,8 +45,10 @@ pub async fn record(
     mut rx: UnboundedReceiver<Outcome>,
     writer: Sender<WriteMsg>,
     stats: Arc<LiveStats>,
-    stop: CancellationToken,
+    stop: [CancellationToken; 2],
 ) -> Option<Verdict> {
+    // A verdict stops the run at once: no drain, the requests in flight are cancelled and stay pending.
+    let stop_now = || stop.iter().for_each(CancellationToken::cancel);
     let mut held: Vec<Box<Failure>> = Vec::new();
     let mut on_probation = true;
     let mut verdict = None;
@@ -75,7 +77,7 @@ pub async fn record(
                             "the first {PROBATION} requests all failed the same way ({}): {}",
                             f.code, f.message
                         )));
-                        stop.cancel();
+                        stop_now();
                     }
                     true
                 } else {
@@ -86,7 +88,7 @@ pub async fn record(
         };
         if !sent {
             verdict = Some(Verdict::WriterFailed);
-            stop.cancel();
+            stop_now();
         }
     }
     if verdict.is_none() && !release(&mut held) {

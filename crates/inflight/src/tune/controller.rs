@@ -4,8 +4,9 @@
 //! Throughput, not latency, steers it: on a batching server latency rises long before throughput stops growing,
 //! so latency-driven limiters (Vegas, Gradient2) settle too low. The shape:
 //!
-//! - Measure in windows of at least `min_window` and `2 × level` completions (so a window holds many answers
-//!   even when output lengths vary 10×); drop the first window after every change (requests sent at the old
+//! - Measure in windows of at least `min_window`, two latencies and `2 × level` completions (so a window holds
+//!   many answers even when output lengths vary 10×); the rate is tokens per second of latency times the mean
+//!   number in flight (Little's law), which answers arriving in cohorts cannot bias; drop the first window after every change (requests sent at the old
 //!   level are still finishing; the very first window also holds model loads and cold caches). A level is
 //!   measured when its last windows agree within 10%, or after `max_windows` (then their median).
 //! - Climb by doubling from 1 while a doubling gains more than the noise band; then search between the last
@@ -127,6 +128,17 @@ struct Measured {
     latency: Duration,
 }
 
+/// What is left out of the measurement after a change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Settle {
+    /// The whole first window of the run: model loads, cold caches, the first responses.
+    FirstWindow,
+    /// Answers until this time: requests sent at the old level are still finishing.
+    Until(Duration),
+    /// Measuring.
+    Done,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum State {
     Climb,
@@ -136,9 +148,11 @@ enum State {
         hi: usize,
         steps: u8,
     },
+    /// Holding; the next probe comes after `gap` windows (the gap doubles after each probe that changes nothing).
     Hold {
         windows: usize,
         up_next: bool,
+        gap: usize,
     },
     /// Probing `probe` from `held`: `before` is the held level's rate just before, `measured` the probe's rate
     /// once known (then the held level is measured again, after).
@@ -147,6 +161,7 @@ enum State {
         probe: usize,
         before: f64,
         measured: Option<f64>,
+        gap: usize,
     },
 }
 
@@ -160,9 +175,16 @@ pub struct Controller {
     jobs: u64,
     errors: u64,
     latencies: Vec<Duration>,
-    /// Completed windows at the current level (the settling window excluded): (rate, median latency).
+    /// When the level last changed.
+    changed_at: Duration,
+    /// ∫ in-flight dt over the window, from ticks.
+    in_flight_area: f64,
+    last_tick: Duration,
+    /// Completed windows at the current level (settling excluded): (rate, median latency).
     windows: Vec<(f64, Duration)>,
-    settling: bool,
+    settle: Settle,
+    /// Median latency of the last window: how long requests sent before a change take to drain.
+    last_latency: Duration,
     measured: BTreeMap<usize, Measured>,
     ceiling: Option<(usize, Duration)>,
     /// Whether jobs (not tokens) are the unit: no sample so far reported tokens.
@@ -184,8 +206,12 @@ impl Controller {
             jobs: 0,
             errors: 0,
             latencies: Vec::new(),
+            in_flight_area: 0.0,
+            last_tick: now,
+            changed_at: now,
             windows: Vec::new(),
-            settling: true,
+            settle: Settle::FirstWindow,
+            last_latency: Duration::ZERO,
             measured: BTreeMap::new(),
             ceiling: None,
             by_jobs: true,
@@ -234,6 +260,10 @@ impl Controller {
 
     /// Records one finished attempt at time `now`; returns a decision if the limit should change.
     pub fn on_sample(&mut self, now: Duration, s: Sample) -> Option<Decision> {
+        // Only requests sent at the current level say anything about it.
+        if self.settling_until(now) || now.saturating_sub(s.latency) < self.changed_at {
+            return None;
+        }
         match s.outcome {
             SampleOutcome::Ok => {
                 self.jobs += 1;
@@ -243,15 +273,23 @@ impl Controller {
                 }
                 self.latencies.push(s.latency);
             }
-            SampleOutcome::Backpressure if !self.settling => return Some(self.back_off(now, "server pushed back")),
+            SampleOutcome::Backpressure if self.settle == Settle::Done => {
+                return Some(self.back_off(now, "server pushed back"));
+            }
             SampleOutcome::Backpressure => {}
             SampleOutcome::Error => self.errors += 1,
         }
-        self.tick(now)
+        None
     }
 
-    /// Closes the window if it is long enough; returns a decision if the limit should change.
-    pub fn tick(&mut self, now: Duration) -> Option<Decision> {
+    /// Called regularly with the number of requests in flight; closes the window once it is long enough and
+    /// returns a decision if the limit should change. Windows close only here, on the clock, never on an answer.
+    pub fn tick(&mut self, now: Duration, in_flight: usize) -> Option<Decision> {
+        self.in_flight_area += in_flight as f64 * now.saturating_sub(self.last_tick).as_secs_f64();
+        self.last_tick = now;
+        if self.settling_until(now) {
+            return None;
+        }
         let elapsed = now.saturating_sub(self.window_start);
         let wanted = (2 * self.level as u64).max(16);
         // A window spans at least two typical latencies, so answers sent together do not all land in one.
@@ -262,15 +300,22 @@ impl Controller {
             return None;
         }
         let attempts = self.jobs + self.errors;
-        if !self.settling && attempts >= 8 && self.errors * 4 > attempts {
+        if self.settle == Settle::Done && attempts >= 8 && self.errors * 4 > attempts {
             return Some(self.back_off(now, "error burst"));
         }
+        // Little's law: rate = units per second of latency × mean number in flight. Counting answers per second
+        // of window would be biased when answers arrive in cohorts (requests sent together, equal lengths, finish
+        // together): a window holding one cohort more or less is off by a cohort. Per-request ratios are not.
         let units = if self.by_jobs { self.jobs } else { self.tokens };
-        let rate = units as f64 / elapsed.as_secs_f64();
+        let latency_sum: f64 = self.latencies.iter().map(Duration::as_secs_f64).sum();
+        let mean_in_flight = self.in_flight_area / elapsed.as_secs_f64().max(1e-9);
+        let rate = if latency_sum > 0.0 { units as f64 / latency_sum * mean_in_flight } else { 0.0 };
         self.latencies.sort_unstable();
         let latency = self.latencies[self.latencies.len() / 2];
         self.reset_window(now);
-        if std::mem::take(&mut self.settling) {
+        self.last_latency = latency;
+        if self.settle == Settle::FirstWindow {
+            self.settle = Settle::Done;
             return None;
         }
         self.windows.push((rate, latency));
@@ -282,8 +327,22 @@ impl Controller {
         self.decide(now, m)
     }
 
+    /// Whether answers are still being left out after a change; starts the window when settling ends.
+    fn settling_until(&mut self, now: Duration) -> bool {
+        match self.settle {
+            Settle::Until(t) if now < t => true,
+            Settle::Until(_) => {
+                self.settle = Settle::Done;
+                self.reset_window(now);
+                false
+            }
+            _ => false,
+        }
+    }
+
     fn reset_window(&mut self, now: Duration) {
         self.window_start = now;
+        self.in_flight_area = 0.0;
         self.tokens = 0;
         self.jobs = 0;
         self.errors = 0;
@@ -298,6 +357,13 @@ impl Controller {
             let last = &self.windows[n.saturating_sub(3)..];
             let rate = last.iter().map(|w| w.0).sum::<f64>() / last.len() as f64;
             return Some(Measured { rate, latency: last[last.len() - 1].1 });
+        }
+        if let (State::Climb, 1) = (self.state, n) {
+            // A doubling that clearly pays (well beyond the noise) needs no second window to confirm it.
+            let prev = self.measured.get(&(self.level / 2)).filter(|_| self.level > 1);
+            if prev.is_some_and(|p| self.windows[0].0 > p.rate * (1.0 + 3.0 * self.cfg.noise)) {
+                return Some(Measured { rate: self.windows[0].0, latency: self.windows[0].1 });
+            }
         }
         let need = 2;
         if n < need {
@@ -366,10 +432,10 @@ impl Controller {
                 let (lo, hi) = if m.rate >= best * (1.0 - band) { (lo, self.level) } else { (self.level, hi) };
                 self.refine_step(now, lo, hi, steps)
             }
-            State::Hold { windows, up_next } => {
+            State::Hold { windows, up_next, gap } => {
                 let windows = windows + 1;
-                if windows < self.cfg.probe_every {
-                    self.state = State::Hold { windows, up_next };
+                if windows < gap {
+                    self.state = State::Hold { windows, up_next, gap };
                     return None;
                 }
                 let held = self.level;
@@ -379,7 +445,7 @@ impl Controller {
                 } else {
                     held.saturating_sub(step).max(self.cfg.min)
                 };
-                self.state = State::Hold { windows: 0, up_next: !up_next };
+                self.state = State::Hold { windows: 0, up_next: !up_next, gap };
                 if target == held {
                     return None;
                 }
@@ -387,15 +453,15 @@ impl Controller {
                 Some(self.set(
                     now,
                     target,
-                    State::Probe { held, probe: target, before: m.rate, measured: None },
+                    State::Probe { held, probe: target, before: m.rate, measured: None, gap },
                     reason,
                 ))
             }
-            State::Probe { held, probe, before, measured: None } => {
-                let state = State::Probe { held, probe, before, measured: Some(m.rate) };
+            State::Probe { held, probe, before, measured: None, gap } => {
+                let state = State::Probe { held, probe, before, measured: Some(m.rate), gap };
                 Some(self.set(now, held, state, format!("probe of {probe} measured, back to {held} to compare")))
             }
-            State::Probe { held, probe, before, measured: Some(probe_rate) } => {
+            State::Probe { held, probe, before, measured: Some(probe_rate), gap } => {
                 // Compare with the held level's windows just before and just after, so slow drift cancels.
                 let base = (before + m.rate) / 2.0;
                 let keep =
@@ -404,7 +470,8 @@ impl Controller {
                     let reason = format!("{:+.0}% {} at {probe} vs {held}", pct(probe_rate, base), self.unit());
                     return self.hold(now, probe, reason);
                 }
-                self.state = State::Hold { windows: 0, up_next: probe < held };
+                let gap = (gap * 2).min(self.cfg.probe_every * 8);
+                self.state = State::Hold { windows: 0, up_next: probe < held, gap };
                 None
             }
         }
@@ -441,7 +508,7 @@ impl Controller {
     }
 
     fn hold(&mut self, now: Duration, level: usize, reason: String) -> Option<Decision> {
-        let state = State::Hold { windows: 0, up_next: true };
+        let state = State::Hold { windows: 0, up_next: true, gap: self.cfg.probe_every };
         if level == self.level {
             self.state = state;
             return None;
@@ -454,7 +521,9 @@ impl Controller {
         self.level = to.clamp(self.cfg.min, self.cfg.max);
         self.state = state;
         self.windows.clear();
-        self.settling = true;
+        self.changed_at = now;
+        // Requests sent at the old level drain within about one latency (1.5 for margin).
+        self.settle = Settle::Until(now + self.last_latency.mul_f64(1.5));
         self.reset_window(now);
         Decision { from, to: self.level, reason }
     }
@@ -465,7 +534,7 @@ impl Controller {
         self.ceiling = Some((from, now + self.cfg.ceiling_ttl));
         self.measured.retain(|&l, _| l < from);
         let reason = format!("{why}: cut by a quarter, staying below {from} for {}s", self.cfg.ceiling_ttl.as_secs());
-        self.set(now, to, State::Hold { windows: 0, up_next: false }, reason)
+        self.set(now, to, State::Hold { windows: 0, up_next: false, gap: self.cfg.probe_every }, reason)
     }
 
     /// Throughput flat from 1 in flight while latency grows: the server runs one request at a time. Said once.

@@ -64,7 +64,7 @@ fn drive(cfg: ControllerConfig, synth: &Synth, seconds: f64) -> Trace {
                 trace.decisions.push(d);
             }
         }
-        if let Some(d) = c.tick(now) {
+        if let Some(d) = c.tick(now, level) {
             trace.levels.push((t, d.to));
             trace.decisions.push(d);
         }

@@ -90,7 +90,7 @@ pub fn spawn_controller(
                     Some(s) => controller.on_sample(clock.now(), s),
                     None => break,
                 },
-                _ = tick.tick() => controller.tick(clock.now()),
+                _ = tick.tick() => controller.tick(clock.now(), limiter.in_flight()),
             };
             if let Some(d) = decision {
                 tracing::info!("concurrency {} → {}: {}", d.from, d.to, d.reason);

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Automatic concurrency on the real test-bed llama-server (issue 3): SmolLM2-135M, 64 max tokens, started with
+# `-np 8 -t 2` and again with `-np 1 -t 2`. For each: the best fixed level among 1, 2, 4, 8, 16, 32 and the
+# auto run, in the same benchmark run; prints auto / best fixed and what auto said (with -np 1: the --parallel
+# fix). About 25 minutes on 2 cores.
+#   FIXED_JOBS=300 AUTO_JOBS=3000 scripts/bench-auto-real.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/testbed.sh setup >/dev/null
+for np in 8 1; do
+  read -r URL PID < <(scripts/testbed.sh start -np "$np" -t 2 -c $((2048 * np)))
+  trap 'kill "$PID" 2>/dev/null' EXIT
+  python3 scripts/bench-auto.py --server "$URL" --name "np$np" --levels 1,2,4,8,16,32 --max-tokens 64 \
+    --fixed-jobs "${FIXED_JOBS:-300}" --server-auto-jobs "${AUTO_JOBS:-3000}"
+  kill "$PID"; wait "$PID" 2>/dev/null || true
+done
