@@ -540,8 +540,10 @@ impl Controller {
     /// Throughput flat from 1 in flight while latency grows: the server runs one request at a time. Said once.
     fn check_serialized(&mut self, top: Measured) {
         let Some(one) = self.measured.get(&1).copied() else { return };
-        let flat = self.best_rate() <= one.rate * 1.3;
-        let latency_grew = top.latency.as_secs_f64() >= one.latency.as_secs_f64() * 1.6;
+        // Client round trips leave a serial server idle between requests at 1 in flight, so 2 in flight can look
+        // somewhat faster; what gives a serial server away is latency growing in proportion to concurrency.
+        let flat = self.best_rate() <= one.rate * 1.5;
+        let latency_grew = top.latency.as_secs_f64() >= one.latency.as_secs_f64() * 0.6 * self.level as f64;
         if self.serialized || !flat || !latency_grew {
             return;
         }
