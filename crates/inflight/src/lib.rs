@@ -6,6 +6,7 @@
 //! [`output`] files; [`report`] shows progress and the summary. [`cli`] wires it together per command.
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod dispatch;
 pub mod job;

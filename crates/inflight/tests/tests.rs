@@ -8,6 +8,8 @@ mod util;
 mod auto;
 /// A 10,000-line input with 100 bad lines of assorted kinds.
 mod bad_input;
+/// `inflight bench`: sweep, recommendation and reports.
+mod bench;
 /// SIGKILL at random moments, restart, every job exactly once.
 mod crash;
 /// Transient faults are retried to success; permanent ones fail at once; outages pause the run.

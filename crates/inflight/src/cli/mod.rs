@@ -1,11 +1,13 @@
 //! The command line: one file per command, clap derive, doc comments as help text.
 
+mod bench;
 mod export;
 mod parse;
 mod run;
 mod state;
 mod status;
 
+pub use bench::BenchArgs;
 pub use export::ExportArgs;
 pub use run::RunArgs;
 pub use status::StatusArgs;
@@ -34,6 +36,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Write a run's output files from its state, at any time.
     Export(ExportArgs),
+    /// Measure a server honestly: sweep concurrency levels to steady state, recommend one, predict a run's time.
+    Bench(Box<BenchArgs>),
 }
 
 /// Process exit codes.
@@ -70,5 +74,6 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
         Command::Run(args) => run::execute(*args).await,
         Command::Status(args) => status::execute(args),
         Command::Export(args) => export::execute(args),
+        Command::Bench(args) => bench::execute(*args).await,
     }
 }

@@ -249,7 +249,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
                 "  concurrency auto: held {held} in flight (tried up to {}, {} changes); effective lanes seen: {}",
                 t.max_tried,
                 t.changes,
-                t.held.map(|h| h.to_string()).unwrap_or_else(|| "not yet known".into())
+                t.lanes.map(|h| h.to_string()).unwrap_or_else(|| "not yet known".into())
             );
             for note in &t.notes {
                 println!("  note: {note}");

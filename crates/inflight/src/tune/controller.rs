@@ -240,15 +240,21 @@ impl Controller {
         std::mem::take(&mut self.notes)
     }
 
-    /// The level whose throughput stopped growing: the effective parallelism the server showed, once known.
-    pub fn effective_lanes(&self) -> Option<usize> {
-        if self.serialized {
-            return Some(1);
-        }
+    /// The level held once the search is over.
+    pub fn held_level(&self) -> Option<usize> {
         match self.state {
             State::Hold { .. } | State::Probe { .. } => Some(self.held()),
             _ => None,
         }
+    }
+
+    /// The effective parallelism the server showed, once known: 1 for a serialized server, else the level
+    /// where throughput stopped growing.
+    pub fn effective_lanes(&self) -> Option<usize> {
+        if self.serialized {
+            return Some(1);
+        }
+        self.held_level()
     }
 
     fn held(&self) -> usize {

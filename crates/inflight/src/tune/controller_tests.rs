@@ -70,7 +70,7 @@ fn drive(cfg: ControllerConfig, synth: &Synth, seconds: f64) -> Trace {
         }
         trace.notes.extend(c.take_notes());
     }
-    trace.final_level = c.effective_lanes().unwrap_or(c.level());
+    trace.final_level = c.held_level().unwrap_or(c.level());
     trace.late_mean = weighted / (seconds / 2.0);
     trace
 }

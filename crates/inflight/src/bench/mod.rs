@@ -1,0 +1,217 @@
+//! `inflight bench`: an honest sweep of concurrency levels, each run until its rate is steady, with a
+//! recommendation, an ETA, and reports (table, JSON, CSV, SVG chart).
+//!
+//! A 20-request test is fooled by warm-up and bursts; here every level leaves its first window out and runs
+//! until the confidence interval of its rate is tight (see [`level`]). The warm-up itself is reported: the rate
+//! of the very first 20 answers beside the steady rates.
+
+mod chart;
+mod level;
+mod report;
+
+pub use chart::svg_chart;
+pub use level::{ci_rel, LevelReport, LevelRule, Live, Quantiles};
+pub use report::{csv, table};
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::backend::{Backend, ServerKind};
+use crate::job::Endpoint;
+
+/// How the sweep chooses its levels.
+#[derive(Debug, Clone)]
+pub struct SweepConfig {
+    /// Explicit levels, or empty for doubling from 1.
+    pub levels: Vec<usize>,
+    /// Highest level when doubling.
+    pub max_concurrency: usize,
+    /// Per-level rule.
+    pub rule: LevelRule,
+    /// Relative gain below which a doubling "stops growing".
+    pub flat: f64,
+}
+
+/// The whole report (pinned by `docs/schema/bench-report.schema.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// The server's URL.
+    pub server: String,
+    /// What the server said it is.
+    pub server_description: String,
+    /// The workload, in words.
+    pub workload: String,
+    /// The steady-state rule, in words.
+    pub steady_rule: String,
+    /// The first 20 answers of the sweep, measured naively (what a hand-timed test reports).
+    pub first_20: Option<FirstAnswers>,
+    /// Every level measured, in order.
+    pub levels: Vec<LevelReport>,
+    /// What to use.
+    pub recommendation: Recommendation,
+}
+
+/// The naive rate of the first answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct FirstAnswers {
+    /// Answers per second, from the first send to the 20th answer.
+    pub jobs_per_s: f64,
+    /// Output tokens per second, same span.
+    pub output_tokens_per_s: f64,
+}
+
+/// The recommendation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recommendation {
+    /// The concurrency to use.
+    pub concurrency: usize,
+    /// Its rate (output tokens/s, or jobs/s for embeddings).
+    pub rate: f64,
+    /// The unit of `rate`.
+    pub unit: &'static str,
+    /// Its answers per second.
+    pub jobs_per_s: f64,
+    /// Why.
+    pub why: String,
+    /// A server-side setting to change, when the server is the limit.
+    pub server_setting: Option<String>,
+    /// Time for `--for-jobs` jobs at this rate.
+    pub eta: Option<Eta>,
+}
+
+/// Predicted time for a number of jobs, with an interval from the rate's confidence interval.
+#[derive(Debug, Clone, Serialize)]
+pub struct Eta {
+    /// Jobs.
+    pub jobs: u64,
+    /// Seconds, at the measured rate.
+    pub seconds: f64,
+    /// Seconds, at the top of the rate's interval.
+    pub low_seconds: f64,
+    /// Seconds, at the bottom of the rate's interval.
+    pub high_seconds: f64,
+}
+
+/// Runs the sweep. `progress` gets one line per update.
+pub async fn sweep(
+    backend: Arc<dyn Backend>,
+    kind: ServerKind,
+    requests: Vec<(Endpoint, String)>,
+    cfg: &SweepConfig,
+    for_jobs: Option<u64>,
+    mut progress: impl FnMut(String),
+) -> (Vec<LevelReport>, Option<FirstAnswers>, Recommendation) {
+    let requests = Arc::new(requests);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut levels: Vec<LevelReport> = Vec::new();
+    let mut first_20 = None;
+    let mut level = cfg.levels.first().copied().unwrap_or(1);
+    let mut flat_steps = 0;
+    loop {
+        let (report, records) =
+            level::measure(backend.clone(), requests.clone(), next.clone(), level, &cfg.rule, |live| {
+                progress(format!(
+                    "concurrency {level}: {} answers, {:.1}/s now, {}s left at most",
+                    live.answers,
+                    live.rate,
+                    live.left.as_secs()
+                ))
+            })
+            .await;
+        if first_20.is_none() {
+            first_20 = first_answers(&records);
+        }
+        progress(format!(
+            "concurrency {level}: {:.1} tokens/s, {:.2} jobs/s ±{:.0}%{}",
+            report.output_tokens_per_s,
+            report.jobs_per_s,
+            report.ci_rel * 100.0,
+            if report.steady { "" } else { " (not steady: time cap)" }
+        ));
+        let gain = levels.last().map(|prev| rate(&report) / rate(prev).max(1e-9) - 1.0);
+        levels.push(report);
+        if !cfg.levels.is_empty() {
+            match cfg.levels.get(levels.len()) {
+                Some(&l) => level = l,
+                None => break,
+            }
+            continue;
+        }
+        flat_steps = if gain.is_some_and(|g| g < cfg.flat) { flat_steps + 1 } else { 0 };
+        if flat_steps >= 2 || level * 2 > cfg.max_concurrency {
+            break;
+        }
+        level *= 2;
+    }
+    let rec = recommend(&levels, kind, for_jobs);
+    (levels, first_20, rec)
+}
+
+/// The level's objective: output tokens/s, or jobs/s when the server reports no tokens (embeddings).
+fn rate(l: &LevelReport) -> f64 {
+    if l.output_tokens_per_s > 0.0 {
+        l.output_tokens_per_s
+    } else {
+        l.jobs_per_s
+    }
+}
+
+fn first_answers(records: &[level::Record]) -> Option<FirstAnswers> {
+    let mut ok: Vec<&level::Record> = records.iter().filter(|r| r.ok).collect();
+    ok.sort_by_key(|r| r.finished);
+    let last = ok.get(19)?;
+    let span = last.finished.as_secs_f64();
+    let tokens: u64 = ok[..20].iter().map(|r| r.tokens).sum();
+    Some(FirstAnswers { jobs_per_s: 20.0 / span, output_tokens_per_s: tokens as f64 / span })
+}
+
+/// The smallest level within 5% of the best measured, the same notion of "best" as the run's controller.
+pub fn recommend(levels: &[LevelReport], kind: ServerKind, for_jobs: Option<u64>) -> Recommendation {
+    let best = levels.iter().map(rate).fold(0.0, f64::max);
+    let chosen = levels
+        .iter()
+        .filter(|l| rate(l) >= best * 0.95)
+        .min_by_key(|l| l.concurrency)
+        .or_else(|| levels.first())
+        .cloned();
+    let Some(c) = chosen else {
+        return Recommendation {
+            concurrency: 1,
+            rate: 0.0,
+            unit: "jobs/s",
+            jobs_per_s: 0.0,
+            why: "nothing was measured".into(),
+            server_setting: None,
+            eta: None,
+        };
+    };
+    let unit = if c.output_tokens_per_s > 0.0 { "output tokens/s" } else { "jobs/s" };
+    let one = levels.iter().find(|l| l.concurrency == 1);
+    let serialized = one.is_some_and(|one| best <= rate(one) * 1.5)
+        && levels.iter().any(|l| {
+            l.concurrency >= 4
+                && l.latency_ms.p50 >= one.map(|o| o.latency_ms.p50).unwrap_or(0.0) * 0.6 * l.concurrency as f64
+        });
+    let why = format!(
+        "the smallest level within 5% of the best measured ({best:.1} {unit}); more in flight only adds waiting \
+         (p50 latency {:.0} ms here)",
+        c.latency_ms.p50
+    );
+    let server_setting = serialized.then(|| format!("the server runs one request at a time. {}", kind.parallel_fix()));
+    let eta = for_jobs.filter(|_| c.jobs_per_s > 0.0).map(|jobs| {
+        let seconds = jobs as f64 / c.jobs_per_s;
+        let ci = if c.ci_rel.is_finite() { c.ci_rel.min(0.9) } else { 0.5 };
+        Eta { jobs, seconds, low_seconds: seconds / (1.0 + ci), high_seconds: seconds / (1.0 - ci) }
+    });
+    Recommendation {
+        concurrency: c.concurrency,
+        rate: rate(&c),
+        unit,
+        jobs_per_s: c.jobs_per_s,
+        why,
+        server_setting,
+        eta,
+    }
+}

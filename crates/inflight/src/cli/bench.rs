@@ -1,0 +1,191 @@
+//! `inflight bench`: sweep concurrency levels against a server and recommend one, with an ETA.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{parse, setup_error, Exit};
+use crate::backend::{connect, Api, ConnectOptions, OllamaBackend};
+use crate::bench::{csv, svg_chart, sweep, table, BenchReport, LevelRule, SweepConfig};
+use crate::job::{Endpoint, LineReader, Parser, RawLine, RequestDefaults, Template};
+
+/// Arguments of `inflight bench`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Each level runs until its rate is steady: the answers to requests sent in its first window \
+are left out, and it stops once at least 3 windows and --min-answers answers give a 95% confidence interval within \
+±--ci of the mean rate (or at --max-time-per-level, flagged NOT steady). Reports go to --report-dir: bench.json \
+(schema in docs/schema/bench-report.schema.json), bench.csv and bench.svg.")]
+pub struct BenchArgs {
+    /// The server's base URL (default: the usual local ports, as for `run`).
+    #[arg(long, env = "INFLIGHT_SERVER")]
+    pub server: Option<String>,
+    /// The server's API; detected when not given.
+    #[arg(long, value_enum)]
+    pub api: Option<Api>,
+    /// Bearer token (never printed).
+    #[arg(long, env = "INFLIGHT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Model to benchmark.
+    #[arg(short, long)]
+    pub model: Option<String>,
+    /// Take the workload from your own jobs file (same formats and templates as `run`), sampled.
+    #[arg(long, value_name = "FILE")]
+    pub jobs: Option<PathBuf>,
+    /// How many lines of --jobs to sample (the first N that parse).
+    #[arg(long, default_value_t = 500)]
+    pub sample: usize,
+    /// Prompt template for --jobs lines (as in `run`).
+    #[arg(long, value_name = "FILE")]
+    pub template: Option<PathBuf>,
+    /// System message (as in `run`).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Synthetic workload: prompt length in words (about tokens), spread ±50% over the requests.
+    #[arg(long, default_value_t = 64)]
+    pub prompt_tokens: usize,
+    /// Output tokens per request (`max_tokens`; with --jobs, a default for lines that set none).
+    #[arg(long, default_value_t = 64)]
+    pub output_tokens: u64,
+    /// Explicit levels, e.g. 1,2,4,8 (default: double from 1 until two doublings gain under 5%).
+    #[arg(long, value_delimiter = ',')]
+    pub levels: Vec<usize>,
+    /// Highest level when doubling.
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrency: usize,
+    /// Fewest answers per level.
+    #[arg(long, default_value_t = 50)]
+    pub min_answers: usize,
+    /// Target half-width of the rate's 95% confidence interval, percent.
+    #[arg(long, default_value_t = 5.0)]
+    pub ci: f64,
+    /// Time cap per level.
+    #[arg(long, default_value = "90s", value_parser = parse::duration)]
+    pub max_time_per_level: Duration,
+    /// Predict how long this many jobs take at the recommended level.
+    #[arg(long, value_parser = parse::count)]
+    pub for_jobs: Option<u64>,
+    /// Where bench.json, bench.csv and bench.svg go.
+    #[arg(long, default_value = "bench-report")]
+    pub report_dir: PathBuf,
+    /// Print the JSON report instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the command.
+pub async fn execute(args: BenchArgs) -> anyhow::Result<Exit> {
+    let opts = ConnectOptions {
+        api_key: args.api_key.clone(),
+        request_timeout: Duration::from_secs(600),
+        runner_options: OllamaBackend::runner_options_of(&[]),
+    };
+    let conn = connect(args.server.as_deref(), args.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
+    let (requests, workload) = workload(&args)?;
+    let cfg = SweepConfig {
+        levels: args.levels.clone(),
+        max_concurrency: args.max_concurrency.max(1),
+        rule: LevelRule { min_answers: args.min_answers, ci: args.ci / 100.0, max_time: args.max_time_per_level },
+        flat: 0.05,
+    };
+    let steady_rule = format!(
+        "answers to requests sent in a level's first window left out; windows of >= 1 s, 2 median latencies and \
+         2 x concurrency answers, rate = tokens per second of latency x concurrency; steady when >= 3 windows and \
+         >= {} answers give a 95% CI within ±{}%; else stopped at {}s and flagged",
+        args.min_answers,
+        args.ci,
+        args.max_time_per_level.as_secs()
+    );
+    let quiet = args.json;
+    let (levels, first_20, recommendation) =
+        sweep(conn.backend.clone(), conn.info.kind, requests, &cfg, args.for_jobs, |line| {
+            if !quiet {
+                eprintln!("{line}");
+            }
+        })
+        .await;
+    let report = BenchReport {
+        server: conn.backend.url().to_owned(),
+        server_description: conn.info.description.clone(),
+        workload,
+        steady_rule,
+        first_20,
+        levels,
+        recommendation,
+    };
+    std::fs::create_dir_all(&args.report_dir)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(args.report_dir.join("bench.json"), &json)?;
+    std::fs::write(args.report_dir.join("bench.csv"), csv(&report.levels))?;
+    let svg = args.report_dir.join("bench.svg");
+    std::fs::write(&svg, svg_chart(&report))?;
+    // PNG through librsvg's converter when it is installed; the SVG is the chart either way.
+    let png = std::process::Command::new("rsvg-convert")
+        .arg(&svg)
+        .arg("-o")
+        .arg(args.report_dir.join("bench.png"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{}", table(&report));
+        let formats = if png { "json,csv,svg,png" } else { "json,csv,svg" };
+        println!("reports: {}/bench.{{{formats}}}", args.report_dir.display());
+        if !png {
+            println!("(for bench.png too, install rsvg-convert: Debian package librsvg2-bin)");
+        }
+    }
+    Ok(Exit::Success)
+}
+
+fn workload(args: &BenchArgs) -> anyhow::Result<(Vec<(Endpoint, String)>, String)> {
+    let defaults = RequestDefaults {
+        model: args.model.clone(),
+        max_tokens: Some(args.output_tokens),
+        system: args.system.clone(),
+        ..Default::default()
+    };
+    let Some(path) = &args.jobs else {
+        let parser = Parser::new(defaults, None);
+        let requests = (0..100)
+            .map(|i| {
+                let words = (args.prompt_tokens / 2 + (i * args.prompt_tokens) / 100).max(1);
+                let prompt = format!("Item {i}. {}", "lorem ".repeat(words));
+                let line = serde_json::json!({"prompt": prompt}).to_string();
+                let job = parser.parse(1, line.as_bytes()).ok().flatten().expect("a synthetic line parses");
+                (job.endpoint, job.body)
+            })
+            .collect();
+        let what =
+            format!("synthetic: ~{} prompt words (±50%), {} output tokens", args.prompt_tokens, args.output_tokens);
+        return Ok((requests, what));
+    };
+    let template = match &args.template {
+        Some(t) => {
+            let src =
+                std::fs::read_to_string(t).map_err(|e| setup_error(format!("cannot read {}: {e}", t.display())))?;
+            Some((Template::new(src.clone()).map_err(|e| setup_error(e.to_string()))?, src))
+        }
+        None => None,
+    };
+    let parser = Parser::new(defaults, template);
+    let file = std::fs::File::open(path).map_err(|e| setup_error(format!("cannot read {}: {e}", path.display())))?;
+    let mut reader = LineReader::new(std::io::BufReader::new(file), 10 << 20);
+    let mut requests = Vec::new();
+    while requests.len() < args.sample {
+        match reader.next_line()? {
+            None => break,
+            Some(RawLine::Line(n, bytes)) => {
+                if let Ok(Some(job)) = parser.parse(n, &bytes) {
+                    requests.push((job.endpoint, job.body));
+                }
+            }
+            Some(RawLine::TooLong(..)) => {}
+        }
+    }
+    if requests.is_empty() {
+        return Err(setup_error(format!("no usable job lines in {}", path.display())));
+    }
+    Ok((requests.clone(), format!("{} jobs sampled from {}", requests.len(), path.display())))
+}

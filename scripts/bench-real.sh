@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# `inflight bench` on the real test-bed llama-server (issue 4): SmolLM2-135M, 64 output tokens, `-np 8 -t 2`.
+# Prints the table, whether the recommended level is within 5% of the best measured, and where the reports
+# (JSON, CSV, SVG chart) are. About 10 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/inflight-target}"
+cargo build --release -q --bin inflight
+scripts/testbed.sh setup >/dev/null
+read -r URL PID < <(scripts/testbed.sh start -np 8 -t 2 -c 16384)
+trap 'kill "$PID" 2>/dev/null' EXIT
+dir="${REPORT_DIR:-bench-report-real}"
+"$CARGO_TARGET_DIR/release/inflight" bench --server "$URL" --levels 1,2,4,8,16,32 --output-tokens 64 \
+  --for-jobs 10000 --max-time-per-level 120s --report-dir "$dir"
+python3 - "$dir/bench.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+rate = lambda l: l["output_tokens_per_s"] or l["jobs_per_s"]
+best = max(r["levels"], key=rate)
+chosen = next(l for l in r["levels"] if l["concurrency"] == r["recommendation"]["concurrency"])
+print(f"recommended {chosen['concurrency']}: {rate(chosen):.1f}; best measured {best['concurrency']}: {rate(best):.1f}; "
+      f"ratio {rate(chosen) / rate(best):.3f} (target >= 0.95)")
+PY
