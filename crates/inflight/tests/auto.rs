@@ -16,7 +16,7 @@ fn auto_run(cfg: SimConfig, jobs: usize) -> String {
 
 #[test]
 fn serial_server_is_held_at_one_or_two_and_named_with_its_fix() {
-    let summary = auto_run(SimConfig::profile(Profile::Serial).with_time_scale(20.0), 1500);
+    let summary = auto_run(SimConfig::profile(Profile::Serial).with_time_scale(5.0), 600);
     assert!(summary.contains("one request at a time"), "{summary}");
     assert!(summary.contains("--parallel"), "the llama-server fix, since the simulator answers /props: {summary}");
     let held = summary.split("held ").nth(1).and_then(|s| s.split(' ').next()).unwrap_or_default();
@@ -25,8 +25,8 @@ fn serial_server_is_held_at_one_or_two_and_named_with_its_fix() {
 
 #[test]
 fn ollama_serial_server_gets_the_ollama_fix() {
-    let cfg = SimConfig::profile(Profile::Serial).with_api(Api::Ollama).with_time_scale(20.0);
-    let summary = auto_run(cfg, 1500);
+    let cfg = SimConfig::profile(Profile::Serial).with_api(Api::Ollama).with_time_scale(5.0);
+    let summary = auto_run(cfg, 600);
     assert!(summary.contains("OLLAMA_NUM_PARALLEL"), "{summary}");
 }
 
