@@ -10,7 +10,8 @@ scripts/testbed.sh setup >/dev/null
 for np in 8 1; do
   read -r URL PID < <(scripts/testbed.sh start -np "$np" -t 2 -c $((2048 * np)))
   trap 'kill "$PID" 2>/dev/null' EXIT
+  auto_jobs=$([ "$np" = 1 ] && echo "${AUTO_JOBS_NP1:-1500}" || echo "${AUTO_JOBS:-3000}")
   python3 scripts/bench-auto.py --server "$URL" --name "np$np" --levels 1,2,4,8,16,32 --max-tokens 64 \
-    --fixed-jobs "${FIXED_JOBS:-300}" --server-auto-jobs "${AUTO_JOBS:-3000}"
+    --fixed-jobs "${FIXED_JOBS:-300}" --server-auto-jobs "$auto_jobs"
   kill "$PID"; wait "$PID" 2>/dev/null || true
 done

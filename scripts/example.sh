@@ -12,6 +12,6 @@ out="${OUT_DIR:-example-out}"
 mkdir -p "$out"
 "$CARGO_TARGET_DIR/release/inflight" run examples/segments.jsonl \
   --template examples/claims.j2 --system "You extract factual claims. Be brief." \
-  --server "$URL" --max-tokens 64 --concurrency 8 -o "$out/claims.jsonl" "$@"
+  --server "$URL" --max-tokens 64 -o "$out/claims.jsonl" "$@"
 echo "first result:"
 head -c 600 "$out/claims.jsonl"; echo

@@ -152,9 +152,6 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
     let out = args.output.clone().expect("clap requires --output without --dry-run");
     let state_path = args.state.clone().unwrap_or_else(|| default_state_path(&out));
     let _lock = lock(&state_path)?;
-    if args.restart {
-        remove_state(&state_path).with_context(|| format!("removing {}", state_path.display()))?;
-    }
 
     let opts = ConnectOptions {
         api_key: args.api_key.clone(),
@@ -164,6 +161,10 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
     let conn = connect(args.server.as_deref(), args.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
     check_model(&args, &conn)?;
     tracing::info!(server = conn.backend.url(), "{}", conn.info.description);
+    // Only once the server checks out: a --restart against a wrong URL should not cost the old state.
+    if args.restart {
+        remove_state(&state_path).with_context(|| format!("removing {}", state_path.display()))?;
+    }
 
     let mut store = Store::open(&state_path).map_err(|e| setup_error(e.to_string()))?;
     let fresh = check_identity(&store, &parser, &args, &state_path)?;
