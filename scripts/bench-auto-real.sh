@@ -3,11 +3,11 @@
 # `-np 8 -t 2` and again with `-np 1 -t 2`. For each: the best fixed level among 1, 2, 4, 8, 16, 32 and the
 # auto run, in the same benchmark run; prints auto / best fixed and what auto said (with -np 1: the --parallel
 # fix). About 25 minutes on 2 cores.
-#   FIXED_JOBS=300 AUTO_JOBS=3000 scripts/bench-auto-real.sh
+#   FIXED_JOBS=300 AUTO_JOBS=3000 AUTO_JOBS_NP1=1500 NPS="8 1" scripts/bench-auto-real.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/testbed.sh setup >/dev/null
-for np in 8 1; do
+for np in ${NPS:-8 1}; do
   read -r URL PID < <(scripts/testbed.sh start -np "$np" -t 2 -c $((2048 * np)))
   trap 'kill "$PID" 2>/dev/null' EXIT
   auto_jobs=$([ "$np" = 1 ] && echo "${AUTO_JOBS_NP1:-1500}" || echo "${AUTO_JOBS:-3000}")

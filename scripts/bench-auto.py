@@ -36,7 +36,7 @@ PROFILES = {
     # would never see the slow part; level 1 is left out of its sweep (clearly the slowest, and 160 s long).
     "drift": ([2, 4, 8, 16], 12000, 12000, 10),
     "bounded-queue": ([1, 2, 4, 8, 16], 1500, 30000, 10),
-    "bimodal": ([1, 2, 4, 8, 16, 32, 64, 128], 4000, 60000, 10),
+    "bimodal": ([1, 2, 4, 8, 16, 32, 64, 128], 4000, 120000, 10),
 }
 # A fixed level runs 40 jobs per request in flight (at least 200, at most the profile's cap): enough for a
 # steady rate, without spending minutes on the slow low levels.
