@@ -43,12 +43,14 @@ PROFILES = {
 JOBS_PER_LEVEL = 40
 
 
-def jobs_file(directory, n, max_tokens):
-    path = os.path.join(directory, f"jobs-{n}.jsonl")
+def jobs_file(directory, n, max_tokens, tag):
+    # Every run gets its own prompts: a real server caches prompts it has seen (llama-server reuses a slot's
+    # prompt prefix), and a run replaying an earlier run's prompts would skip their prefill and look faster.
+    path = os.path.join(directory, f"jobs-{tag}.jsonl")
     if not os.path.exists(path):
         with open(path, "w") as f:
             for i in range(n):
-                line = {"id": f"j{i}", "prompt": f"Write a short note about item {i}."}
+                line = {"id": f"j{i}", "prompt": f"Write a short note about item {i} of batch {tag}."}
                 if max_tokens:
                     line["max_tokens"] = max_tokens
                 f.write(json.dumps(line) + "\n")
@@ -106,7 +108,8 @@ def measure(name, url_factory, levels, fixed_jobs, auto_jobs, directory, max_tok
     for level in levels:
         url, stop = url_factory()
         n = fixed_jobs if fixed_jobs == auto_jobs else min(fixed_jobs, max(200, JOBS_PER_LEVEL * level))
-        db, _ = run(url, jobs_file(directory, n, max_tokens), level, directory, f"{name}-{level}", extra)
+        db, _ = run(url, jobs_file(directory, n, max_tokens, f"{name}-{level}"), level, directory, f"{name}-{level}",
+                    extra)
         stop()
         results[level] = metrics(db)[0]
         print(f"  {name}: fixed {level:>4}: {results[level]:10.1f} tokens/s", flush=True)
@@ -114,7 +117,8 @@ def measure(name, url_factory, levels, fixed_jobs, auto_jobs, directory, max_tok
     oracle = results[oracle_level]
     l95 = min(level for level, r in results.items() if r >= 0.95 * oracle)
     url, stop = url_factory()
-    db, log = run(url, jobs_file(directory, auto_jobs, max_tokens), "auto", directory, f"{name}-auto", extra)
+    db, log = run(url, jobs_file(directory, auto_jobs, max_tokens, f"{name}-auto"), "auto", directory,
+                  f"{name}-auto", extra)
     stop()
     rate, inflight, t90, wall = metrics(db, oracle)
     notes = [l.strip() for l in log.splitlines() if "one request at a time" in l or "held" in l]
