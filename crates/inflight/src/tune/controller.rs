@@ -9,8 +9,8 @@
 //!   number in flight (Little's law), which answers arriving in cohorts cannot bias; drop the first window after every change (requests sent at the old
 //!   level are still finishing; the very first window also holds model loads and cold caches). A level is
 //!   measured when its last windows agree within 10%, or after `max_windows` (then their median).
-//! - Climb by doubling from 1 while a doubling gains more than the noise band; then search between the last
-//!   two levels for the smallest one within the band of the best.
+//! - Climb by doubling from 1 until two doublings in a row gain nothing clear of the noise band over the best
+//!   so far; then search below the smallest level within the band of the best for a smaller one still in it.
 //! - Hold, and now and then probe a quarter above and below, comparing against the windows just before and
 //!   after the probe so slow drift cancels; move only when the difference is clear of the noise.
 //! - Backpressure (429, 503, timeouts) or an error burst: cut by a quarter at once and remember that ceiling
@@ -141,28 +141,15 @@ enum Settle {
 
 #[derive(Debug, Clone, Copy)]
 enum State {
-    Climb,
+    /// Doubling; `flat` counts doublings in a row that gained nothing clear of the noise over the best.
+    Climb { flat: u8 },
     /// Searching for the smallest level within the band of `best` in (lo, hi).
-    Refine {
-        lo: usize,
-        hi: usize,
-        steps: u8,
-    },
+    Refine { lo: usize, hi: usize, steps: u8 },
     /// Holding; the next probe comes after `gap` windows (the gap doubles after each probe that changes nothing).
-    Hold {
-        windows: usize,
-        up_next: bool,
-        gap: usize,
-    },
+    Hold { windows: usize, up_next: bool, gap: usize },
     /// Probing `probe` from `held`: `before` is the held level's rate just before, `measured` the probe's rate
     /// once known (then the held level is measured again, after).
-    Probe {
-        held: usize,
-        probe: usize,
-        before: f64,
-        measured: Option<f64>,
-        gap: usize,
-    },
+    Probe { held: usize, probe: usize, before: f64, measured: Option<f64>, gap: usize },
 }
 
 /// The controller's state. Feed it samples and ticks; apply the decisions it returns to the limiter.
@@ -200,7 +187,7 @@ impl Controller {
         Controller {
             cfg,
             level,
-            state: State::Climb,
+            state: State::Climb { flat: 0 },
             window_start: now,
             tokens: 0,
             jobs: 0,
@@ -228,7 +215,7 @@ impl Controller {
     /// What it is doing.
     pub fn phase(&self) -> Phase {
         match self.state {
-            State::Climb => Phase::Climbing,
+            State::Climb { .. } => Phase::Climbing,
             State::Refine { .. } => Phase::Refining,
             State::Hold { .. } => Phase::Holding,
             State::Probe { .. } => Phase::Probing,
@@ -364,7 +351,7 @@ impl Controller {
             let rate = last.iter().map(|w| w.0).sum::<f64>() / last.len() as f64;
             return Some(Measured { rate, latency: last[last.len() - 1].1 });
         }
-        if let (State::Climb, 1) = (self.state, n) {
+        if let (State::Climb { .. }, 1) = (self.state, n) {
             // A doubling that clearly pays (well beyond the noise) needs no second window to confirm it.
             let prev = self.measured.get(&(self.level / 2)).filter(|_| self.level > 1);
             if prev.is_some_and(|p| self.windows[0].0 > p.rate * (1.0 + 3.0 * self.cfg.noise)) {
@@ -408,17 +395,25 @@ impl Controller {
     fn decide(&mut self, now: Duration, m: Measured) -> Option<Decision> {
         let band = self.cfg.noise;
         match self.state {
-            State::Climb => {
+            State::Climb { flat } => {
                 let prev = self.level / 2;
-                if let Some(p) = self.measured.get(&prev).copied().filter(|_| prev >= self.cfg.min && prev < self.level)
-                {
-                    let gain = m.rate / p.rate - 1.0;
-                    if gain <= band {
-                        self.check_serialized(m);
-                        return self.start_refine(now, prev);
-                    }
-                }
+                let best_before =
+                    self.measured.iter().filter(|(l, _)| **l < self.level).map(|(_, m)| m.rate).fold(0.0, f64::max);
+                // A doubling that gains nothing clear of the noise may still be followed by one that does (a CPU
+                // server can be flat from 1 to 2 in flight and gain at 4 and 8), so stop after two in a row.
+                let flat = if best_before > 0.0 && m.rate <= best_before * (1.0 + band) { flat + 1 } else { 0 };
                 let next = (self.level * 2).min(self.cap(now));
+                if flat >= 2 || (flat == 1 && next <= self.level) {
+                    self.check_serialized(m);
+                    if self.serialized {
+                        // One lane: a second request in flight only hides the client's round trip.
+                        let one = self.measured.get(&1).map_or(0.0, |m| m.rate);
+                        let two_pays = self.measured.get(&2).is_some_and(|m| m.rate > one * (1.0 + band));
+                        let level = if two_pays { 2 } else { 1 };
+                        return self.hold(now, level, "the server runs one request at a time".into());
+                    }
+                    return self.start_refine(now);
+                }
                 if next <= self.level {
                     return self.hold(now, self.level, format!("at the limit {}", self.level));
                 }
@@ -431,7 +426,7 @@ impl Controller {
                     ),
                     None => format!("{:.1} {} at {}, trying {next}", m.rate, self.unit(), self.level),
                 };
-                Some(self.set(now, next, State::Climb, reason))
+                Some(self.set(now, next, State::Climb { flat }, reason))
             }
             State::Refine { lo, hi, steps } => {
                 let best = self.best_rate();
@@ -470,8 +465,13 @@ impl Controller {
             State::Probe { held, probe, before, measured: Some(probe_rate), gap } => {
                 // Compare with the held level's windows just before and just after, so slow drift cancels.
                 let base = (before + m.rate) / 2.0;
-                let keep =
-                    if probe > held { probe_rate > base * (1.0 + band) } else { probe_rate >= base * (1.0 - band) };
+                // A probe must clear the noise twice over to move up (each move up adds waiting), and lose at
+                // most half the band to move down; so noise alone does not walk the level around.
+                let keep = if probe > held {
+                    probe_rate > base * (1.0 + 2.0 * band)
+                } else {
+                    probe_rate >= base * (1.0 - band / 2.0)
+                };
                 if keep {
                     let reason = format!("{:+.0}% {} at {probe} vs {held}", pct(probe_rate, base), self.unit());
                     return self.hold(now, probe, reason);
@@ -487,14 +487,17 @@ impl Controller {
         self.measured.values().map(|m| m.rate).fold(0.0, f64::max)
     }
 
-    fn start_refine(&mut self, now: Duration, prev: usize) -> Option<Decision> {
-        // The gain from prev to the current level was inside the noise: the answer is at most prev. The gain
-        // from prev/2 to prev was clear, so search (prev/2, prev] for the smallest level within the band.
+    fn start_refine(&mut self, now: Duration) -> Option<Decision> {
+        // The answer is the smallest measured level within the band of the best; the level below it (half of
+        // it) was clearly worse, so search between the two for anything smaller that is still within the band.
         let best = self.best_rate();
-        let lo = prev / 2;
-        let chosen_ok = self.measured.get(&prev).is_some_and(|m| m.rate >= best * (1.0 - self.cfg.noise));
-        let (lo, hi) = if chosen_ok { (lo, prev) } else { (prev, self.level) };
-        self.refine_step(now, lo, hi, 0)
+        let chosen = self
+            .measured
+            .iter()
+            .find(|(_, m)| m.rate >= best * (1.0 - self.cfg.noise))
+            .map(|(l, _)| *l)
+            .unwrap_or(self.level);
+        self.refine_step(now, chosen / 2, chosen, 0)
     }
 
     fn refine_step(&mut self, now: Duration, lo: usize, hi: usize, steps: u8) -> Option<Decision> {

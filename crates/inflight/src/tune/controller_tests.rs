@@ -148,3 +148,23 @@ fn noise_does_not_make_it_oscillate() {
     let late: Vec<_> = trace.decisions.iter().filter(|d| !d.reason.contains("prob")).skip(8).collect();
     assert!(late.len() <= 3, "settled, few moves besides probes: {late:?}");
 }
+
+#[test]
+fn a_flat_first_doubling_does_not_stop_the_climb() {
+    // Measured on the test-bed llama-server (-np 8 -t 2, 2 cores): flat from 1 to 2 in flight, then +27% at 4
+    // and +26% at 8, then flat or worse. Stopping at the first flat doubling would hold 1 or 2.
+    let shape = |level: usize, _: f64, _: u64| {
+        let tokens_per_s = match level {
+            1 | 2 => 100.0,
+            3 => 115.0,
+            4..=5 => 128.0,
+            6..=7 => 150.0,
+            8..=16 => 162.0,
+            _ => 134.0,
+        };
+        tokens_per_s / 64.0
+    };
+    let trace = drive(ControllerConfig::default(), &Synth::new(shape), 1200.0);
+    assert!((6..=16).contains(&trace.final_level), "{} {:?}", trace.final_level, trace.decisions);
+    assert!(trace.notes.is_empty(), "not a serial server: {:?}", trace.notes);
+}
