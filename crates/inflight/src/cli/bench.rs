@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{parse, setup_error, Exit};
-use crate::backend::{connect, Api, ConnectOptions, OllamaBackend};
+use super::{parse, setup_error, Exit, ServerArgs};
+use crate::backend::{connect, ConnectOptions, OllamaBackend};
 use crate::bench::{csv, svg_chart, sweep, table, BenchReport, LevelRule, SweepConfig};
 use crate::job::{Endpoint, LineReader, Parser, RawLine, RequestDefaults, Template};
 
@@ -17,15 +17,9 @@ are left out, and it stops once at least 3 windows and --min-answers answers giv
 ±--ci of the mean rate (or at --max-time-per-level, flagged NOT steady). Reports go to --report-dir: bench.json \
 (schema in docs/schema/bench-report.schema.json), bench.csv and bench.svg.")]
 pub struct BenchArgs {
-    /// The server's base URL (default: the usual local ports, as for `run`).
-    #[arg(long, env = "INFLIGHT_SERVER")]
-    pub server: Option<String>,
-    /// The server's API; detected when not given.
-    #[arg(long, value_enum)]
-    pub api: Option<Api>,
-    /// Bearer token (never printed).
-    #[arg(long, env = "INFLIGHT_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    /// Which server, and how to talk to it.
+    #[command(flatten)]
+    pub conn: ServerArgs,
     /// Model to benchmark.
     #[arg(short, long)]
     pub model: Option<String>,
@@ -76,11 +70,12 @@ pub struct BenchArgs {
 /// Runs the command.
 pub async fn execute(args: BenchArgs) -> anyhow::Result<Exit> {
     let opts = ConnectOptions {
-        api_key: args.api_key.clone(),
+        api_key: args.conn.api_key.clone(),
         request_timeout: Duration::from_secs(600),
         runner_options: OllamaBackend::runner_options_of(&[]),
     };
-    let conn = connect(args.server.as_deref(), args.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
+    let conn =
+        connect(args.conn.server.as_deref(), args.conn.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
     let (requests, workload) = workload(&args)?;
     let cfg = SweepConfig {
         levels: args.levels.clone(),

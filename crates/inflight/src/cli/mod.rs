@@ -40,6 +40,20 @@ pub enum Command {
     Bench(Box<BenchArgs>),
 }
 
+/// The server flags shared by `run` and `bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// The server's base URL. Default: the first of localhost:11434, 8080, 8000, 1234, 30000 that answers.
+    #[arg(long, env = "INFLIGHT_SERVER")]
+    pub server: Option<String>,
+    /// The server's API; detected when not given.
+    #[arg(long, value_enum)]
+    pub api: Option<crate::backend::Api>,
+    /// Bearer token for servers that need one (never printed or logged).
+    #[arg(long, env = "INFLIGHT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
 /// Process exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::parse::Concurrency;
 use super::state::{default_state_path, lock, remove_state};
-use super::{parse, setup_error, CommandError, Exit};
+use super::{parse, setup_error, CommandError, Exit, ServerArgs};
 use crate::backend::{connect, Api, ConnectOptions, OllamaBackend};
 use crate::dispatch::{dispatch, DispatchConfig, Ending, Health, Verdict, Wiring};
 use crate::job::{LineReader, Parser, RequestDefaults, Template};
@@ -33,15 +33,9 @@ pub struct RunArgs {
     /// Where results go (one JSON line per successful job); failures go to OUT.errors.jsonl beside it.
     #[arg(short, long, value_name = "OUT.jsonl", required_unless_present = "dry_run")]
     pub output: Option<PathBuf>,
-    /// The server's base URL. Default: the first of localhost:11434, 8080, 8000, 1234, 30000 that answers.
-    #[arg(long, env = "INFLIGHT_SERVER")]
-    pub server: Option<String>,
-    /// The server's API; detected when not given.
-    #[arg(long, value_enum)]
-    pub api: Option<Api>,
-    /// Bearer token for servers that need one (never printed or logged).
-    #[arg(long, env = "INFLIGHT_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    /// Which server, and how to talk to it.
+    #[command(flatten)]
+    pub conn: ServerArgs,
     /// Model for lines that name none.
     #[arg(short, long)]
     pub model: Option<String>,
@@ -154,11 +148,12 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
     let _lock = lock(&state_path)?;
 
     let opts = ConnectOptions {
-        api_key: args.api_key.clone(),
+        api_key: args.conn.api_key.clone(),
         request_timeout: args.request_timeout,
         runner_options: OllamaBackend::runner_options_of(&args.params),
     };
-    let conn = connect(args.server.as_deref(), args.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
+    let conn =
+        connect(args.conn.server.as_deref(), args.conn.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
     check_model(&args, &conn)?;
     tracing::info!(server = conn.backend.url(), "{}", conn.info.description);
     // Only once the server checks out: a --restart against a wrong URL should not cost the old state.
