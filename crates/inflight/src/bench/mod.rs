@@ -10,7 +10,7 @@ mod level;
 mod report;
 
 pub use chart::svg_chart;
-pub use level::{ci_rel, LevelReport, LevelRule, Live, Quantiles};
+pub use level::{ci_rel, measure, LevelReport, LevelRule, Live, Quantiles, Record};
 pub use report::{csv, table};
 
 use std::sync::atomic::AtomicUsize;
