@@ -9,13 +9,13 @@ use serde_json::json;
 use crate::util::*;
 
 /// A llama-server started by the test bed, killed on drop.
-struct LlamaServer {
-    url: String,
+pub struct LlamaServer {
+    pub url: String,
     pid: u32,
 }
 
 impl LlamaServer {
-    fn start(args: &[&str]) -> LlamaServer {
+    pub fn start(args: &[&str]) -> LlamaServer {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/testbed.sh");
         let out = Command::new("bash").arg(script).arg("start").args(args).output().expect("testbed.sh runs");
         assert!(out.status.success(), "testbed.sh start failed:\n{}", String::from_utf8_lossy(&out.stderr));

@@ -6,6 +6,7 @@
 //! synthetic facts without a server; [`report`] prints them. The JSON form of [`DoctorReport`] is pinned by
 //! `docs/schema/doctor-report.schema.json`.
 
+mod formats;
 pub mod host;
 mod http;
 pub mod jobs;

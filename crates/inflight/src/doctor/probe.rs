@@ -144,7 +144,7 @@ pub async fn spaced(get: &Getter, model: &str, count: usize, gap: Duration) -> O
             let models = ps["models"].as_array()?.clone();
             let same = |n: &str| n == model || n.strip_suffix(":latest") == Some(model);
             let m = models.iter().find(|m| m["name"].as_str().is_some_and(same))?;
-            Some(super::server::rfc3339_secs(m["expires_at"].as_str()?)? - now.as_secs_f64())
+            Some(super::formats::rfc3339_secs(m["expires_at"].as_str()?)? - now.as_secs_f64())
         });
         requests.push(SpacedRequest { load_ms: ms("load_duration"), total_ms: ms("total_duration"), expires_in_s });
     }
