@@ -129,8 +129,8 @@ fn a_server_that_does_not_answer_is_a_setup_error() {
 #[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
 fn real_llama_server_with_four_threads_on_two_cores_is_told_to_use_fewer() {
     let server = LlamaServer::start(&["-np", "4", "-t", "4"]);
-    // About a dozen requests: the server answers ~1-3 a second like this.
-    let (out, report) = doctor(&["--server", &server.url, "--probe-time", "8s"], &[]);
+    // A few dozen requests at most: the server answers ~1-3 a second like this.
+    let (out, report) = doctor(&["--server", &server.url, "--probe-time", "12s", "--output-tokens", "16"], &[]);
     assert_exit(&out, 1);
     let cores = report["host"]["physical_cores"].as_u64().expect("physical cores known on Linux");
     assert!(cores < 4, "this test needs fewer than 4 physical cores to oversubscribe; found {cores}");
@@ -146,7 +146,7 @@ fn real_llama_server_with_four_threads_on_two_cores_is_told_to_use_fewer() {
 #[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
 fn real_llama_server_with_one_slot_has_one_lane_and_gets_the_parallel_fix() {
     let server = LlamaServer::start(&["-np", "1", "-t", "2"]);
-    let (out, report) = doctor(&["--server", &server.url, "--probe-time", "8s"], &[]);
+    let (out, report) = doctor(&["--server", &server.url, "--probe-time", "12s", "--output-tokens", "16"], &[]);
     assert_exit(&out, 1);
     assert_eq!(report["probe"]["effective_lanes"], 1, "{:#}", report["probe"]);
     let v = verdict(&report, "serialized");

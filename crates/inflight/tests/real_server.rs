@@ -3,25 +3,32 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 
 use serde_json::json;
 
 use crate::util::*;
 
+/// One real server at a time: on a 2-core machine two at once would slow each other, and measure each other.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// A llama-server started by the test bed, killed on drop.
 pub struct LlamaServer {
     pub url: String,
     pid: u32,
+    _turn: MutexGuard<'static, ()>,
 }
 
 impl LlamaServer {
     pub fn start(args: &[&str]) -> LlamaServer {
+        // A test that failed while holding the lock leaves nothing behind that matters: its server is killed.
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/testbed.sh");
         let out = Command::new("bash").arg(script).arg("start").args(args).output().expect("testbed.sh runs");
         assert!(out.status.success(), "testbed.sh start failed:\n{}", String::from_utf8_lossy(&out.stderr));
         let line = String::from_utf8(out.stdout).unwrap();
         let (url, pid) = line.trim().split_once(' ').expect("URL PID");
-        LlamaServer { url: url.to_owned(), pid: pid.parse().unwrap() }
+        LlamaServer { url: url.to_owned(), pid: pid.parse().unwrap(), _turn: turn }
     }
 }
 

@@ -28,6 +28,8 @@ pub const BAND: f64 = 0.15;
 pub struct ProbeFacts {
     /// Latency of the first request, left out of the levels (a model load shows here), milliseconds.
     pub first_request_ms: Option<f64>,
+    /// Time allowed to each level, seconds.
+    pub level_seconds: f64,
     /// One entry per level.
     pub levels: Vec<ProbeLevel>,
     /// The smallest level within the band of the best rate: how many requests the server usefully runs at once.
@@ -92,7 +94,7 @@ pub async fn sweep(
         levels.push(level_of(level, &records));
     }
     let effective_lanes = effective_lanes(&levels);
-    ProbeFacts { first_request_ms, levels, effective_lanes, spaced: None }
+    ProbeFacts { first_request_ms, level_seconds: per_level.as_secs_f64(), levels, effective_lanes, spaced: None }
 }
 
 /// A level's figures from its finished requests.

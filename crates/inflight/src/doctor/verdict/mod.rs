@@ -114,6 +114,19 @@ pub fn notes(f: &Facts) -> Vec<String> {
                 .into(),
         );
     }
+    if let Some(p) = &f.probe {
+        let silent: Vec<String> =
+            p.levels.iter().filter(|l| l.answers == 0).map(|l| l.concurrency.to_string()).collect();
+        if !silent.is_empty() {
+            let first = p.first_request_ms.map_or(String::new(), |ms| format!(" (the first request took {ms:.0} ms)"));
+            notes.push(format!(
+                "no answer within {:.0} s at {} in flight{first}: the server is slower than the probe allows, so \
+                 those levels are left out; a longer --probe-time measures them",
+                p.level_seconds,
+                silent.join(", ")
+            ));
+        }
+    }
     if let Some(b) = f.server.busy.filter(|b| b.running + b.waiting > 0.0) {
         notes.push(format!(
             "the server was busy when doctor looked ({} running, {} waiting): the probe shared it",

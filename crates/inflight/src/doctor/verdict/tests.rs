@@ -22,7 +22,7 @@ fn level(concurrency: usize, jobs_per_s: f64, latency_ms: f64) -> ProbeLevel {
 
 fn probe(levels: Vec<ProbeLevel>) -> Option<ProbeFacts> {
     let effective_lanes = crate::doctor::probe::effective_lanes(&levels);
-    Some(ProbeFacts { first_request_ms: None, levels, effective_lanes, spaced: None })
+    Some(ProbeFacts { first_request_ms: None, level_seconds: 2.0, levels, effective_lanes, spaced: None })
 }
 
 fn llama(args: &[&str], slots: u64) -> Facts {
@@ -84,6 +84,17 @@ fn batch_threads_are_fixed_too_and_unknown_threads_are_only_a_note() {
     unknown.server.process = None;
     assert_eq!(kinds(&unknown), []);
     assert!(notes(&unknown).iter().any(|n| n.starts_with("threads: unknown")));
+}
+
+#[test]
+fn levels_without_answers_ask_for_a_longer_probe() {
+    let mut f = llama(&["llama-server", "-np", "1"], 1);
+    let mut slow = level(8, 0.0, 0.0);
+    slow.answers = 0;
+    f.probe = probe(vec![level(1, 0.5, 2000.0), level(2, 0.5, 4000.0), level(4, 0.5, 8000.0), slow]);
+    let n = notes(&f);
+    assert!(n.iter().any(|n| n.contains("no answer within 2 s at 8 in flight")), "{n:?}");
+    assert!(!judge(&f)[0].evidence.iter().any(|e| e.starts_with("8 in flight")), "unmeasured levels are no evidence");
 }
 
 #[test]
