@@ -69,7 +69,7 @@ pub fn facts_of(path: &str, bodies: &[Value]) -> Option<JobsFacts> {
     if bodies.is_empty() {
         return None;
     }
-    let mut prompts: Vec<u64> = bodies.iter().map(|b| estimate_tokens(b)).collect();
+    let mut prompts: Vec<u64> = bodies.iter().map(estimate_tokens).collect();
     let outputs: Vec<Option<u64>> =
         bodies.iter().map(|b| b["max_tokens"].as_u64().or_else(|| b["max_completion_tokens"].as_u64())).collect();
     let needed = prompts.iter().zip(&outputs).map(|(p, o)| p + o.unwrap_or(0)).max().unwrap_or(0);

@@ -128,7 +128,7 @@ pub async fn examine(cfg: &DoctorConfig, mut progress: impl FnMut(String)) -> Re
             // (which carry inflight's own keep_alive) can keep the model loaded.
             let gap = cfg.probe_time / 8;
             progress(format!("probe: 3 requests {:.1}s apart, to see whether the model unloads", gap.as_secs_f64()));
-            let get = http::Getter::new(conn.backend.url(), cfg.api_key.as_deref(), Duration::from_secs(600));
+            let get = http::Getter::new(conn.backend.url(), cfg.api_key.as_deref(), cfg.probe_time);
             spaced = probe::spaced(&get, model, 3, gap).await;
             sweep_time = cfg.probe_time * 3 / 4;
         }

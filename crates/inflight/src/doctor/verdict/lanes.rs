@@ -38,7 +38,19 @@ pub fn serialized(f: &Facts) -> Option<Verdict> {
             command_fix(f, &[(&["--max-num-seqs"], "64")], "vllm serve MODEL --max-num-seqs 64".into()),
             Change::new("--max-num-seqs", 64),
         ),
-        other => (other.parallel_fix(), None),
+        ServerKind::LmStudio => (
+            format!(
+                "set \"Max Concurrent Predictions\" to {n} in LM Studio's model load settings, and reload the model"
+            ),
+            Change::new("Max Concurrent Predictions", &n),
+        ),
+        ServerKind::Unknown => (
+            format!(
+                "raise the server's parallel lanes to {n} (llama-server --parallel, Ollama OLLAMA_NUM_PARALLEL, vLLM \
+                 --max-num-seqs, LM Studio \"Max Concurrent Predictions\")"
+            ),
+            None,
+        ),
     };
     Some(Verdict {
         kind: VerdictKind::Serialized,

@@ -87,8 +87,8 @@ pub fn judge(f: &Facts) -> Vec<Verdict> {
 /// Observations worth reading that need no change.
 pub fn notes(f: &Facts) -> Vec<String> {
     let mut notes = Vec::new();
-    let local = matches!(f.server.kind, crate::backend::ServerKind::LlamaServer { .. });
-    if local && f.server.threads.is_none() {
+    let llama = matches!(f.server.kind, crate::backend::ServerKind::LlamaServer { .. });
+    if llama && f.server.threads.is_none() {
         notes.push(match &f.server.process {
             Some(p) => format!(
                 "threads: not set on the command line of PID {} (llama-server's default: about the physical cores)",

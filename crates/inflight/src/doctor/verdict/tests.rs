@@ -195,8 +195,10 @@ fn context_too_small_for_the_largest_job_scales_with_the_slots() {
 
 #[test]
 fn settings_no_server_reads_are_named_wherever_they_are_set() {
-    let mut f = Facts::default();
-    f.doctor_environment = vec![("OLLAMA_NUM_THREAD".into(), "8".into()), ("OLLAMA_HOST".into(), "x".into())];
+    let mut f = Facts {
+        doctor_environment: vec![("OLLAMA_NUM_THREAD".into(), "8".into()), ("OLLAMA_HOST".into(), "x".into())],
+        ..Default::default()
+    };
     f.server.process = Some(ProcessFacts {
         pid: 3,
         command: vec![],
