@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// A client for one server; any failure reads as "not offered".
+#[derive(Clone)]
 pub struct Getter {
     client: reqwest::Client,
     base: String,

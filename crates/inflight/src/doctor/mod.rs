@@ -12,6 +12,7 @@ mod http;
 pub mod jobs;
 pub mod probe;
 pub mod process;
+pub mod reload;
 pub mod report;
 pub mod server;
 pub mod verdict;
@@ -129,11 +130,16 @@ pub async fn examine(cfg: &DoctorConfig, mut progress: impl FnMut(String)) -> Re
             let gap = cfg.probe_time / 8;
             progress(format!("probe: 3 requests {:.1}s apart, to see whether the model unloads", gap.as_secs_f64()));
             let get = http::Getter::new(conn.backend.url(), cfg.api_key.as_deref(), cfg.probe_time);
-            spaced = probe::spaced(&get, model, 3, gap).await;
+            spaced = reload::spaced(&get, model, 3, gap).await;
             sweep_time = cfg.probe_time * 3 / 4;
         }
-        let per_level = sweep_time / probe::LEVELS.len() as u32;
-        let mut p = probe::sweep(conn.backend.clone(), Arc::new(requests), per_level, &mut progress).await;
+        let get = http::Getter::new(conn.backend.url(), cfg.api_key.as_deref(), Duration::from_secs(5));
+        let busy = match conn.info.kind {
+            ServerKind::LlamaServer { .. } => Some((get, probe::BusyCount::LlamaSlots)),
+            ServerKind::Vllm => Some((get, probe::BusyCount::VllmMetrics)),
+            _ => None,
+        };
+        let mut p = probe::sweep(conn.backend.clone(), Arc::new(requests), sweep_time, busy, &mut progress).await;
         p.spaced = spaced;
         Some(p)
     };

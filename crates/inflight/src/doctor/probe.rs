@@ -1,16 +1,16 @@
-//! The live probe, bounded in time: a closed loop at 1, 2, 4 and 8 in flight (the same measurement as
-//! `inflight bench`, cut short), and for Ollama a few requests spaced apart to see whether the model loads
-//! again each time.
+//! The live probe's sweep, bounded in time: a closed loop at 1, 2, 4 and 8 in flight (the same measurement
+//! as `inflight bench`, cut short), while the server's own count of requests it is processing is sampled.
 //!
 //! Rates use Little's law (answers × in-flight ÷ summed latency), which needs only a handful of answers per
-//! level: a probe of a few seconds on a slow CPU server still gives a rate at every level.
+//! level: a probe of a few seconds on a slow CPU server still gives a rate at every level. Rates move when other
+//! work shares the machine, so where the server counts its busy slots (llama-server `/slots`, vLLM `/metrics`)
+//! that count caps the effective lanes: a server never runs more at once than it says it is running.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::json;
 
 use super::http::Getter;
 use crate::backend::Backend;
@@ -28,14 +28,15 @@ pub const BAND: f64 = 0.15;
 pub struct ProbeFacts {
     /// Latency of the first request, left out of the levels (a model load shows here), milliseconds.
     pub first_request_ms: Option<f64>,
-    /// Time allowed to each level, seconds.
-    pub level_seconds: f64,
-    /// One entry per level.
+    /// The levels measured: every requester had at least one answer.
     pub levels: Vec<ProbeLevel>,
-    /// The smallest level within the band of the best rate: how many requests the server usefully runs at once.
+    /// Levels skipped or left with too few answers in the time the probe had.
+    pub unmeasured: Vec<usize>,
+    /// The smallest level within the band of the best rate: how many requests the server usefully runs at once
+    /// (None unless at least two levels were measured).
     pub effective_lanes: Option<usize>,
     /// Ollama: requests spaced apart, and whether each loaded the model again.
-    pub spaced: Option<SpacedProbe>,
+    pub spaced: Option<super::reload::SpacedProbe>,
 }
 
 /// One concurrency level.
@@ -53,51 +54,109 @@ pub struct ProbeLevel {
     pub output_tokens_per_s: f64,
     /// Median latency, milliseconds.
     pub latency_p50_ms: f64,
+    /// The most requests the server said it was processing at once during the level (sampled), when it says.
+    pub server_busy_max: Option<u64>,
 }
 
-/// Requests sent one at a time with a pause between them (Ollama).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SpacedProbe {
-    /// Pause between requests, seconds.
-    pub gap_s: f64,
-    /// Each request's figures.
-    pub requests: Vec<SpacedRequest>,
+/// Where a server counts the requests it is processing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusyCount {
+    /// llama-server `/slots`: slots with `is_processing`.
+    LlamaSlots,
+    /// vLLM `/metrics`: `vllm:num_requests_running`.
+    VllmMetrics,
 }
 
-/// One spaced request.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct SpacedRequest {
-    /// Ollama's `load_duration`, milliseconds.
-    pub load_ms: f64,
-    /// Ollama's `total_duration`, milliseconds.
-    pub total_ms: f64,
-    /// Seconds until the model unloads, read from `/api/ps` right after the answer (None: not loaded).
-    pub expires_in_s: Option<f64>,
+/// How often the busy count is sampled during a level.
+const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+
+impl BusyCount {
+    async fn read(self, get: &Getter) -> Option<u64> {
+        match self {
+            BusyCount::LlamaSlots => {
+                let slots = get.json("/slots").await?;
+                Some(slots.as_array()?.iter().filter(|s| s["is_processing"].as_bool() == Some(true)).count() as u64)
+            }
+            BusyCount::VllmMetrics => {
+                let text = get.text("/metrics").await?;
+                super::formats::metric(&text, "vllm:num_requests_running").map(|n| n.round() as u64)
+            }
+        }
+    }
 }
 
-/// Runs the sweep: one warm-up request, then each level for at most `per_level`.
+/// Runs the sweep within `budget`: one warm-up request, then each level for as long as
+/// [`level_time`] gives it.
 pub async fn sweep(
     backend: Arc<dyn Backend>,
     requests: Arc<Vec<(Endpoint, String)>>,
-    per_level: Duration,
+    budget: Duration,
+    busy: Option<(Getter, BusyCount)>,
     mut progress: impl FnMut(String),
 ) -> ProbeFacts {
     let Some((endpoint, body)) = requests.first() else { return ProbeFacts::default() };
-    let started = std::time::Instant::now();
-    // The first request may load the model; it gets the whole sweep's time, never more.
-    let budget = per_level * LEVELS.len() as u32;
+    let started = Instant::now();
+    // The first request may load the model; it gets the whole budget, never more.
     let first = tokio::time::timeout(budget, backend.send(*endpoint, body)).await;
-    let first_request_ms = matches!(first, Ok(Ok(_))).then(|| started.elapsed().as_secs_f64() * 1e3);
+    let first_latency = matches!(first, Ok(Ok(_))).then(|| started.elapsed());
+    // Unknown until level 1 is measured: the first request may have loaded the model, so it says nothing.
+    let mut service = None;
     let next = Arc::new(AtomicUsize::new(1));
-    let rule = LevelRule { min_answers: 40, ci: 0.05, max_time: per_level };
-    let mut levels = Vec::new();
-    for level in LEVELS {
-        progress(format!("probe: {level} in flight for up to {:.0}s", per_level.as_secs_f64()));
+    let (mut levels, mut unmeasured) = (Vec::new(), Vec::new());
+    for (i, level) in LEVELS.into_iter().enumerate() {
+        let left = budget.saturating_sub(started.elapsed());
+        let Some(time) = level_time(left, LEVELS.len() - i, level, service) else {
+            unmeasured.push(level);
+            continue;
+        };
+        progress(format!("probe: {level} in flight for up to {:.0}s", time.as_secs_f64()));
+        let rule = LevelRule { min_answers: 40, ci: 0.05, max_time: time };
+        let busiest = Arc::new(AtomicU64::new(0));
+        let sampler = busy.clone().map(|(get, count)| {
+            let busiest = busiest.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Some(n) = count.read(&get).await {
+                        busiest.fetch_max(n, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(SAMPLE_EVERY).await;
+                }
+            })
+        });
         let (_, records) = measure(backend.clone(), requests.clone(), next.clone(), level, &rule, |_| {}).await;
-        levels.push(level_of(level, &records));
+        let mut l = level_of(level, &records);
+        if let Some(s) = sampler {
+            s.abort();
+            l.server_busy_max = Some(busiest.load(Ordering::Relaxed));
+        }
+        // Little's law holds only once every requester has had an answer.
+        if l.answers < level {
+            unmeasured.push(level);
+            continue;
+        }
+        // Per request, were the server serialized: what the next level's time is planned on.
+        service = Some(Duration::from_secs_f64(l.latency_p50_ms / 1e3 / level as f64));
+        levels.push(l);
     }
     let effective_lanes = effective_lanes(&levels);
-    ProbeFacts { first_request_ms, level_seconds: per_level.as_secs_f64(), levels, effective_lanes, spaced: None }
+    let first_request_ms = first_latency.map(|d| d.as_secs_f64() * 1e3);
+    ProbeFacts { first_request_ms, levels, unmeasured, effective_lanes, spaced: None }
+}
+
+/// Requests each requester should see answered in a level, were the server serialized.
+const ANSWERS_PER_REQUESTER: u32 = 3;
+
+/// How long to give `level` with `left` of the budget for `levels_left` levels, when one request alone takes
+/// `service` (unknown before level 1): its fair share, stretched (up to all that is left) until each requester
+/// could get three answers from a serialized server; `None` when not even one answer each would fit.
+pub fn level_time(left: Duration, levels_left: usize, level: usize, service: Option<Duration>) -> Option<Duration> {
+    let fair = left / levels_left.max(1) as u32;
+    let Some(service) = service else { return Some(fair) };
+    let serialized = service * level as u32;
+    if left < serialized * 3 / 2 {
+        return None;
+    }
+    Some(fair.max(serialized * ANSWERS_PER_REQUESTER).min(left))
 }
 
 /// A level's figures from its finished requests.
@@ -119,41 +178,20 @@ pub fn level_of(level: usize, records: &[Record]) -> ProbeLevel {
         jobs_per_s: per_s(ok.len() as f64),
         output_tokens_per_s: per_s(ok.iter().map(|r| r.tokens as f64).sum()),
         latency_p50_ms: lat.get(lat.len() / 2).copied().unwrap_or(0.0),
+        server_busy_max: None,
     }
 }
 
-/// The smallest level whose rate is within [`BAND`] of the best; `None` when no level had answers.
+/// The smallest level whose rate is within [`BAND`] of the best, capped by the most requests the server said
+/// it processed at once; `None` with fewer than two levels (one shows no trend).
 pub fn effective_lanes(levels: &[ProbeLevel]) -> Option<usize> {
-    let measured: Vec<&ProbeLevel> = levels.iter().filter(|l| l.answers > 0).collect();
-    let best = measured.iter().map(|l| l.jobs_per_s).fold(0.0, f64::max);
-    if best <= 0.0 {
+    if levels.len() < 2 {
         return None;
     }
-    measured.iter().find(|l| l.jobs_per_s * (1.0 + BAND) >= best).map(|l| l.concurrency)
-}
-
-/// Sends `count` short Ollama requests `gap` apart without a `keep_alive`, so the server's own default
-/// applies, and reads `load_duration` and `/api/ps` after each.
-pub async fn spaced(get: &Getter, model: &str, count: usize, gap: Duration) -> Option<SpacedProbe> {
-    let body = json!({"model": model, "prompt": "Say hi.", "stream": false, "options": {"num_predict": 4}});
-    let mut requests = Vec::new();
-    for i in 0..count {
-        if i > 0 {
-            // The pause is the probe itself: an idle server is what unloads a model.
-            tokio::time::sleep(gap).await;
-        }
-        let answer = get.post("/api/generate", &body).await?;
-        let ms = |key: &str| answer[key].as_f64().unwrap_or(0.0) / 1e6;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let expires_in_s = get.json("/api/ps").await.and_then(|ps| {
-            let models = ps["models"].as_array()?.clone();
-            let same = |n: &str| n == model || n.strip_suffix(":latest") == Some(model);
-            let m = models.iter().find(|m| m["name"].as_str().is_some_and(same))?;
-            Some(super::formats::rfc3339_secs(m["expires_at"].as_str()?)? - now.as_secs_f64())
-        });
-        requests.push(SpacedRequest { load_ms: ms("load_duration"), total_ms: ms("total_duration"), expires_in_s });
-    }
-    Some(SpacedProbe { gap_s: gap.as_secs_f64(), requests })
+    let best = levels.iter().map(|l| l.jobs_per_s).fold(0.0, f64::max);
+    let knee = levels.iter().find(|l| best > 0.0 && l.jobs_per_s * (1.0 + BAND) >= best)?.concurrency;
+    let busy = levels.iter().filter_map(|l| l.server_busy_max).filter(|&n| n > 0).max();
+    Some(busy.map_or(knee, |b| knee.min(b as usize)))
 }
 
 #[cfg(test)]
@@ -161,7 +199,15 @@ mod tests {
     use super::*;
 
     fn level(concurrency: usize, jobs_per_s: f64) -> ProbeLevel {
-        ProbeLevel { concurrency, answers: 10, errors: 0, jobs_per_s, output_tokens_per_s: 0.0, latency_p50_ms: 0.0 }
+        ProbeLevel {
+            concurrency,
+            answers: 10,
+            errors: 0,
+            jobs_per_s,
+            output_tokens_per_s: 0.0,
+            latency_p50_ms: 0.0,
+            server_busy_max: None,
+        }
     }
 
     #[test]
@@ -171,6 +217,26 @@ mod tests {
         let four = [level(1, 1.0), level(2, 1.9), level(4, 3.8), level(8, 4.0)];
         assert_eq!(effective_lanes(&four), Some(4));
         assert_eq!(effective_lanes(&[]), None);
+        assert_eq!(effective_lanes(&four[..1]), None, "one level shows no trend");
+    }
+
+    #[test]
+    fn the_servers_busy_count_caps_a_noisy_rate() {
+        // Other work slowed the first level: the rate rises, but the server never ran two at once.
+        let mut noisy = [level(1, 0.8), level(2, 7.6)];
+        assert_eq!(effective_lanes(&noisy), Some(2));
+        noisy[1].server_busy_max = Some(1);
+        assert_eq!(effective_lanes(&noisy), Some(1));
+    }
+
+    #[test]
+    fn slow_servers_get_longer_levels_and_skip_what_does_not_fit() {
+        let s = |n| Some(Duration::from_secs(n));
+        assert_eq!(level_time(s(60).unwrap(), 4, 1, None), s(15), "level 1: its fair share");
+        assert_eq!(level_time(s(60).unwrap(), 4, 2, Some(Duration::from_millis(100))), s(15), "a fast server");
+        assert_eq!(level_time(s(40).unwrap(), 2, 4, s(2)), s(24), "three answers each at 4 in flight");
+        assert_eq!(level_time(s(20).unwrap(), 1, 8, s(1)), s(20), "all that is left");
+        assert_eq!(level_time(s(10).unwrap(), 1, 8, s(1)), None, "not one answer each");
     }
 
     #[test]

@@ -57,9 +57,10 @@ pub fn text(r: &DoctorReport) -> String {
             let _ = writeln!(out, "probe:   first request {ms:.0} ms (left out)");
         }
         for l in &p.levels {
+            let busy = l.server_busy_max.map_or(String::new(), |n| format!(", server busy <= {n}"));
             let _ = writeln!(
                 out,
-                "         {:>2} in flight: {:>7.2} jobs/s {:>8.1} tok/s  median {:>6.0} ms  ({} answers, {} errors)",
+                "         {:>2} in flight: {:>7.2} jobs/s {:>8.1} tok/s  median {:>6.0} ms  ({} answers, {} errors{busy})",
                 l.concurrency, l.jobs_per_s, l.output_tokens_per_s, l.latency_p50_ms, l.answers, l.errors
             );
         }

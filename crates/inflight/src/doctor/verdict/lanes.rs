@@ -11,10 +11,9 @@ const FAR_BEYOND: usize = 2;
 /// Lanes to suggest for a serialized server: llama-server's own automatic choice.
 const SUGGESTED_LANES: u64 = 4;
 
-/// The lanes the probe measured, when it measured at least two levels.
+/// The lanes the probe measured (it needs two levels for a trend).
 fn measured_lanes(f: &Facts) -> Option<usize> {
-    let p = f.probe.as_ref()?;
-    (p.levels.iter().filter(|l| l.answers > 0).count() >= 2).then_some(p.effective_lanes).flatten()
+    f.probe.as_ref()?.effective_lanes
 }
 
 /// One lane, configured or measured.

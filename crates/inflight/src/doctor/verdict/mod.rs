@@ -114,18 +114,14 @@ pub fn notes(f: &Facts) -> Vec<String> {
                 .into(),
         );
     }
-    if let Some(p) = &f.probe {
-        let silent: Vec<String> =
-            p.levels.iter().filter(|l| l.answers == 0).map(|l| l.concurrency.to_string()).collect();
-        if !silent.is_empty() {
-            let first = p.first_request_ms.map_or(String::new(), |ms| format!(" (the first request took {ms:.0} ms)"));
-            notes.push(format!(
-                "no answer within {:.0} s at {} in flight{first}: the server is slower than the probe allows, so \
-                 those levels are left out; a longer --probe-time measures them",
-                p.level_seconds,
-                silent.join(", ")
-            ));
-        }
+    if let Some(p) = f.probe.as_ref().filter(|p| !p.unmeasured.is_empty()) {
+        let skipped: Vec<String> = p.unmeasured.iter().map(usize::to_string).collect();
+        let first = p.first_request_ms.map_or(String::new(), |ms| format!(" (the first request took {ms:.0} ms)"));
+        notes.push(format!(
+            "not measured at {} in flight: too slow a server for the probe's time{first}; a longer --probe-time \
+             measures them",
+            skipped.join(", ")
+        ));
     }
     if let Some(b) = f.server.busy.filter(|b| b.running + b.waiting > 0.0) {
         notes.push(format!(
@@ -137,8 +133,9 @@ pub fn notes(f: &Facts) -> Vec<String> {
 }
 
 fn level_line(l: &ProbeLevel) -> String {
+    let busy = l.server_busy_max.map_or(String::new(), |n| format!("; the server processed at most {n} at once"));
     format!(
-        "{} in flight: {:.2} jobs/s, {:.0} output tokens/s, median latency {:.0} ms ({} answers)",
+        "{} in flight: {:.2} jobs/s, {:.0} output tokens/s, median latency {:.0} ms ({} answers{busy})",
         l.concurrency, l.jobs_per_s, l.output_tokens_per_s, l.latency_p50_ms, l.answers
     )
 }
@@ -146,7 +143,7 @@ fn level_line(l: &ProbeLevel) -> String {
 /// The probe's levels that had answers, one line each.
 fn probe_lines(f: &Facts) -> Vec<String> {
     let levels = f.probe.as_ref().map(|p| p.levels.as_slice()).unwrap_or_default();
-    levels.iter().filter(|l| l.answers > 0).map(level_line).collect()
+    levels.iter().map(level_line).collect()
 }
 
 fn known_line<T: std::fmt::Display>(what: &str, k: &Known<T>) -> String {

@@ -5,8 +5,9 @@ use super::*;
 use crate::backend::ServerKind;
 use crate::doctor::host::HostFacts;
 use crate::doctor::jobs::JobsFacts;
-use crate::doctor::probe::{ProbeFacts, SpacedProbe, SpacedRequest};
+use crate::doctor::probe::ProbeFacts;
 use crate::doctor::process::ProcessFacts;
+use crate::doctor::reload::{SpacedProbe, SpacedRequest};
 use crate::doctor::server::{Busy, LoadedModel, ServerFacts};
 
 fn level(concurrency: usize, jobs_per_s: f64, latency_ms: f64) -> ProbeLevel {
@@ -17,12 +18,13 @@ fn level(concurrency: usize, jobs_per_s: f64, latency_ms: f64) -> ProbeLevel {
         jobs_per_s,
         output_tokens_per_s: jobs_per_s * 32.0,
         latency_p50_ms: latency_ms,
+        server_busy_max: None,
     }
 }
 
 fn probe(levels: Vec<ProbeLevel>) -> Option<ProbeFacts> {
     let effective_lanes = crate::doctor::probe::effective_lanes(&levels);
-    Some(ProbeFacts { first_request_ms: None, level_seconds: 2.0, levels, effective_lanes, spaced: None })
+    Some(ProbeFacts { first_request_ms: None, levels, unmeasured: vec![], effective_lanes, spaced: None })
 }
 
 fn llama(args: &[&str], slots: u64) -> Facts {
@@ -87,14 +89,15 @@ fn batch_threads_are_fixed_too_and_unknown_threads_are_only_a_note() {
 }
 
 #[test]
-fn levels_without_answers_ask_for_a_longer_probe() {
+fn levels_the_probe_could_not_measure_ask_for_a_longer_probe() {
     let mut f = llama(&["llama-server", "-np", "1"], 1);
-    let mut slow = level(8, 0.0, 0.0);
-    slow.answers = 0;
-    f.probe = probe(vec![level(1, 0.5, 2000.0), level(2, 0.5, 4000.0), level(4, 0.5, 8000.0), slow]);
+    f.probe = probe(vec![level(1, 0.5, 2000.0), level(2, 0.5, 4000.0)]);
+    if let Some(p) = f.probe.as_mut() {
+        p.unmeasured = vec![4, 8];
+    }
     let n = notes(&f);
-    assert!(n.iter().any(|n| n.contains("no answer within 2 s at 8 in flight")), "{n:?}");
-    assert!(!judge(&f)[0].evidence.iter().any(|e| e.starts_with("8 in flight")), "unmeasured levels are no evidence");
+    assert!(n.iter().any(|n| n.starts_with("not measured at 4, 8 in flight")), "{n:?}");
+    assert_eq!(judge(&f)[0].evidence.iter().filter(|e| e.contains("in flight:")).count(), 2);
 }
 
 #[test]
