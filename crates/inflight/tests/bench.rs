@@ -1,8 +1,6 @@
 //! `inflight bench` against the simulator: levels, steady state, the recommendation, and reports that match
 //! their schema (JSON) and show both curves with the chosen level marked (SVG).
 
-use std::path::PathBuf;
-
 use inflight_sim::{Profile, SimConfig};
 use serde_json::Value;
 
@@ -33,11 +31,7 @@ fn sweep_recommends_the_lanes_and_writes_valid_reports() {
     assert!(table.contains("recommended") && table.contains("ETA for 10000 jobs"), "{table}");
 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
-    let schema_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema/bench-report.schema.json");
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> = validator.iter_errors(&report).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "{errors:?}");
+    assert_matches_schema(&report, "bench-report.schema.json");
 
     let levels = report["levels"].as_array().unwrap();
     assert_eq!(levels.len(), 5);
@@ -90,6 +84,7 @@ fn embeddings_sweep_a_batch_size_by_concurrency_matrix() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("batch") && table.contains("inputs per request"), "{table}");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
+    assert_matches_schema(&report, "bench-report.schema.json");
     let cells: Vec<(u64, u64, f64)> = report["levels"]
         .as_array()
         .unwrap()

@@ -131,6 +131,7 @@ fn bench_streams_and_reads_the_servers_own_figures() {
     assert_exit(&out, 0);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
+    assert_matches_schema(&report, "bench-report.schema.json");
     for l in report["levels"].as_array().unwrap() {
         let ttft = l["ttft_ms"]["p50"].as_f64().expect("time to first token from the stream");
         assert!(ttft > 0.0 && ttft <= l["latency_ms"]["p50"].as_f64().unwrap(), "{l}");

@@ -113,10 +113,11 @@ pub fn svg_chart(r: &BenchReport) -> String {
             r##"<line x1="{x}" y1="{TOP}" x2="{x}" y2="{b}" stroke="#2ca02c" stroke-width="2" stroke-dasharray="6 4"/>"##,
             b = H - BOTTOM
         );
+        // The label sits on the side of the line with room for it.
+        let (label_x, anchor) = if x > W / 2.0 { (x - 6.0, "end") } else { (x + 6.0, "start") };
         let _ = writeln!(
             s,
-            r##"<text x="{}" y="{}" fill="#2ca02c">recommended: {}</text>"##,
-            x + 6.0,
+            r##"<text x="{label_x}" y="{}" text-anchor="{anchor}" fill="#2ca02c">recommended: {}</text>"##,
             TOP + 12.0,
             r.recommendation.concurrency
         );
