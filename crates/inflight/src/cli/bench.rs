@@ -35,12 +35,17 @@ pub struct BenchArgs {
     /// System message (as in `run`).
     #[arg(long)]
     pub system: Option<String>,
-    /// Synthetic workload: prompt length in words (about tokens), spread ±50% over the requests.
+    /// Synthetic workload: prompt length in words (about tokens), mean over the requests.
     #[arg(long, default_value_t = 64)]
     pub prompt_tokens: usize,
-    /// Output tokens per request (`max_tokens`; with --jobs, a default for lines that set none).
+    /// Output tokens per request (`max_tokens`): the synthetic mean; with --jobs, a default for lines that set
+    /// none.
     #[arg(long, default_value_t = 64)]
     pub output_tokens: u64,
+    /// Synthetic workload: how far prompt and output lengths spread around their means, percent (evenly,
+    /// from mean × (1 − spread) to mean × (1 + spread)).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub spread: u8,
     /// Explicit levels, e.g. 1,2,4,8 (default: double from 1 until two doublings gain under 5%).
     #[arg(long, value_delimiter = ',')]
     pub levels: Vec<usize>,
@@ -151,17 +156,23 @@ fn workload(args: &BenchArgs) -> anyhow::Result<(Vec<Request>, String)> {
     };
     let Some(path) = &args.jobs else {
         let parser = Parser::new(defaults, None);
+        let spread = f64::from(args.spread) / 100.0;
         let requests = (0..100)
             .map(|i| {
-                let words = (args.prompt_tokens / 2 + (i * args.prompt_tokens) / 100).max(1);
+                // Lengths evenly spread from mean × (1 − spread) to mean × (1 + spread), in a fixed order.
+                let factor = 1.0 - spread + 2.0 * spread * f64::from(i) / 99.0;
+                let words = ((args.prompt_tokens as f64 * factor).round() as usize).max(1);
+                let max_tokens = ((args.output_tokens as f64 * factor).round() as u64).max(1);
                 let prompt = format!("Item {i}. {}", "lorem ".repeat(words));
-                let line = serde_json::json!({"prompt": prompt}).to_string();
+                let line = serde_json::json!({"prompt": prompt, "max_tokens": max_tokens}).to_string();
                 let job = parser.parse(1, line.as_bytes()).ok().flatten().expect("a synthetic line parses");
                 Request { endpoint: job.endpoint, body: job.body, inputs: 1 }
             })
             .collect();
-        let what =
-            format!("synthetic: ~{} prompt words (±50%), {} output tokens", args.prompt_tokens, args.output_tokens);
+        let what = format!(
+            "synthetic: ~{} prompt words and at most {} output tokens on average, each spread ±{}%",
+            args.prompt_tokens, args.output_tokens, args.spread
+        );
         return Ok((requests, what));
     };
     let template = match &args.template {
