@@ -113,3 +113,39 @@ fn embeddings_without_the_flag_fail_permanently_with_the_servers_message() {
         assert!(e["error"]["message"].as_str().unwrap().contains("--embeddings"), "{e}");
     }
 }
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn bench_streams_and_reads_the_servers_own_figures() {
+    let server = LlamaServer::start(&["-np", "2", "-t", "2", "--metrics"]);
+    let s = Scratch::new();
+    let dir = s.path("report");
+    let out = run(&[
+        "bench",
+        "--server",
+        &server.url,
+        "--levels",
+        "1,2",
+        "--output-tokens",
+        "16",
+        "--min-answers",
+        "12",
+        "--max-time-per-level",
+        "20s",
+        "--report-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_exit(&out, 0);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
+    assert_matches_schema(&report, "bench-report.schema.json");
+    for l in report["levels"].as_array().unwrap() {
+        let ttft = l["ttft_ms"]["p50"].as_f64().expect("time to first token from the stream");
+        assert!(ttft > 0.0 && ttft <= l["latency_ms"]["p50"].as_f64().unwrap(), "{l}");
+        assert!(l["itl_ms"]["p50"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(l["server"]["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "llama-server timings: {l}");
+        let load = &l["server"]["load"];
+        assert!(load["samples"].as_u64().unwrap() >= 2, "/metrics sampled: {l}");
+        assert!(load["running_mean"].as_f64().unwrap() > 0.0, "requests seen running: {l}");
+    }
+}

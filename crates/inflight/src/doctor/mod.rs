@@ -18,7 +18,6 @@ pub mod server;
 pub mod verdict;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -139,7 +138,7 @@ pub async fn examine(cfg: &DoctorConfig, mut progress: impl FnMut(String)) -> Re
             ServerKind::Vllm => Some((get, probe::BusyCount::VllmMetrics)),
             _ => None,
         };
-        let mut p = probe::sweep(conn.backend.clone(), Arc::new(requests), sweep_time, busy, &mut progress).await;
+        let mut p = probe::sweep(conn.backend.clone(), requests, sweep_time, busy, &mut progress).await;
         p.spaced = spaced;
         Some(p)
     };

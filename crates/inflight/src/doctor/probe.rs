@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::http::Getter;
 use crate::backend::Backend;
-use crate::bench::{measure, LevelRule, Record};
+use crate::bench::{measure, LevelRule, Record, Request};
 use crate::job::Endpoint;
 
 /// Levels probed.
@@ -89,12 +89,14 @@ impl BusyCount {
 /// [`level_time`] gives it.
 pub async fn sweep(
     backend: Arc<dyn Backend>,
-    requests: Arc<Vec<(Endpoint, String)>>,
+    requests: Vec<(Endpoint, String)>,
     budget: Duration,
     busy: Option<(Getter, BusyCount)>,
     mut progress: impl FnMut(String),
 ) -> ProbeFacts {
-    let Some((endpoint, body)) = requests.first() else { return ProbeFacts::default() };
+    let requests: Arc<Vec<Request>> =
+        Arc::new(requests.into_iter().map(|(endpoint, body)| Request { endpoint, body, inputs: 1 }).collect());
+    let Some(Request { endpoint, body, .. }) = requests.first() else { return ProbeFacts::default() };
     let started = Instant::now();
     // The first request may load the model; it gets the whole budget, never more.
     let first = tokio::time::timeout(budget, backend.send(*endpoint, body)).await;
@@ -247,8 +249,11 @@ mod tests {
                 sent: Duration::from_millis(i / 2 * 500),
                 finished: Duration::from_millis(i / 2 * 500 + 500),
                 tokens: 10,
+                inputs: 1,
                 ok: true,
-                server_tokens_per_s: None,
+                first_token: None,
+                inter_token: None,
+                server: Default::default(),
             })
             .collect();
         let l = level_of(2, &records);
