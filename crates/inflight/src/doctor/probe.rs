@@ -113,13 +113,14 @@ pub async fn sweep(
         };
         progress(format!("probe: {level} in flight for up to {:.0}s", time.as_secs_f64()));
         let rule = LevelRule { min_answers: 40, ci: 0.05, max_time: time };
+        // The most seen plus one, so that 0 means "no reading" (a server without /slots) rather than "idle".
         let busiest = Arc::new(AtomicU64::new(0));
         let sampler = busy.clone().map(|(get, count)| {
             let busiest = busiest.clone();
             tokio::spawn(async move {
                 loop {
                     if let Some(n) = count.read(&get).await {
-                        busiest.fetch_max(n, Ordering::Relaxed);
+                        busiest.fetch_max(n + 1, Ordering::Relaxed);
                     }
                     tokio::time::sleep(SAMPLE_EVERY).await;
                 }
@@ -129,7 +130,7 @@ pub async fn sweep(
         let mut l = level_of(level, &records);
         if let Some(s) = sampler {
             s.abort();
-            l.server_busy_max = Some(busiest.load(Ordering::Relaxed));
+            l.server_busy_max = busiest.load(Ordering::Relaxed).checked_sub(1);
         }
         // Little's law holds only once every requester has had an answer.
         if l.answers < level {
