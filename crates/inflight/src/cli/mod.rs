@@ -6,6 +6,7 @@ mod parse;
 mod run;
 mod state;
 mod status;
+mod workflow;
 
 pub use bench::BenchArgs;
 pub use export::ExportArgs;

@@ -1,0 +1,197 @@
+//! `inflight run --workflow FLOW.yaml`: the workflow path of `run`. The same state file, ingest, output
+//! reconciliation and signals as the one-step path; the dispatcher is replaced by the scheduling loops of
+//! [`crate::workflow`], and the run's identity is checked per step instead of as a whole.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::parse::Concurrency;
+use super::run::{ingest, spawn_signal_handler, RunArgs};
+use super::state::{default_state_path, lock, remove_state};
+use super::{setup_error, Exit};
+use crate::backend::{connect, Api, ConnectOptions, Connection, OllamaBackend};
+use crate::job::Parser;
+use crate::output::{errors_path, Format, OutputFiles};
+use crate::report::{format_duration, LiveStats, Summary, SummaryInput};
+use crate::store::{Store, Writer};
+use crate::workflow::{run_servers, FlowStats, GroupConcurrency, ServerPlan, ServerView, Shared, Workflow};
+
+/// Runs `args` through the workflow in `flow`.
+pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
+    let text = std::fs::read_to_string(flow)
+        .map_err(|e| setup_error(format!("cannot read workflow {}: {e}", flow.display())))?;
+    let workflow = Workflow::parse(&text).map_err(|e| setup_error(format!("{}: {e}", flow.display())))?;
+    check_flags(&args)?;
+    if args.dry_run {
+        for s in &workflow.steps {
+            let deps: Vec<&str> = s.deps.iter().map(|&d| workflow.steps[d].name.as_str()).collect();
+            println!("step {} (line {}): model {}, reads [{}]", s.name, s.line, s.model, deps.join(", "));
+        }
+        println!("dry run: the workflow is valid; nothing sent");
+        return Ok(Exit::Success);
+    }
+    let out = args.output.clone().expect("clap requires --output without --dry-run");
+    let state_path = args.state.clone().unwrap_or_else(|| default_state_path(&out));
+    let _lock = lock(&state_path)?;
+    let opts = ConnectOptions {
+        api_key: args.conn.api_key.clone(),
+        request_timeout: args.request_timeout,
+        runner_options: OllamaBackend::runner_options_of(&args.params),
+    };
+    let conn =
+        connect(args.conn.server.as_deref(), args.conn.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
+    check_servers(&workflow, &conn)?;
+    if args.restart {
+        remove_state(&state_path).with_context(|| format!("removing {}", state_path.display()))?;
+    }
+
+    let mut store = Store::open(&state_path).map_err(|e| setup_error(e.to_string()))?;
+    let fresh = match store.meta("settings")?.as_deref() {
+        None => {
+            store.set_meta("settings", "workflow")?;
+            store.set_meta("input", &args.input.to_string_lossy())?;
+            true
+        }
+        Some("workflow") => false,
+        Some(_) => {
+            return Err(setup_error(format!(
+                "{} belongs to a run without --workflow; pass --restart to start over, or --state for a separate run",
+                state_path.display()
+            )))
+        }
+    };
+    ingest(&mut store, &args, &Parser::fields_only(), fresh).await?;
+    let steps: Vec<(String, String)> = workflow.steps.iter().map(|s| (s.name.clone(), s.fingerprint.clone())).collect();
+    let mut rebuild = store.apply_workflow(&steps)?;
+    store.set_meta("format", Format::Workflow.name())?;
+    store.set_meta("output", &std::path::absolute(&out)?.to_string_lossy())?;
+    if args.retry_failed {
+        let n = store.reopen_failed()?;
+        eprintln!("--retry-failed: {n} failed jobs will be sent again");
+        rebuild |= n > 0;
+    }
+    let before = store.counts()?;
+    let files = OutputFiles::open(&out, &store, Format::Workflow, rebuild)?;
+    let reader = store.reopen()?;
+    let writer = Writer::spawn(store, files)?;
+
+    let stop = CancellationToken::new();
+    spawn_signal_handler(stop.clone(), args.drain_timeout);
+    let stats = Arc::new(LiveStats::default());
+    let view = ServerView { url: conn.backend.url().to_owned(), ..Default::default() };
+    let flow_stats = Arc::new(FlowStats { servers: vec![Mutex::new(view)], ..Default::default() });
+    let shared = Arc::new(Shared {
+        workflow: Arc::new(workflow),
+        writer: writer.sender(),
+        stats: stats.clone(),
+        flow: flow_stats.clone(),
+        stop: stop.clone(),
+        hard: CancellationToken::new(),
+        max_attempts: args.max_attempts,
+        progress: tokio::sync::watch::channel(0).0,
+    });
+    let plans = vec![ServerPlan {
+        backend: conn.backend.clone(),
+        kind: conn.info.kind,
+        steps: (0..shared.workflow.steps.len()).collect(),
+    }];
+    let concurrency = match args.concurrency {
+        Concurrency::Fixed(n) => GroupConcurrency::Fixed(n),
+        Concurrency::Auto => GroupConcurrency::Auto(args.max_concurrency as usize),
+    };
+    let started = Instant::now();
+    let ran = run_servers(&reader, shared.clone(), plans, concurrency, args.drain_timeout).await;
+    let wall = started.elapsed();
+    drop(shared);
+    writer.finish().context("recording results")?;
+    ran?;
+
+    let counts = reader.counts()?;
+    let session_jobs = (counts.done + counts.failed).saturating_sub(before.done + before.failed);
+    let mut step_counts = reader.step_counts()?;
+    let order = |name: &str| steps.iter().position(|(n, _)| n == name).unwrap_or(usize::MAX);
+    step_counts.sort_by_key(|c| order(&c.step));
+    let summary = Summary::new(SummaryInput {
+        counts,
+        latency: reader.latency_histogram()?,
+        session: Some((session_jobs, stats.completion_tokens.load(Ordering::Relaxed), wall)),
+        retries: stats.retries.load(Ordering::Relaxed),
+        steps: step_counts,
+    });
+    println!("{}", summary.render());
+    let invalid = flow_stats.invalid.load(Ordering::Relaxed);
+    if invalid > 0 {
+        println!(
+            "  {invalid} answers refused by a step's JSON Schema this session, each asked again with another seed"
+        );
+    }
+    for server in &flow_stats.servers {
+        let v = server.lock().expect("server view lock");
+        let tuning: Vec<String> = v.tuning.iter().map(|(m, level, phase)| format!("{m} {level} ({phase})")).collect();
+        println!(
+            "  server {}: {} model switches, {} switching; concurrency per model: {}",
+            v.url,
+            v.switches,
+            format_duration(v.switching),
+            tuning.join(", ")
+        );
+    }
+    println!("  results: {}  errors: {}  state: {}", out.display(), errors_path(&out).display(), state_path.display());
+    if stop.is_cancelled() && counts.pending > 0 {
+        eprintln!("interrupted: run the same command again to resume ({} jobs pending)", counts.pending);
+        return Ok(Exit::Interrupted);
+    }
+    Ok(if counts.failed > 0 || counts.bad_lines > 0 { Exit::SomeFailed } else { Exit::Success })
+}
+
+/// Flags of the one-step path that a workflow sets per step instead.
+fn check_flags(args: &RunArgs) -> anyhow::Result<()> {
+    let per_step = [
+        ("--model", args.model.is_some()),
+        ("--system", args.system.is_some()),
+        ("--max-tokens", args.max_tokens.is_some()),
+        ("--temperature", args.temperature.is_some()),
+        ("--seed", args.seed.is_some()),
+        ("--completions", args.completions),
+        ("--limit", args.limit.is_some()),
+        ("--format", args.format != Format::Batch),
+    ];
+    let given: Vec<&str> = per_step.iter().filter(|(_, set)| *set).map(|(f, _)| *f).collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    Err(setup_error(format!(
+        "{} cannot be used with --workflow: set models, messages and parameters in the workflow's steps",
+        given.join(", ")
+    )))
+}
+
+/// Every step runs on the server given, and an Ollama server must have every step's model.
+fn check_servers(workflow: &Workflow, conn: &Connection) -> anyhow::Result<()> {
+    let url = conn.backend.url();
+    for s in &workflow.steps {
+        if let Some(server) = &s.server {
+            if server.trim_end_matches('/') != url {
+                return Err(setup_error(format!(
+                    "step {} (line {}) names server {server}, not --server {url}",
+                    s.name, s.line
+                )));
+            }
+        }
+        if conn.backend.api() == Api::Ollama {
+            let known = |m: &String| m == &s.model || m.strip_suffix(":latest") == Some(s.model.as_str());
+            if !conn.info.models.iter().any(known) {
+                return Err(setup_error(format!(
+                    "step {} (line {}): model {:?} is not on the Ollama server at {url}; pull it with `ollama pull {}`",
+                    s.name, s.line, s.model, s.model
+                )));
+            }
+        }
+    }
+    Ok(())
+}

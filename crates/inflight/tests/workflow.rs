@@ -1,0 +1,106 @@
+//! `inflight run --workflow`: validation, model-aware scheduling against the simulator's Ollama mode with one
+//! loaded model, per-step durability across kill -9 and edits.
+
+use inflight_sim::{Api, Profile, SimConfig};
+use serde_json::json;
+
+use crate::util::*;
+
+/// Three steps on two models, A then B then A, at most 16 tokens a step.
+pub const ABA: &str = "steps:
+  extract:
+    model: A
+    template: 'Extract the claims from: {{ text }}'
+    max_tokens: 16
+  critique:
+    model: B
+    template: 'Critique these claims: {{ steps.extract.output }}'
+    max_tokens: 16
+  judge:
+    model: A
+    template: 'Judge the critique {{ steps.critique.output }} of {{ steps.extract.output }}'
+    max_tokens: 16
+";
+
+/// The simulator as an Ollama server that holds one model at a time and takes 2 s (simulated) to load one.
+pub fn one_model_ollama(time_scale: f64) -> SimConfig {
+    SimConfig::profile(Profile::Batching32)
+        .with_api(Api::Ollama)
+        .with_models(vec!["A".into(), "B".into()])
+        .with_max_loaded_models(1)
+        .with_load_time(std::time::Duration::from_secs(2))
+        .with_time_scale(time_scale)
+}
+
+pub fn text_lines(n: usize) -> impl Iterator<Item = String> {
+    (0..n).map(|i| json!({"id": format!("j{i}"), "text": format!("record {i} says the sky is green")}).to_string())
+}
+
+/// The number in "N model switches" in a run's summary.
+pub fn switches_in(stdout: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(stdout);
+    let at = text.find(" model switches").unwrap_or_else(|| panic!("no switch count in {text}"));
+    text[..at].rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn three_steps_on_two_models_run_once_each_with_few_switches() {
+    let sim = Sim::start(one_model_ollama(100.0));
+    let s = Scratch::new();
+    let input = s.write_lines("jobs.jsonl", text_lines(2000));
+    let flow = s.path("flow.yaml");
+    std::fs::write(&flow, ABA).unwrap();
+    let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg()];
+    let out = run(&[&args[..], &["--server", sim.url(), "-q"]].concat());
+    assert_exit(&out, 0);
+    let lines = read_jsonl(&s.out());
+    assert_eq!(lines.len(), 2000);
+    let ids: std::collections::HashSet<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2000, "every job once");
+    for l in &lines {
+        for step in ["extract", "critique", "judge"] {
+            assert!(l["steps"][step]["output"].is_string(), "{step} missing in {l}");
+            assert!(l["steps"][step]["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+            assert!(l["steps"][step]["latency_ms"].is_number());
+        }
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.requests, 6000, "every step once: {stats:?}");
+    let switches = switches_in(&out.stdout);
+    assert_eq!(stats.model_loads, switches, "every switch the scheduler made is one load, and nothing else loads");
+    // Per-job chaining would load a model for almost every one of the 6,000 requests.
+    assert!((3..=12).contains(&switches), "{switches} switches");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("step critique: 2000 done, 0 failed"), "{summary}");
+}
+
+#[test]
+fn an_invalid_workflow_is_a_usage_error_naming_the_line_before_anything_is_sent() {
+    let sim = Sim::start(SimConfig::zero_latency());
+    let s = Scratch::new();
+    let input = s.write_lines("jobs.jsonl", text_lines(3));
+    let flow = s.path("flow.yaml");
+    let cases = [
+        (ABA.replace("steps.critique.output", "steps.critic.output"), "line 12", "unknown step `critic`"),
+        (ABA.replace("{{ text }}", "{{ steps.judge.output }}"), "line", "cycle"),
+        (ABA.replace("{{ text }}'", "{{ text '"), "line 4", "does not compile"),
+    ];
+    for (text, line, reason) in cases {
+        std::fs::write(&flow, text).unwrap();
+        let out = run(&[
+            "run",
+            input.to_str().unwrap(),
+            "--workflow",
+            flow.to_str().unwrap(),
+            "-o",
+            s.out_arg(),
+            "--server",
+            sim.url(),
+        ]);
+        assert_exit(&out, 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(line) && stderr.contains(reason), "{stderr}");
+    }
+    assert_eq!(sim.stats().requests, 0);
+    assert!(!s.out().exists());
+}
