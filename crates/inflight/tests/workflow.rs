@@ -104,3 +104,61 @@ fn an_invalid_workflow_is_a_usage_error_naming_the_line_before_anything_is_sent(
     assert_eq!(sim.stats().requests, 0);
     assert!(!s.out().exists());
 }
+
+/// Finished results of `step` in a run's state, read while the run goes or after it died.
+fn done_in(state: &std::path::Path, step: &str) -> u64 {
+    let Ok(store) = inflight::store::Store::open_read_only(state) else { return 0 };
+    store.step_counts().unwrap_or_default().iter().find(|c| c.step == step).map(|c| c.done).unwrap_or(0)
+}
+
+#[test]
+fn kill_9_during_step_2_then_an_edit_of_step_3_sends_only_what_is_unfinished_or_changed() {
+    const N: u64 = 600;
+    let sim = Sim::start(one_model_ollama(10.0));
+    let s = Scratch::new();
+    let input = s.write_lines("jobs.jsonl", text_lines(N as usize));
+    let flow = s.path("flow.yaml");
+    std::fs::write(&flow, ABA).unwrap();
+    let state = s.path("out.inflight.db");
+    let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg()];
+    let args = [&args[..], &["--server", sim.url(), "-q"]].concat();
+
+    let mut child =
+        bin().args(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while done_in(&state, "critique") < 10 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before step 2 was under way");
+        assert!(std::time::Instant::now() < deadline, "step 2 never started");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    send_signal(child.id(), "KILL");
+    child.wait().unwrap();
+    let sent_before = sim.stats().requests;
+    let finished: u64 = ["extract", "critique", "judge"].iter().map(|st| done_in(&state, st)).sum();
+    assert!(finished < 3 * N, "killed before the end");
+
+    assert_exit(&run(&args), 0);
+    assert_eq!(sim.stats().requests - sent_before, 3 * N - finished, "only unfinished steps are sent on resume");
+    let ids = id_counts_of(&s.out());
+    assert_eq!(ids.len() as u64, N);
+    assert!(ids.values().all(|&n| n == 1), "every job once");
+
+    std::fs::write(&flow, ABA.replace("Judge the critique", "Judge, strictly, the critique")).unwrap();
+    let sent_before = sim.stats().requests;
+    let out = run(&args);
+    assert_exit(&out, 0);
+    assert_eq!(sim.stats().requests - sent_before, N, "only the edited step is sent again");
+    let ids = id_counts_of(&s.out());
+    assert_eq!(ids.len() as u64, N);
+    assert!(ids.values().all(|&n| n == 1), "the output is rebuilt, never holding a job twice");
+    assert!(read_jsonl(&s.errors()).is_empty());
+}
+
+/// How many times each workflow job id appears in OUT.jsonl.
+fn id_counts_of(out: &std::path::Path) -> std::collections::HashMap<String, usize> {
+    let mut m = std::collections::HashMap::new();
+    for line in read_jsonl(out) {
+        *m.entry(line["id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    m
+}
