@@ -51,8 +51,10 @@ fn three_steps_on_two_models_run_once_each_with_few_switches() {
     let flow = s.path("flow.yaml");
     std::fs::write(&flow, ABA).unwrap();
     let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg()];
-    let out = run(&[&args[..], &["--server", sim.url(), "-q"]].concat());
+    let out = run(&[&args[..], &["--server", sim.url(), "--status-every", "100ms"]].concat());
     assert_exit(&out, 0);
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(progress.contains("model A [") && progress.contains(" switches ("), "progress lines: {progress}");
     let lines = read_jsonl(&s.out());
     assert_eq!(lines.len(), 2000);
     let ids: std::collections::HashSet<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
@@ -161,4 +163,29 @@ fn id_counts_of(out: &std::path::Path) -> std::collections::HashMap<String, usiz
         *m.entry(line["id"].as_str().unwrap().to_owned()).or_default() += 1;
     }
     m
+}
+
+#[test]
+fn the_example_workflow_runs_on_an_ollama_server_holding_one_model() {
+    let sim = Sim::start(one_model_ollama(50.0).with_models(vec!["extractor".into(), "critic".into()]));
+    let s = Scratch::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let (input, flow) = (root.join("examples/segments.jsonl"), root.join("examples/claims-flow.yaml"));
+    let out = run(&[
+        "run",
+        input.to_str().unwrap(),
+        "--workflow",
+        flow.to_str().unwrap(),
+        "-o",
+        s.out_arg(),
+        "--server",
+        sim.url(),
+        "-q",
+    ]);
+    assert_exit(&out, 0);
+    assert_eq!(read_jsonl(&s.out()).len(), 200);
+    assert_eq!(sim.stats().requests, 600);
+    let status = run(&["status", "--state", s.path("out.inflight.db").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("step judge: 200 done, 0 failed"), "{text}");
 }

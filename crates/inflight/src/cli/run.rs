@@ -203,7 +203,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
     };
     let progress = spawn_progress(ProgressSource {
         stats: stats.clone(),
-        limiter: limiter.clone(),
+        limiter: Some(limiter.clone()),
+        detail: None,
         health: health.clone(),
         writer: writer.sender(),
         finished_before: counts.done + counts.failed,

@@ -15,9 +15,10 @@ use super::run::{ingest, spawn_signal_handler, RunArgs};
 use super::state::{default_state_path, lock, remove_state};
 use super::{setup_error, Exit};
 use crate::backend::{connect, Api, ConnectOptions, Connection, OllamaBackend};
+use crate::dispatch::Health;
 use crate::job::Parser;
 use crate::output::{errors_path, Format, OutputFiles};
-use crate::report::{format_duration, LiveStats, Summary, SummaryInput};
+use crate::report::{format_duration, spawn_progress, Display, LiveStats, ProgressSource, Summary, SummaryInput};
 use crate::store::{Store, Writer};
 use crate::workflow::{run_servers, FlowStats, GroupConcurrency, ServerPlan, ServerView, Shared, Workflow};
 
@@ -95,11 +96,31 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         max_attempts: args.max_attempts,
         progress: tokio::sync::watch::channel(0).0,
     });
+    let health = Health::new(conn.backend.clone(), stop.clone());
     let plans = vec![ServerPlan {
         backend: conn.backend.clone(),
         kind: conn.info.kind,
+        health: health.clone(),
         steps: (0..shared.workflow.steps.len()).collect(),
     }];
+    let views = flow_stats.clone();
+    let detail = move || -> String {
+        let lines: Vec<String> = views.servers.iter().filter_map(|v| v.lock().ok().map(|v| v.line())).collect();
+        lines.join(" || ")
+    };
+    let steps_before: u64 = reader.step_counts()?.iter().map(|c| c.done).sum();
+    let progress = spawn_progress(ProgressSource {
+        stats: stats.clone(),
+        limiter: None,
+        detail: Some(Arc::new(detail)),
+        health,
+        writer: writer.sender(),
+        finished_before: steps_before,
+        total: before.total() * steps.len() as u64,
+        status_every: args.status_every,
+        display: Display::detect(args.quiet),
+        tune: None,
+    });
     let concurrency = match args.concurrency {
         Concurrency::Fixed(n) => GroupConcurrency::Fixed(n),
         Concurrency::Auto => GroupConcurrency::Auto(args.max_concurrency as usize),
@@ -107,6 +128,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
     let started = Instant::now();
     let ran = run_servers(&reader, shared.clone(), plans, concurrency, args.drain_timeout).await;
     let wall = started.elapsed();
+    progress.finish().await;
     drop(shared);
     writer.finish().context("recording results")?;
     ran?;

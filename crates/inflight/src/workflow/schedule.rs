@@ -20,7 +20,6 @@ use super::group::{Group, GroupConcurrency};
 use super::shared::{ServerPlan, Shared};
 use super::task::{self, Event, Lane, TaskCtx};
 use super::{SwitchPolicy, Unit};
-use crate::dispatch::Health;
 use crate::store::{Store, StoreError, WriteMsg};
 use crate::tune::TuneStatus;
 
@@ -79,8 +78,7 @@ impl ServerLoop {
         // Latest steps first: finishing jobs keeps results flowing and the pipeline short.
         groups.sort_by_key(|g| std::cmp::Reverse(g.steps[0]));
         let (tx, events) = unbounded_channel();
-        let health = Health::new(plan.backend.clone(), shared.stop.clone());
-        let ctx = Arc::new(TaskCtx { shared: shared.clone(), backend: plan.backend, health, events: tx });
+        let ctx = Arc::new(TaskCtx { shared: shared.clone(), backend: plan.backend, health: plan.health, events: tx });
         let progress = shared.progress.subscribe();
         ServerLoop {
             reader,

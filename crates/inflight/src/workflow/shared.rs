@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Workflow;
 use crate::backend::{Backend, ServerKind};
+use crate::dispatch::Health;
 use crate::report::LiveStats;
 use crate::store::WriteMsg;
 
@@ -43,6 +44,22 @@ pub struct FlowStats {
     pub servers: Vec<Mutex<ServerView>>,
 }
 
+impl ServerView {
+    /// One line for the progress display: the model being fed, the steps in flight, switches so far.
+    pub fn line(&self) -> String {
+        let mix: Vec<String> = self.in_flight.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        let tuning: Vec<String> = self.tuning.iter().map(|(m, l, p)| format!("{m} {l} {p}")).collect();
+        format!(
+            "model {} [{}] | {} switches ({:.1}s) | concurrency {}",
+            self.model.as_deref().unwrap_or("-"),
+            mix.join(", "),
+            self.switches,
+            self.switching.as_secs_f64(),
+            tuning.join(", ")
+        )
+    }
+}
+
 /// What one server is doing, published by its loop.
 #[derive(Debug, Clone, Default)]
 pub struct ServerView {
@@ -66,6 +83,8 @@ pub struct ServerPlan {
     pub backend: Arc<dyn Backend>,
     /// What the server is, for the controller's advice.
     pub kind: ServerKind,
+    /// Whether it is reachable (pauses the run's sends while it is not).
+    pub health: Health,
     /// Indices of the steps it runs.
     pub steps: Vec<usize>,
 }
