@@ -189,3 +189,40 @@ fn the_example_workflow_runs_on_an_ollama_server_holding_one_model() {
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("step judge: 200 done, 0 failed"), "{text}");
 }
+
+#[test]
+fn invalid_json_answers_are_asked_again_until_every_job_has_a_valid_output() {
+    let sim = Sim::start(one_model_ollama(100.0).with_json_answers(0.2));
+    let s = Scratch::new();
+    let input = s.write_lines("jobs.jsonl", text_lines(300));
+    let flow = s.path("flow.yaml");
+    let json_step = "  extract:\n    model: A\n    template: 'Claims in {{ text }}, as JSON'\n    max_tokens: 16\n    \
+        output: json\n    schema: {type: object, required: [answer], properties: {answer: {type: string}}}\n";
+    std::fs::write(&flow, ABA.replacen(&ABA[7..ABA.find("  critique:").unwrap()], json_step, 1)).unwrap();
+    let out = run(&[
+        "run",
+        input.to_str().unwrap(),
+        "--workflow",
+        flow.to_str().unwrap(),
+        "-o",
+        s.out_arg(),
+        "--server",
+        sim.url(),
+        "-q",
+        "--max-attempts",
+        "10",
+    ]);
+    assert_exit(&out, 0);
+    let lines = read_jsonl(&s.out());
+    assert_eq!(lines.len(), 300);
+    assert!(
+        lines.iter().all(|l| l["steps"]["extract"]["output"]["answer"].is_string()),
+        "every step-1 output is valid"
+    );
+    let store = inflight::store::Store::open_read_only(&s.path("out.inflight.db")).unwrap();
+    let refused = store.step_counts().unwrap().iter().find(|c| c.step == "extract").unwrap().invalid;
+    assert!(refused > 20, "the server sent invalid JSON to step 1 ({refused} refused)");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains(&format!("step extract: 300 done, 0 failed, {refused} answers refused")), "{summary}");
+    assert_eq!(sim.stats().requests, 900 + refused, "each refused answer is asked once more");
+}
