@@ -226,3 +226,42 @@ fn invalid_json_answers_are_asked_again_until_every_job_has_a_valid_output() {
     assert!(summary.contains(&format!("step extract: 300 done, 0 failed, {refused} answers refused")), "{summary}");
     assert_eq!(sim.stats().requests, 900 + refused, "each refused answer is asked once more");
 }
+
+#[test]
+fn steps_on_two_servers_run_at_the_same_time() {
+    let (one, two) = (Sim::start(SimConfig::profile(Profile::Lanes4)), Sim::start(SimConfig::profile(Profile::Lanes4)));
+    let s = Scratch::new();
+    let input = s.write_lines("jobs.jsonl", text_lines(200));
+    let flow = s.path("flow.yaml");
+    let text = format!(
+        "steps:\n  a:\n    model: A\n    template: 'Claims in {{{{ text }}}}'\n    max_tokens: 16\n  b:\n    model: B\n    \
+         server: {}\n    template: 'Critique {{{{ steps.a.output }}}}'\n    max_tokens: 16\n",
+        two.url()
+    );
+    std::fs::write(&flow, text).unwrap();
+    let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg()];
+    let out = run(&[&args[..], &["--server", one.url(), "-q", "-c", "4"]].concat());
+    assert_exit(&out, 0);
+    assert_eq!(read_jsonl(&s.out()).len(), 200);
+    assert_eq!((one.stats().requests, two.stats().requests), (200, 200), "each step on its own server");
+
+    let db = rusqlite::Connection::open(s.path("out.inflight.db")).unwrap();
+    let spans = |step: &str| -> Vec<(i64, i64)> {
+        let mut stmt =
+            db.prepare("SELECT sent_at, finished_at FROM step_results WHERE step = ?1 ORDER BY sent_at").unwrap();
+        stmt.query_map([step], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    };
+    let (a, b) = (spans("a"), spans("b"));
+    let busy = |spans: &[(i64, i64)]| {
+        let (mut total, mut end) = (0, i64::MIN);
+        for &(s, f) in spans {
+            total += (f - s.max(end)).max(0);
+            end = end.max(f);
+        }
+        total
+    };
+    let wall = b.iter().map(|x| x.1).max().unwrap() - a.iter().map(|x| x.0).min().unwrap();
+    assert!(a.iter().any(|x| b.iter().any(|y| y.0 < x.1 && x.0 < y.1)), "both servers busy at once");
+    let sum = busy(&a) + busy(&b);
+    assert!((wall as f64) < 0.8 * sum as f64, "pipelined: wall {wall} ms vs busy {sum} ms");
+}

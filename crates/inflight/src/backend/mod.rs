@@ -9,6 +9,7 @@ mod http;
 mod ollama;
 mod openai;
 
+pub(crate) use detect::normalize;
 pub use detect::{connect, ConnectError, ConnectOptions, Connection, DEFAULT_PORTS};
 pub use error::BackendError;
 pub use ollama::OllamaBackend;

@@ -159,8 +159,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
         request_timeout: args.request_timeout,
         runner_options: OllamaBackend::runner_options_of(&args.params),
     };
-    let conn =
-        connect(args.conn.server.as_deref(), args.conn.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
+    let conn = connect(args.conn.single()?, args.conn.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
     check_model(&args, &conn)?;
     tracing::info!(server = conn.backend.url(), "{}", conn.info.description);
     // Only once the server checks out: a --restart against a wrong URL should not cost the old state.

@@ -14,7 +14,7 @@ use super::parse::Concurrency;
 use super::run::{ingest, spawn_signal_handler, RunArgs};
 use super::state::{default_state_path, lock, remove_state};
 use super::{setup_error, Exit};
-use crate::backend::{connect, Api, ConnectOptions, Connection, OllamaBackend};
+use crate::backend::{connect, normalize, Api, ConnectOptions, Connection, OllamaBackend};
 use crate::dispatch::Health;
 use crate::job::Parser;
 use crate::output::{errors_path, Format, OutputFiles};
@@ -44,9 +44,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         request_timeout: args.request_timeout,
         runner_options: OllamaBackend::runner_options_of(&args.params),
     };
-    let conn =
-        connect(args.conn.server.as_deref(), args.conn.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
-    check_servers(&workflow, &conn)?;
+    let (conns, placement) = connect_servers(&workflow, &args, &opts).await?;
     if args.restart {
         remove_state(&state_path).with_context(|| format!("removing {}", state_path.display()))?;
     }
@@ -84,8 +82,8 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone(), args.drain_timeout);
     let stats = Arc::new(LiveStats::default());
-    let view = ServerView { url: conn.backend.url().to_owned(), ..Default::default() };
-    let flow_stats = Arc::new(FlowStats { servers: vec![Mutex::new(view)], ..Default::default() });
+    let views = conns.iter().map(|c| Mutex::new(ServerView { url: c.backend.url().to_owned(), ..Default::default() }));
+    let flow_stats = Arc::new(FlowStats { servers: views.collect(), ..Default::default() });
     let shared = Arc::new(Shared {
         workflow: Arc::new(workflow),
         writer: writer.sender(),
@@ -96,13 +94,17 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         max_attempts: args.max_attempts,
         progress: tokio::sync::watch::channel(0).0,
     });
-    let health = Health::new(conn.backend.clone(), stop.clone());
-    let plans = vec![ServerPlan {
-        backend: conn.backend.clone(),
-        kind: conn.info.kind,
-        health: health.clone(),
-        steps: (0..shared.workflow.steps.len()).collect(),
-    }];
+    let plans: Vec<ServerPlan> = conns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ServerPlan {
+            backend: c.backend.clone(),
+            kind: c.info.kind,
+            health: Health::new(c.backend.clone(), stop.clone()),
+            steps: (0..placement.len()).filter(|&s| placement[s] == i).collect(),
+        })
+        .collect();
+    let health = plans[0].health.clone();
     let views = flow_stats.clone();
     let detail = move || -> String {
         let lines: Vec<String> = views.servers.iter().filter_map(|v| v.lock().ok().map(|v| v.line())).collect();
@@ -193,27 +195,46 @@ fn check_flags(args: &RunArgs) -> anyhow::Result<()> {
     )))
 }
 
-/// Every step runs on the server given, and an Ollama server must have every step's model.
-fn check_servers(workflow: &Workflow, conn: &Connection) -> anyhow::Result<()> {
-    let url = conn.backend.url();
+/// Connects to every server: the `--server` flags in order, then servers that only steps name. Returns the
+/// connections and, per step, the index of its server (steps naming none run on the first).
+async fn connect_servers(
+    workflow: &Workflow,
+    args: &RunArgs,
+    opts: &ConnectOptions,
+) -> anyhow::Result<(Vec<Connection>, Vec<usize>)> {
+    let mut urls: Vec<String> = args.conn.server.iter().map(|u| normalize(u)).collect();
     for s in &workflow.steps {
-        if let Some(server) = &s.server {
-            if server.trim_end_matches('/') != url {
-                return Err(setup_error(format!(
-                    "step {} (line {}) names server {server}, not --server {url}",
-                    s.name, s.line
-                )));
+        if let Some(url) = s.server.as_deref().map(normalize) {
+            if !urls.contains(&url) {
+                urls.push(url);
             }
         }
+    }
+    let mut conns = Vec::new();
+    if urls.is_empty() {
+        conns.push(connect(None, args.conn.api, opts).await.map_err(|e| setup_error(e.to_string()))?);
+    }
+    for url in &urls {
+        conns.push(connect(Some(url), args.conn.api, opts).await.map_err(|e| setup_error(e.to_string()))?);
+    }
+    let mut placement = Vec::new();
+    for s in &workflow.steps {
+        let i = s.server.as_deref().and_then(|u| urls.iter().position(|x| *x == normalize(u))).unwrap_or(0);
+        let conn = &conns[i];
         if conn.backend.api() == Api::Ollama {
             let known = |m: &String| m == &s.model || m.strip_suffix(":latest") == Some(s.model.as_str());
             if !conn.info.models.iter().any(known) {
                 return Err(setup_error(format!(
-                    "step {} (line {}): model {:?} is not on the Ollama server at {url}; pull it with `ollama pull {}`",
-                    s.name, s.line, s.model, s.model
+                    "step {} (line {}): model {:?} is not on the Ollama server at {}; pull it with `ollama pull {}`",
+                    s.name,
+                    s.line,
+                    s.model,
+                    conn.backend.url(),
+                    s.model
                 )));
             }
         }
+        placement.push(i);
     }
-    Ok(())
+    Ok((conns, placement))
 }
