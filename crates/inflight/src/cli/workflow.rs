@@ -184,6 +184,10 @@ fn check_flags(args: &RunArgs) -> anyhow::Result<()> {
         ("--completions", args.completions),
         ("--limit", args.limit.is_some()),
         ("--format", args.format != Format::Batch),
+        // Ollama's runner options stay run-wide flags (every request must carry the same); the rest are per step.
+        ("--param (other than num_ctx, num_batch, num_gpu, num_thread)", {
+            OllamaBackend::runner_options_of(&args.params).len() < args.params.len()
+        }),
     ];
     let given: Vec<&str> = per_step.iter().filter(|(_, set)| *set).map(|(f, _)| *f).collect();
     if given.is_empty() {

@@ -36,12 +36,3 @@ pub enum WorkflowError {
         message: String,
     },
 }
-
-impl WorkflowError {
-    /// Short stable name for logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            WorkflowError::Invalid { .. } => "invalid_workflow",
-        }
-    }
-}
