@@ -121,7 +121,8 @@ impl ServerLoop {
         while !self.shared.stop.is_cancelled() {
             self.settle().await?;
             let Some((g, units)) = self.next_batch()? else {
-                if !self.anything_left()? {
+                // This server's own work in flight is work left; otherwise ask the store (other servers' too).
+                if self.in_flight.is_empty() && !self.anything_left()? {
                     return Ok(());
                 }
                 self.wait().await;
