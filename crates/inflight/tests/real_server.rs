@@ -38,6 +38,55 @@ impl Drop for LlamaServer {
 
 #[test]
 #[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn workflow_on_a_router_holding_one_model_with_a_json_schema_on_step_1() {
+    let server = LlamaServer::start_mode("router", &["-np", "4", "-t", "2", "-c", "8192"]);
+    let s = Scratch::new();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let flow = std::fs::read_to_string(root.join("examples/claims-flow.yaml")).unwrap();
+    // Step 1 answers JSON under llama-server's constrained decoding (response_format with the schema).
+    let schema = "    output: json\n    schema: {type: object, required: [claims], properties: {claims: {type: array, \
+                  maxItems: 1, items: {type: string, maxLength: 40}}}}\n  critique:";
+    let flow = flow.replacen(
+        "    max_tokens: 32\n    temperature: 0\n  critique:",
+        &format!("    max_tokens: 128\n    temperature: 0\n{schema}"),
+        1,
+    );
+    assert!(flow.contains("output: json"));
+    std::fs::write(s.path("flow.yaml"), flow).unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(root.join("examples/segments.jsonl"))
+        .unwrap()
+        .lines()
+        .take(24)
+        .map(str::to_owned)
+        .collect();
+    let input = s.write_lines("jobs.jsonl", lines);
+    let flow = s.path("flow.yaml");
+    let out = run(&[
+        "run",
+        input.to_str().unwrap(),
+        "--workflow",
+        flow.to_str().unwrap(),
+        "-o",
+        s.out_arg(),
+        "--server",
+        &server.url,
+        "-q",
+    ]);
+    assert_exit(&out, 0);
+    let results = read_jsonl(&s.out());
+    assert_eq!(results.len(), 24);
+    let ids: std::collections::HashSet<&str> = results.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 24, "every job once");
+    for r in &results {
+        assert!(r["steps"]["extract"]["output"]["claims"].is_array(), "step 1 is valid JSON: {r}");
+        assert!(r["steps"]["critique"]["output"].is_string() && r["steps"]["judge"]["output"].is_string());
+    }
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("model switches"), "{summary}");
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
 fn chat_completion_and_embedding_jobs_against_llama_server() {
     let server = LlamaServer::start(&["-np", "4", "-t", "2", "-c", "4096", "--embeddings", "--pooling", "mean"]);
     let s = Scratch::new();
@@ -110,53 +159,4 @@ fn embeddings_without_the_flag_fail_permanently_with_the_servers_message() {
         assert_eq!(e["response"]["status_code"], 501, "{e}");
         assert!(e["error"]["message"].as_str().unwrap().contains("--embeddings"), "{e}");
     }
-}
-
-#[test]
-#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
-fn workflow_on_a_router_holding_one_model_with_a_json_schema_on_step_1() {
-    let server = LlamaServer::start_mode("router", &["-np", "4", "-t", "2", "-c", "8192"]);
-    let s = Scratch::new();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let flow = std::fs::read_to_string(root.join("examples/claims-flow.yaml")).unwrap();
-    // Step 1 answers JSON under llama-server's constrained decoding (response_format with the schema).
-    let schema = "    output: json\n    schema: {type: object, required: [claims], properties: {claims: {type: array, \
-                  maxItems: 1, items: {type: string, maxLength: 40}}}}\n  critique:";
-    let flow = flow.replacen(
-        "    max_tokens: 32\n    temperature: 0\n  critique:",
-        &format!("    max_tokens: 128\n    temperature: 0\n{schema}"),
-        1,
-    );
-    assert!(flow.contains("output: json"));
-    std::fs::write(s.path("flow.yaml"), flow).unwrap();
-    let lines: Vec<String> = std::fs::read_to_string(root.join("examples/segments.jsonl"))
-        .unwrap()
-        .lines()
-        .take(24)
-        .map(str::to_owned)
-        .collect();
-    let input = s.write_lines("jobs.jsonl", lines);
-    let flow = s.path("flow.yaml");
-    let out = run(&[
-        "run",
-        input.to_str().unwrap(),
-        "--workflow",
-        flow.to_str().unwrap(),
-        "-o",
-        s.out_arg(),
-        "--server",
-        &server.url,
-        "-q",
-    ]);
-    assert_exit(&out, 0);
-    let results = read_jsonl(&s.out());
-    assert_eq!(results.len(), 24);
-    let ids: std::collections::HashSet<&str> = results.iter().map(|r| r["id"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), 24, "every job once");
-    for r in &results {
-        assert!(r["steps"]["extract"]["output"]["claims"].is_array(), "step 1 is valid JSON: {r}");
-        assert!(r["steps"]["critique"]["output"].is_string() && r["steps"]["judge"]["output"].is_string());
-    }
-    let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(summary.contains("model switches"), "{summary}");
 }
