@@ -4,6 +4,9 @@
 #   scripts/testbed.sh setup            build llama-server and fetch the model (cached), print their paths
 #   scripts/testbed.sh start ARGS...    start llama-server on a free loopback port with ARGS (e.g. -np 8 -t 2),
 #                                       wait for /health, print "URL PID" on stdout
+#   scripts/testbed.sh router ARGS...   the same in router mode (--models-dir DIR --models-max 1): DIR holds the
+#                                       model twice, as `extractor` and `critic`, so a request for one unloads the
+#                                       other (a real server that swaps models, ~1 s a switch on 2 cores)
 #
 # Cache: ${XDG_CACHE_HOME:-$HOME/.cache}/inflight-testbed. A second run starts in seconds.
 set -euo pipefail
@@ -66,11 +69,22 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+router_dir() {
+  local dir="$CACHE/router-models"
+  mkdir -p "$dir"
+  for name in extractor critic; do
+    [ -f "$dir/$name.gguf" ] || ln -f "$MODEL" "$dir/$name.gguf" 2>/dev/null || cp "$MODEL" "$dir/$name.gguf"
+  done
+  echo "$dir"
+}
+
 start_server() {
   build_server; fetch_model
   local port; port=$(free_port)
   local logf; logf=$(mktemp "${TMPDIR:-/tmp}/llama-server.XXXXXX.log")
-  "$SERVER_BIN" -m "$MODEL" --host 127.0.0.1 --port "$port" "$@" >"$logf" 2>&1 &
+  local model=(-m "$MODEL")
+  if [ "${ROUTER:-}" = 1 ]; then model=(--models-dir "$(router_dir)" --models-max 1); fi
+  "$SERVER_BIN" "${model[@]}" --host 127.0.0.1 --port "$port" "$@" >"$logf" 2>&1 &
   local pid=$!
   for _ in $(seq 1 600); do
     if ! kill -0 "$pid" 2>/dev/null; then log "llama-server exited; log: $logf"; tail -20 "$logf" >&2; exit 1; fi
@@ -85,5 +99,6 @@ start_server() {
 case "${1:-setup}" in
   setup) build_server; fetch_model; echo "$SERVER_BIN $MODEL" ;;
   start) shift; start_server "$@" ;;
-  *) echo "usage: $0 setup | start [llama-server args...]" >&2; exit 2 ;;
+  router) shift; ROUTER=1 start_server "$@" ;;
+  *) echo "usage: $0 setup | start [llama-server args...] | router [llama-server args...]" >&2; exit 2 ;;
 esac

@@ -22,7 +22,7 @@ use crate::runtime::{Runtime, Ticket};
 use crate::scheduler::{Busy, KeepAlive, RunnerOpts, Scheduler};
 use crate::server::ConnHandle;
 use crate::stats::{Counters, SimStats};
-use crate::wire::mix;
+use crate::wire::{completion_text, hash, mix};
 
 /// Tokens of the fixed zero-latency completion.
 const ZERO_LATENCY_TOKENS: u32 = 8;
@@ -187,7 +187,21 @@ impl App {
             max_in_flight: c.max_in_flight.load(Relaxed),
             completion_tokens: c.completion_tokens.load(Relaxed),
             model_loads: self.runtime.as_ref().map_or(0, |rt| rt.loads()),
+            invalid_json: c.invalid_json.load(Relaxed),
         }
+    }
+
+    /// The text of a whole answer of `tokens` tokens to the request `body`: plain words, or with
+    /// [`SimConfig::with_json_answers`] a JSON object, cut short (invalid) for a seeded share of request bodies.
+    pub fn answer_text(&self, body: &[u8], tokens: u32) -> String {
+        let Some(invalid) = self.cfg.json_answers else { return completion_text(tokens) };
+        let text = serde_json::json!({"answer": completion_text(tokens)}).to_string();
+        let draw = (mix(mix(self.cfg.seed, 0x6a73_6f6e), hash(body)) >> 11) as f64 / (1u64 << 53) as f64;
+        if draw >= invalid {
+            return text;
+        }
+        self.counters.invalid_json.fetch_add(1, Relaxed);
+        text[..text.len() - 2].to_owned()
     }
 
     /// An error in the configured API's shape.

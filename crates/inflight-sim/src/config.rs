@@ -118,6 +118,7 @@ pub struct SimConfig {
     pub(crate) load_time: Duration,
     pub(crate) max_loaded_models: usize,
     pub(crate) keep_alive: Duration,
+    pub(crate) json_answers: Option<f64>,
 }
 
 impl Default for SimConfig {
@@ -148,6 +149,7 @@ impl Default for SimConfig {
             load_time: Duration::from_millis(500),
             max_loaded_models: 3,
             keep_alive: Duration::from_secs(300),
+            json_answers: None,
         }
     }
 }
@@ -268,6 +270,14 @@ impl SimConfig {
         /// Keep-alive of a request that does not name one (Ollama mode, default 5 min).
         with_keep_alive, keep_alive: Duration
     );
+
+    /// Answers (not streamed) are the JSON object `{"answer": TEXT}` whatever schema the request asks for, like a
+    /// server that ignores `format`/`response_format`; a share `invalid` of request bodies (drawn from the seed and
+    /// the body, so a retry with another seed draws again) get it cut short: invalid JSON.
+    pub fn with_json_answers(mut self, invalid: f64) -> Self {
+        self.json_answers = Some(invalid.clamp(0.0, 1.0));
+        self
+    }
 
     /// Simulated time runs `s` times faster than wall time (default 1).
     pub fn with_time_scale(mut self, s: f64) -> Self {

@@ -62,6 +62,15 @@ struct Args {
     /// Wall-clock seconds a stalled request is held.
     #[arg(long, default_value_t = 60.0)]
     stall_secs: f64,
+    /// A model the server lists (repeatable; default `sim-model`).
+    #[arg(long = "model")]
+    models: Vec<String>,
+    /// Models kept loaded at once (Ollama mode).
+    #[arg(long, default_value_t = 3)]
+    max_loaded_models: usize,
+    /// Simulated seconds to load a model (Ollama mode).
+    #[arg(long, default_value_t = 0.5)]
+    load_secs: f64,
 }
 
 fn config(a: &Args) -> SimConfig {
@@ -72,6 +81,9 @@ fn config(a: &Args) -> SimConfig {
     if a.max_queue.is_some() {
         cfg = cfg.with_max_queue(a.max_queue);
     }
+    if !a.models.is_empty() {
+        cfg = cfg.with_models(a.models.clone());
+    }
     cfg.with_api(a.api)
         .with_port(a.port)
         .with_time_scale(a.time_scale)
@@ -79,6 +91,8 @@ fn config(a: &Args) -> SimConfig {
         .with_missing_models(a.missing_models.clone())
         .with_api_key(a.api_key.clone())
         .with_stall_for(Duration::from_secs_f64(a.stall_secs.max(0.0)))
+        .with_max_loaded_models(a.max_loaded_models)
+        .with_load_time(Duration::from_secs_f64(a.load_secs.max(0.0)))
         .with_faults(Faults {
             error_500: a.fault_500,
             error_503_retry_after: a.fault_503,

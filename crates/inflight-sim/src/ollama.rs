@@ -244,7 +244,7 @@ async fn infer(app: Arc<App>, conn: ConnHandle, body: Bytes, kind: Kind) -> Resp
         (true, _) => "load",
         (false, _) => reason(run.cut),
     };
-    Json(meta.line(completion_text(done.tokens), Some((&done, why)))).into_response()
+    Json(meta.line(app.answer_text(&body, done.tokens), Some((&done, why)))).into_response()
 }
 
 fn gone(app: &App) -> Response {

@@ -61,8 +61,7 @@ impl Meta {
         })
     }
 
-    fn full(&self, tokens: u32, cut: bool) -> Value {
-        let text = completion_text(tokens);
+    fn full(&self, text: String, tokens: u32, cut: bool) -> Value {
         let choice = match self.kind {
             Kind::Chat => json!({
                 "index": 0,
@@ -164,7 +163,7 @@ async fn generate(app: Arc<App>, conn: ConnHandle, body: Bytes, kind: Kind) -> R
         .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
     let stream = v["stream"].as_bool().unwrap_or(false);
     let mut meta = Meta { kind, id: 0, model: model.clone(), created: unix_secs(), prompt_tokens };
-    let rendered = || (meta.full(8, false).to_string().into_bytes(), "application/json");
+    let rendered = || (meta.full(completion_text(8), 8, false).to_string().into_bytes(), "application/json");
     if let Some(resp) = app.fault(&body, &conn, rendered).await {
         return resp;
     }
@@ -183,7 +182,7 @@ async fn generate(app: Arc<App>, conn: ConnHandle, body: Bytes, kind: Kind) -> R
         return gone(&app);
     };
     flight.succeed(done.tokens);
-    Json(meta.full(done.tokens, run.cut)).into_response()
+    Json(meta.full(app.answer_text(&body, done.tokens), done.tokens, run.cut)).into_response()
 }
 
 /// The answer when the server is shut down under a waiting request.

@@ -33,6 +33,8 @@ pub struct SimStats {
     pub completion_tokens: u64,
     /// Model loads, reloads included (Ollama mode).
     pub model_loads: u64,
+    /// Answers sent as invalid JSON (see `SimConfig::with_json_answers`).
+    pub invalid_json: u64,
 }
 
 /// Live counters behind [`SimStats`].
@@ -52,4 +54,5 @@ pub(crate) struct Counters {
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
     pub completion_tokens: AtomicU64,
+    pub invalid_json: AtomicU64,
 }

@@ -194,3 +194,30 @@ async fn api_key_is_required_when_configured() {
     assert_eq!(server.stats().unauthorized, 1);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn json_answers_ignore_the_schema_and_are_invalid_for_a_seeded_share_of_requests() {
+    for api in [Api::OpenAi, Api::Ollama] {
+        let cfg = fast(Profile::Lanes4).with_api(api).with_json_answers(0.2).with_seed(7);
+        let server = SimServer::start(cfg).await.unwrap();
+        let (path, content) = match api {
+            Api::OpenAi => ("/v1/chat/completions", "/choices/0/message/content"),
+            Api::Ollama => ("/api/chat", "/message/content"),
+        };
+        let mut invalid = 0;
+        for i in 0..200 {
+            let req = json!({"model": "sim-model", "messages": [{"role": "user", "content": format!("q{i}")}],
+                             "max_tokens": 4, "stream": false, "format": {"type": "object"}});
+            let (status, v) = post(&format!("{}{path}", server.url()), &req).await;
+            assert_eq!(status, 200, "{v}");
+            let text = v.pointer(content).and_then(Value::as_str).unwrap().to_owned();
+            match serde_json::from_str::<Value>(&text) {
+                Ok(answer) => assert!(answer["answer"].is_string(), "{answer}"),
+                Err(_) => invalid += 1,
+            }
+        }
+        assert_eq!(server.stats().invalid_json, invalid, "the counter counts what was sent");
+        assert!((20..=60).contains(&invalid), "about a fifth invalid: {invalid}");
+        server.shutdown().await;
+    }
+}

@@ -16,3 +16,4 @@ pub mod output;
 pub mod report;
 pub mod store;
 pub mod tune;
+pub mod workflow;

@@ -21,10 +21,15 @@ pub struct LlamaServer {
 
 impl LlamaServer {
     pub fn start(args: &[&str]) -> LlamaServer {
+        LlamaServer::start_mode("start", args)
+    }
+
+    /// `mode` is `start` (one model) or `router` (two model copies, one loaded at a time).
+    pub fn start_mode(mode: &str, args: &[&str]) -> LlamaServer {
         // A test that failed while holding the lock leaves nothing behind that matters: its server is killed.
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/testbed.sh");
-        let out = Command::new("bash").arg(script).arg("start").args(args).output().expect("testbed.sh runs");
+        let out = Command::new("bash").arg(script).arg(mode).args(args).output().expect("testbed.sh runs");
         assert!(out.status.success(), "testbed.sh start failed:\n{}", String::from_utf8_lossy(&out.stderr));
         let line = String::from_utf8(out.stdout).unwrap();
         let (url, pid) = line.trim().split_once(' ').expect("URL PID");
@@ -36,6 +41,55 @@ impl Drop for LlamaServer {
     fn drop(&mut self) {
         let _ = Command::new("kill").arg(self.pid.to_string()).status();
     }
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn workflow_on_a_router_holding_one_model_with_a_json_schema_on_step_1() {
+    let server = LlamaServer::start_mode("router", &["-np", "4", "-t", "2", "-c", "8192"]);
+    let s = Scratch::new();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let flow = std::fs::read_to_string(root.join("examples/claims-flow.yaml")).unwrap();
+    // Step 1 answers JSON under llama-server's constrained decoding (response_format with the schema).
+    let schema = "    output: json\n    schema: {type: object, required: [claims], properties: {claims: {type: array, \
+                  maxItems: 1, items: {type: string, maxLength: 40}}}}\n  critique:";
+    let flow = flow.replacen(
+        "    max_tokens: 32\n    temperature: 0\n  critique:",
+        &format!("    max_tokens: 128\n    temperature: 0\n{schema}"),
+        1,
+    );
+    assert!(flow.contains("output: json"));
+    std::fs::write(s.path("flow.yaml"), flow).unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(root.join("examples/segments.jsonl"))
+        .unwrap()
+        .lines()
+        .take(24)
+        .map(str::to_owned)
+        .collect();
+    let input = s.write_lines("jobs.jsonl", lines);
+    let flow = s.path("flow.yaml");
+    let out = run(&[
+        "run",
+        input.to_str().unwrap(),
+        "--workflow",
+        flow.to_str().unwrap(),
+        "-o",
+        s.out_arg(),
+        "--server",
+        &server.url,
+        "-q",
+    ]);
+    assert_exit(&out, 0);
+    let results = read_jsonl(&s.out());
+    assert_eq!(results.len(), 24);
+    let ids: std::collections::HashSet<&str> = results.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 24, "every job once");
+    for r in &results {
+        assert!(r["steps"]["extract"]["output"]["claims"].is_array(), "step 1 is valid JSON: {r}");
+        assert!(r["steps"]["critique"]["output"].is_string() && r["steps"]["judge"]["output"].is_string());
+    }
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("model switches"), "{summary}");
 }
 
 #[test]

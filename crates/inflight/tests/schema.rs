@@ -45,3 +45,34 @@ fn output_lines_match_their_schemas_in_both_formats() {
     validate_all(&schema("simple-output.schema.json"), &read_jsonl(&simple), "simple result");
     validate_all(&schema("simple-error.schema.json"), &read_jsonl(&s.path("simple.errors.jsonl")), "simple error");
 }
+
+#[test]
+fn workflow_lines_match_their_schemas_also_when_exported() {
+    let sim = Sim::start(SimConfig::zero_latency());
+    let s = Scratch::new();
+    let mut lines: Vec<String> =
+        (0..5).map(|i| json!({"id": format!("w{i}"), "text": "t", "extra": i}).to_string()).collect();
+    lines.push(json!({"id": "no-extra", "text": "t"}).to_string());
+    lines.push("{not json".into());
+    let input = s.write_lines("jobs.jsonl", lines);
+    let flow = s.path("flow.yaml");
+    let text = "steps:\n  a:\n    model: A\n    template: 'Say {{ text }}'\n  b:\n    model: B\n    \
+                template: '{{ steps.a.output }} {{ extra }}'\n    max_tokens: 4\n";
+    std::fs::write(&flow, text).unwrap();
+    let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg()];
+    assert_exit(&run(&[&args[..], &["--server", sim.url(), "-q"]].concat()), 1);
+    let exported = s.path("exported.jsonl");
+    let state = s.path("out.inflight.db");
+    assert_exit(&run(&["export", "--state", state.to_str().unwrap(), "-o", exported.to_str().unwrap()]), 0);
+    for (results, errors) in [(s.out(), s.errors()), (exported.clone(), s.path("exported.errors.jsonl"))] {
+        let results = read_jsonl(&results);
+        assert_eq!(results.len(), 5);
+        validate_all(&schema("workflow-output.schema.json"), &results, "workflow result");
+        let errors = read_jsonl(&errors);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        validate_all(&schema("workflow-error.schema.json"), &errors, "workflow error");
+        let failed = errors.iter().find(|e| e["custom_id"] == "no-extra").unwrap();
+        assert_eq!((failed["step"].as_str(), failed["error"]["code"].as_str()), (Some("b"), Some("template_error")));
+    }
+    assert_eq!(std::fs::read(s.out()).unwrap(), std::fs::read(&exported).unwrap(), "export rebuilds the same lines");
+}

@@ -24,3 +24,5 @@ mod real_server;
 mod run_sim;
 /// Output lines validate against docs/schema/.
 mod schema;
+/// Workflows: validation, scheduling around model swaps, per-step durability.
+mod workflow;

@@ -78,7 +78,8 @@ pub async fn connect(
     }
 }
 
-fn normalize(url: &str) -> String {
+/// A base URL as backends hold it: a scheme, no trailing `/` or `/v1`.
+pub(crate) fn normalize(url: &str) -> String {
     let url = url.trim_end_matches('/');
     let url = url.strip_suffix("/v1").unwrap_or(url);
     if url.contains("://") {

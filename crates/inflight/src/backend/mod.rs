@@ -10,6 +10,7 @@ mod ollama;
 mod openai;
 mod stream;
 
+pub(crate) use detect::normalize;
 pub use detect::{connect, ConnectError, ConnectOptions, Connection, DEFAULT_PORTS};
 pub use error::BackendError;
 pub use ollama::OllamaBackend;

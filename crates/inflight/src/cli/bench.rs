@@ -82,8 +82,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Exit> {
         request_timeout: Duration::from_secs(600),
         runner_options: OllamaBackend::runner_options_of(&[]),
     };
-    let conn =
-        connect(args.conn.server.as_deref(), args.conn.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
+    let conn = connect(args.conn.single()?, args.conn.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
     let (requests, workload) = workload(&args)?;
     let cfg = SweepConfig {
         batch_sizes: args.batch_sizes.iter().map(|&b| b.max(1)).collect(),

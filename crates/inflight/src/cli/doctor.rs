@@ -47,7 +47,7 @@ pub struct DoctorArgs {
 /// Runs the command.
 pub async fn execute(args: DoctorArgs) -> anyhow::Result<Exit> {
     let cfg = DoctorConfig {
-        server: args.conn.server,
+        server: args.conn.single()?.map(str::to_owned),
         api: args.conn.api,
         api_key: args.conn.api_key,
         model: args.model,

@@ -18,7 +18,7 @@ pub struct ExportArgs {
     /// Where to write results; errors go to OUT.errors.jsonl beside it.
     #[arg(short, long, value_name = "OUT.jsonl")]
     pub output: PathBuf,
-    /// Output line shape.
+    /// Output line shape (a workflow run's lines keep theirs).
     #[arg(long, value_enum, default_value = "batch")]
     pub format: Format,
 }
@@ -37,7 +37,10 @@ pub fn execute(args: ExportArgs) -> anyhow::Result<Exit> {
             }
         }
     }
-    let (done, errors) = export(&store, &args.output, args.format)?;
+    // A workflow run's lines hold every step: they keep their own shape whatever --format says.
+    let workflow = store.meta("format")?.as_deref() == Some(Format::Workflow.name());
+    let format = if workflow { Format::Workflow } else { args.format };
+    let (done, errors) = export(&store, &args.output, format)?;
     eprintln!(
         "exported {done} results to {} and {errors} error records to {}",
         args.output.display(),

@@ -7,6 +7,7 @@ mod parse;
 mod run;
 mod state;
 mod status;
+mod workflow;
 
 pub use bench::BenchArgs;
 pub use doctor::DoctorArgs;
@@ -48,14 +49,26 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
     /// The server's base URL. Default: the first of localhost:11434, 8080, 8000, 1234, 30000 that answers.
+    /// `run --workflow` takes several: steps name theirs with `server:`, the others run on the first.
     #[arg(long, env = "INFLIGHT_SERVER")]
-    pub server: Option<String>,
+    pub server: Vec<String>,
     /// The server's API; detected when not given.
     #[arg(long, value_enum)]
     pub api: Option<crate::backend::Api>,
     /// Bearer token for servers that need one (never printed or logged).
     #[arg(long, env = "INFLIGHT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+}
+
+impl ServerArgs {
+    /// The server of a command that talks to one; `None` to look on the usual ports.
+    pub fn single(&self) -> anyhow::Result<Option<&str>> {
+        match self.server.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(one)),
+            _ => Err(setup_error("--server is given more than once; only `run --workflow` uses several servers")),
+        }
+    }
 }
 
 /// Process exit codes.

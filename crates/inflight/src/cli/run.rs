@@ -40,8 +40,12 @@ pub struct RunArgs {
     #[arg(short, long)]
     pub model: Option<String>,
     /// Prompt template (Jinja syntax) rendered over each line's fields, e.g. `Extract claims: {{ segment }}`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "workflow")]
     pub template: Option<PathBuf>,
+    /// Run every line through the steps of a workflow file (each step with its model, template and
+    /// parameters; see the README); the output lines hold every step's output.
+    #[arg(long, value_name = "FLOW.yaml")]
+    pub workflow: Option<PathBuf>,
     /// System message for prompt and template lines.
     #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
@@ -106,7 +110,7 @@ pub struct RunArgs {
     pub quiet: bool,
 }
 
-fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
+pub(super) fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
     if path == Path::new("-") {
         return Ok(Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())));
     }
@@ -139,6 +143,9 @@ fn build_parser(args: &RunArgs) -> anyhow::Result<Parser> {
 
 /// Runs the command.
 pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
+    if let Some(flow) = args.workflow.clone() {
+        return super::workflow::execute(args, &flow).await;
+    }
     let parser = build_parser(&args)?;
     if args.dry_run {
         return dry_run(&args, &parser);
@@ -152,8 +159,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
         request_timeout: args.request_timeout,
         runner_options: OllamaBackend::runner_options_of(&args.params),
     };
-    let conn =
-        connect(args.conn.server.as_deref(), args.conn.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
+    let conn = connect(args.conn.single()?, args.conn.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
     check_model(&args, &conn)?;
     tracing::info!(server = conn.backend.url(), "{}", conn.info.description);
     // Only once the server checks out: a --restart against a wrong URL should not cost the old state.
@@ -196,7 +202,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
     };
     let progress = spawn_progress(ProgressSource {
         stats: stats.clone(),
-        limiter: limiter.clone(),
+        limiter: Some(limiter.clone()),
+        detail: None,
         health: health.clone(),
         writer: writer.sender(),
         finished_before: counts.done + counts.failed,
@@ -235,6 +242,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
         latency: reader.latency_histogram()?,
         session: Some((session_jobs, stats.completion_tokens.load(std::sync::atomic::Ordering::Relaxed), wall)),
         retries: stats.retries.load(std::sync::atomic::Ordering::Relaxed),
+        steps: Vec::new(),
     });
     println!("{}", summary.render());
     match &tuned {
@@ -302,7 +310,7 @@ fn check_identity(store: &Store, parser: &Parser, args: &RunArgs, state: &Path) 
 }
 
 /// Ingests the input (or the rest of it), or, for a complete ingest, checks the input did not change.
-async fn ingest(store: &mut Store, args: &RunArgs, parser: &Parser, fresh: bool) -> anyhow::Result<()> {
+pub(super) async fn ingest(store: &mut Store, args: &RunArgs, parser: &Parser, fresh: bool) -> anyhow::Result<()> {
     let mut reader = LineReader::new(open_input(&args.input)?, args.max_line_bytes as usize);
     let done_lines: u64 = store.meta("ingest_lines")?.and_then(|v| v.parse().ok()).unwrap_or(0);
     let recorded_sha = store.meta("ingest_sha256")?;
@@ -378,7 +386,7 @@ async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
 }
 
 /// First Ctrl-C or SIGTERM: stop sending and drain. Second: exit at once (the state is safe either way).
-fn spawn_signal_handler(stop: CancellationToken, drain: Duration) {
+pub(super) fn spawn_signal_handler(stop: CancellationToken, drain: Duration) {
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         next_signal(&mut term).await;

@@ -25,7 +25,13 @@ pub struct StatusArgs {
 pub fn execute(args: StatusArgs) -> anyhow::Result<Exit> {
     let store = Store::open_read_only(&args.state).map_err(|e| setup_error(e.to_string()))?;
     let counts = store.counts()?;
-    let summary = Summary::new(SummaryInput { counts, latency: store.latency_histogram()?, session: None, retries: 0 });
+    let summary = Summary::new(SummaryInput {
+        counts,
+        latency: store.latency_histogram()?,
+        session: None,
+        retries: 0,
+        steps: store.step_counts()?,
+    });
     let live = is_live(&args.state);
     let live_line =
         if live { store.meta("live")?.and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok()) } else { None };

@@ -1,6 +1,7 @@
 //! Outage detection: a failure to reach the server costs a job an attempt only while the server still
 //! answers (a ping right after the failure). When nobody gets through, the run pauses (no attempts spent), probes with backoff and resumes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,8 @@ struct Inner {
     backend: Arc<dyn Backend>,
     open: watch::Sender<bool>,
     check: Mutex<()>,
+    /// Outages so far: a request sent before the latest began failed because of it, not on its own.
+    outages: AtomicU64,
     stop: CancellationToken,
 }
 
@@ -26,7 +29,7 @@ impl Health {
     /// Health of `backend`; waiting stops when `stop` is cancelled.
     pub fn new(backend: Arc<dyn Backend>, stop: CancellationToken) -> Health {
         let (open, _) = watch::channel(true);
-        Health { inner: Arc::new(Inner { backend, open, check: Mutex::new(()), stop }) }
+        Health { inner: Arc::new(Inner { backend, open, check: Mutex::new(()), outages: AtomicU64::new(0), stop }) }
     }
 
     /// Whether the run is paused for an outage.
@@ -43,18 +46,26 @@ impl Health {
         }
     }
 
-    /// A request could not reach the server. Returns whether that should cost the job an attempt: yes if the
-    /// server answers a ping right after (the failure was this request's own); otherwise the run pauses until
-    /// the server is back (or the run stops) and the attempt is free. Checks are serialized, so a burst of
-    /// failures costs one ping, and those behind it find the run paused.
-    pub async fn unreachable(&self) -> bool {
+    /// The outage count now; take it before sending, and pass it to [`Health::unreachable`] on a failure.
+    pub fn epoch(&self) -> u64 {
+        self.inner.outages.load(Ordering::Acquire)
+    }
+
+    /// A request sent at outage count `sent_at` could not reach the server. Returns whether that should cost
+    /// the job an attempt: yes if the server answers a ping right after (the failure was this request's own)
+    /// and no outage began while it was in flight; otherwise the run pauses until the server is back (or the
+    /// run stops) and the attempt is free. Checks are serialized, so a burst of failures costs one ping, and
+    /// those behind it find the run paused — or, if it already resumed, find that an outage began after they
+    /// were sent (without that, a failure handled late, after the server came back, would cost an attempt).
+    pub async fn unreachable(&self, sent_at: u64) -> bool {
         {
             let _guard = self.inner.check.lock().await;
-            if !self.is_paused() {
+            if !self.is_paused() && self.epoch() == sent_at {
                 if self.inner.backend.ping().await.is_ok() {
                     return true;
                 }
                 tracing::warn!(server = self.inner.backend.url(), "server unreachable: pausing until it is back");
+                self.inner.outages.fetch_add(1, Ordering::AcqRel);
                 self.inner.open.send_replace(false);
                 tokio::spawn(self.clone().probe());
             }

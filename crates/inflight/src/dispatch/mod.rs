@@ -6,7 +6,7 @@
 
 mod health;
 mod recorder;
-mod retry;
+pub(crate) mod retry;
 
 pub use health::Health;
 pub use recorder::{Outcome, Verdict, PROBATION};
@@ -178,6 +178,7 @@ async fn run_job(ctx: Arc<Ctx>, job: PendingJob, permit: Permit) {
     let mut attempts = job.attempts;
     loop {
         let sent_ms = now_ms();
+        let epoch = ctx.health.epoch();
         let started = Instant::now();
         let result = tokio::select! {
             r = ctx.backend.send(job.endpoint, &job.body) => r,
@@ -206,7 +207,7 @@ async fn run_job(ctx: Arc<Ctx>, job: PendingJob, permit: Permit) {
             Err(e) => e,
         };
         drop(permit.take());
-        let counts = !error.is_unreachable() || ctx.health.unreachable().await;
+        let counts = !error.is_unreachable() || ctx.health.unreachable(epoch).await;
         if counts {
             attempts += 1;
         }
@@ -232,23 +233,29 @@ async fn run_job(ctx: Arc<Ctx>, job: PendingJob, permit: Permit) {
 }
 
 impl Ctx {
-    /// Tells the controller how an attempt ended. Outages and the request's own faults (permanent errors) say
-    /// nothing about how much the server can take, so they are left out.
+    /// Tells the controller how an attempt ended.
     fn sample(&self, result: &Result<crate::backend::Answer, BackendError>, latency: Duration) {
-        let Some(samples) = &self.samples else { return };
-        let outcome = match result {
-            Ok(_) => SampleOutcome::Ok,
-            Err(e) if e.is_unreachable() || !e.is_retryable() => return,
-            Err(BackendError::Timeout(_)) => SampleOutcome::Backpressure,
-            Err(e) if matches!(e.status(), Some(429 | 503)) => SampleOutcome::Backpressure,
-            Err(_) => SampleOutcome::Error,
-        };
-        let tokens = match result {
-            Ok(a) => a.completion_tokens.unwrap_or(0).max(0) as u64,
-            Err(_) => 0,
-        };
-        let _ = samples.send(Sample { tokens, latency, outcome });
+        if let (Some(samples), Some(s)) = (&self.samples, sample_of(result, latency)) {
+            let _ = samples.send(s);
+        }
     }
+}
+
+/// What an attempt tells the controller, if anything. Outages and the request's own faults (permanent errors)
+/// say nothing about how much the server can take, so they are left out.
+pub(crate) fn sample_of(result: &Result<crate::backend::Answer, BackendError>, latency: Duration) -> Option<Sample> {
+    let outcome = match result {
+        Ok(_) => SampleOutcome::Ok,
+        Err(e) if e.is_unreachable() || !e.is_retryable() => return None,
+        Err(BackendError::Timeout(_)) => SampleOutcome::Backpressure,
+        Err(e) if matches!(e.status(), Some(429 | 503)) => SampleOutcome::Backpressure,
+        Err(_) => SampleOutcome::Error,
+    };
+    let tokens = match result {
+        Ok(a) => a.completion_tokens.unwrap_or(0).max(0) as u64,
+        Err(_) => 0,
+    };
+    Some(Sample { tokens, latency, outcome })
 }
 
 fn failure(job: &PendingJob, attempts: u32, sent_ms: i64, error: &BackendError) -> Box<Failure> {
@@ -265,5 +272,6 @@ fn failure(job: &PendingJob, attempts: u32, sent_ms: i64, error: &BackendError) 
         response: error.body().map(str::to_owned),
         code: error.kind().to_owned(),
         message,
+        step: None,
     })
 }

@@ -8,7 +8,7 @@ mod parse;
 mod template;
 
 pub use input::{LineReader, RawLine};
-pub use parse::{BadLine, Parser, RequestDefaults};
+pub use parse::{hex, BadLine, Parser, RequestDefaults};
 pub use template::{Template, TemplateError};
 
 use serde::{Deserialize, Serialize};

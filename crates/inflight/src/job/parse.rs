@@ -51,12 +51,19 @@ impl BadLine {
 pub struct Parser {
     defaults: RequestDefaults,
     template: Option<(Template, String)>,
+    fields_only: bool,
 }
 
 impl Parser {
     /// A parser; `template` is the compiled template and its source text (the source goes into the fingerprint).
     pub fn new(defaults: RequestDefaults, template: Option<(Template, String)>) -> Parser {
-        Parser { defaults, template }
+        Parser { defaults, template, fields_only: false }
+    }
+
+    /// A parser that keeps each line's fields as the job's body, for workflows: their steps render requests
+    /// from the fields when they run.
+    pub fn fields_only() -> Parser {
+        Parser { defaults: RequestDefaults::default(), template: None, fields_only: true }
     }
 
     /// A digest of everything that shapes a request besides the input line itself: the run's identity.
@@ -83,6 +90,9 @@ impl Parser {
             return Err(BadLine::new(line, "not_an_object", "line must be a JSON object"));
         };
         let id = job_id(line, &obj)?;
+        if self.fields_only {
+            return Ok(Some(Job { line, id, endpoint: Endpoint::Chat, body: Value::Object(obj).to_string() }));
+        }
         let (endpoint, body) = if let Some((tmpl, _)) = &self.template {
             let prompt =
                 tmpl.render(&Value::Object(obj)).map_err(|e| BadLine::new(line, "template_error", e.to_string()))?;

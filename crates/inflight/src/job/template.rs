@@ -41,6 +41,15 @@ impl Template {
         let tmpl = self.env.get_template("prompt").map_err(|e| TemplateError(describe(&e)))?;
         tmpl.render(fields).map_err(|e| TemplateError(describe(&e)))
     }
+
+    /// The variables the template reads, with their attribute paths (`steps.extract.output`): how a workflow
+    /// finds which steps a step depends on.
+    pub fn variables(&self) -> std::collections::BTreeSet<String> {
+        match self.env.get_template("prompt") {
+            Ok(t) => t.undeclared_variables(true).into_iter().collect(),
+            Err(_) => Default::default(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -59,6 +68,12 @@ mod tests {
         let t = Template::new("{{ segment }}".into()).unwrap();
         let err = t.render(&json!({"other": 1})).unwrap_err();
         assert!(err.to_string().contains("undefined"), "{err}");
+    }
+
+    #[test]
+    fn variables_have_their_paths() {
+        let t = Template::new("{{ a }} {{ steps.x.output }}{% set b = 1 %}{{ b }}".into()).unwrap();
+        assert_eq!(t.variables().into_iter().collect::<Vec<_>>(), ["a", "steps.x.output"]);
     }
 
     #[test]

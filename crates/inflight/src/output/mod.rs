@@ -6,7 +6,7 @@
 
 mod records;
 
-pub use records::{render_done, render_error, Format};
+pub use records::{answer_output, render_done, render_error, Format};
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};

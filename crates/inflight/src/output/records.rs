@@ -16,6 +16,9 @@ pub enum Format {
     Batch,
     /// `{id, output, usage, latency_ms}`: the answer text (or embedding) only.
     Simple,
+    /// `{id, steps: {NAME: {output, usage, latency_ms, attempts}}}`: a workflow job (set by `--workflow`).
+    #[value(skip)]
+    Workflow,
 }
 
 impl Format {
@@ -24,6 +27,7 @@ impl Format {
         match self {
             Format::Batch => "batch",
             Format::Simple => "simple",
+            Format::Workflow => "workflow",
         }
     }
 }
@@ -65,6 +69,8 @@ pub fn answer_output(body: &Value) -> Value {
 pub fn render_done(row: &OutcomeRow, format: Format) -> String {
     let id = row.id.clone().unwrap_or_default();
     match format {
+        // The store assembled the line when the job's last step finished.
+        Format::Workflow => row.response.clone().unwrap_or_else(|| "null".into()),
         Format::Batch => json!({
             "id": format!("batch_req_{}", row.seq.unwrap_or_default()),
             "custom_id": id,
@@ -99,6 +105,15 @@ pub fn render_error(row: &OutcomeRow, format: Format) -> String {
         })
         .to_string(),
         Format::Simple => json!({"id": row.id, "error": error, "line": row.line}).to_string(),
+        Format::Workflow => json!({
+            "id": row.seq.map(|s| format!("batch_req_{s}")),
+            "custom_id": row.id,
+            "response": response(row),
+            "error": error,
+            "line": row.line,
+            "step": row.step,
+        })
+        .to_string(),
     }
 }
 

@@ -38,8 +38,10 @@ impl ProgressHandle {
 pub struct ProgressSource {
     /// Counters of this session.
     pub stats: Arc<LiveStats>,
-    /// The limiter (for the limit and the number in flight).
-    pub limiter: Limiter,
+    /// The limiter (for the limit and the number in flight); `None` when `detail` says what is in flight.
+    pub limiter: Option<Limiter>,
+    /// What is in flight, for runs with several limiters (workflows: the loaded model, the step mix, switches).
+    pub detail: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// Health (for the paused state).
     pub health: Health,
     /// Where the `live` blob goes.
@@ -122,18 +124,21 @@ async fn run(src: ProgressSource, stop: CancellationToken) {
             Some(t) => format!(" (auto: {})", t.lock().map(|t| t.phase).unwrap_or("?")),
             None => String::new(),
         };
+        let flight = match (&src.detail, &src.limiter) {
+            (Some(detail), _) => detail(),
+            (None, Some(l)) => format!("in flight {}/{}{tuning}", l.in_flight(), l.limit()),
+            (None, None) => String::new(),
+        };
         let line = format!(
-            "{finished}/{total} done, {failed} failed | {rate:.1} jobs/s, {tok:.0} tok/s | in flight {inflight}/{limit}{tuning} | ETA {eta}{state}",
+            "{finished}/{total} done, {failed} failed | {rate:.1} jobs/s, {tok:.0} tok/s | {flight} | ETA {eta}{state}",
             total = src.total,
             tok = tokens.rate().unwrap_or(0.0),
-            inflight = src.limiter.in_flight(),
-            limit = src.limiter.limit(),
             eta = eta.map(format_duration).unwrap_or_else(|| "-".into()),
         );
         if now.duration_since(last_live) >= Duration::from_secs(1) || stopping {
             let blob = json!({"pid": std::process::id(), "updated_ms": now_ms(), "line": line,
-                              "jobs_per_s": rate, "in_flight": src.limiter.in_flight(), "limit": src.limiter.limit(),
-                              "paused": src.health.is_paused()});
+                              "jobs_per_s": rate, "in_flight": src.limiter.as_ref().map(Limiter::in_flight),
+                              "limit": src.limiter.as_ref().map(Limiter::limit), "paused": src.health.is_paused()});
             let _ = src.writer.send(WriteMsg::Live(blob.to_string()));
             last_live = now;
         }

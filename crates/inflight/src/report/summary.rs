@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::progress::format_duration;
-use crate::store::Counts;
+use crate::store::{Counts, StepCount};
 
 /// What a summary is computed from.
 pub struct SummaryInput {
@@ -18,6 +18,8 @@ pub struct SummaryInput {
     pub session: Option<(u64, u64, Duration)>,
     /// Retries in this session.
     pub retries: u64,
+    /// Per-step totals of a workflow run (empty otherwise).
+    pub steps: Vec<StepCount>,
 }
 
 /// A run's summary.
@@ -51,6 +53,9 @@ pub struct Summary {
     pub retries: u64,
     /// `session` when measured over this session, `run` when over the whole run's span.
     pub rate_over: &'static str,
+    /// Per-step totals of a workflow run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepCount>,
 }
 
 /// Latency percentiles.
@@ -99,6 +104,7 @@ impl Summary {
             },
             retries: input.retries,
             rate_over,
+            steps: input.steps,
         }
     }
 
@@ -131,6 +137,12 @@ impl Summary {
         if self.retries > 0 {
             s += &format!("\n  {} attempts retried", self.retries);
         }
+        for step in &self.steps {
+            s += &format!("\n  step {}: {} done, {} failed", step.step, step.done, step.failed);
+            if step.invalid > 0 {
+                s += &format!(", {} answers refused by its schema and asked again", step.invalid);
+            }
+        }
         s
     }
 }
@@ -152,11 +164,13 @@ mod tests {
             latency,
             session: Some((10, 400, Duration::from_secs(5))),
             retries: 0,
+            steps: vec![StepCount { step: "a".into(), done: 7, invalid: 2, failed: 1 }],
         });
         assert_eq!((s.jobs, s.jobs_per_s, s.output_tokens_per_s), (10, 2.0, 80.0));
         assert_eq!(s.latency_ms.p50, 50);
         let text = s.render();
         assert!(text.contains("10 jobs: 8 done, 2 failed, 0 pending; 1 bad input line\n"), "{text}");
         assert!(text.contains("3 answers cut by the length limit"), "{text}");
+        assert!(text.contains("step a: 7 done, 1 failed, 2 answers refused"), "{text}");
     }
 }

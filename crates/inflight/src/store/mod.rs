@@ -5,9 +5,11 @@
 //! all writes during a run go through one [`Writer`] thread that owns its connection and commits in groups.
 
 mod sqlite;
+mod steps;
 mod writer;
 
 pub use sqlite::{Counts, IngestReport, OutcomeRow, PendingJob, Store};
+pub use steps::{ReadyUnit, StepCount, StepDone};
 pub use writer::{Completion, Failure, WriteMsg, Writer, WriterHandle};
 
 /// Errors at the store boundary.

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use super::{now_ms, StoreError};
 use crate::job::{BadLine, Endpoint, LineReader, Parser, RawLine};
 
-const MIGRATIONS: &[&str] = &[include_str!("sql/001_init.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("sql/001_init.sql"), include_str!("sql/002_workflow.sql")];
 /// Lines per ingest transaction: large enough to amortize the commit, small enough to bound a lost tail.
 const INGEST_BATCH: usize = 20_000;
 
@@ -56,6 +56,8 @@ pub struct OutcomeRow {
     pub code: Option<String>,
     /// Error message, for error records.
     pub message: Option<String>,
+    /// The step a workflow job failed in.
+    pub step: Option<String>,
 }
 
 /// What an ingest pass did.
@@ -312,6 +314,7 @@ impl Store {
                 latency_ms: r.get(6)?,
                 code: r.get(7)?,
                 message: r.get(8)?,
+                step: r.get(9)?,
             })?;
         }
         Ok(())

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, TransactionBehavior};
 
-use super::{OutcomeRow, Store, StoreError};
+use super::{OutcomeRow, StepDone, Store, StoreError};
 use crate::output::OutputFiles;
 
 const GROUP_MAX: usize = 1024;
@@ -69,6 +69,8 @@ pub struct Failure {
     pub code: String,
     /// The error message, the server's own where it gave one.
     pub message: String,
+    /// The step a workflow job failed in.
+    pub step: Option<String>,
 }
 
 /// What the writer is asked to do.
@@ -78,6 +80,8 @@ pub enum WriteMsg {
     Done(Box<Completion>),
     /// Record a failure.
     Failed(Box<Failure>),
+    /// Record a finished step of a workflow job (and the job, when it was its last step).
+    Step(Box<StepDone>),
     /// Record a failed attempt that will be retried.
     Attempt {
         /// The job.
@@ -199,6 +203,7 @@ impl Writer {
                             f.code,
                             f.message,
                             self.next_error,
+                            f.step,
                         ])?;
                         if changed > 0 {
                             self.next_error += 1;
@@ -212,7 +217,14 @@ impl Writer {
                                 latency_ms: latency,
                                 code: Some(f.code),
                                 message: Some(f.message),
+                                step: f.step,
                             });
+                        }
+                    }
+                    WriteMsg::Step(step) => {
+                        if let Some(row) = super::steps::record_step(&tx, &step, self.next_done)? {
+                            self.next_done += 1;
+                            done_rows.push(row);
                         }
                     }
                     WriteMsg::Attempt { seq, attempts, error } => {

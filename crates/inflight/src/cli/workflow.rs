@@ -1,0 +1,244 @@
+//! `inflight run --workflow FLOW.yaml`: the workflow path of `run`. The same state file, ingest, output
+//! reconciliation and signals as the one-step path; the dispatcher is replaced by the scheduling loops of
+//! [`crate::workflow`], and the run's identity is checked per step instead of as a whole.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::parse::Concurrency;
+use super::run::{ingest, spawn_signal_handler, RunArgs};
+use super::state::{default_state_path, lock, remove_state};
+use super::{setup_error, Exit};
+use crate::backend::{connect, normalize, Api, ConnectOptions, Connection, OllamaBackend};
+use crate::dispatch::Health;
+use crate::job::Parser;
+use crate::output::{errors_path, Format, OutputFiles};
+use crate::report::{format_duration, spawn_progress, Display, LiveStats, ProgressSource, Summary, SummaryInput};
+use crate::store::{Store, Writer};
+use crate::workflow::{run_servers, FlowStats, GroupConcurrency, ServerPlan, ServerView, Shared, Workflow};
+
+/// Runs `args` through the workflow in `flow`.
+pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
+    let text = std::fs::read_to_string(flow)
+        .map_err(|e| setup_error(format!("cannot read workflow {}: {e}", flow.display())))?;
+    let workflow = Workflow::parse(&text).map_err(|e| setup_error(format!("{}: {e}", flow.display())))?;
+    check_flags(&args)?;
+    if args.dry_run {
+        for s in &workflow.steps {
+            let deps: Vec<&str> = s.deps.iter().map(|&d| workflow.steps[d].name.as_str()).collect();
+            println!("step {} (line {}): model {}, reads [{}]", s.name, s.line, s.model, deps.join(", "));
+        }
+        println!("dry run: the workflow is valid; nothing sent");
+        return Ok(Exit::Success);
+    }
+    let out = args.output.clone().expect("clap requires --output without --dry-run");
+    let state_path = args.state.clone().unwrap_or_else(|| default_state_path(&out));
+    let _lock = lock(&state_path)?;
+    let opts = ConnectOptions {
+        api_key: args.conn.api_key.clone(),
+        request_timeout: args.request_timeout,
+        runner_options: OllamaBackend::runner_options_of(&args.params),
+    };
+    let (conns, placement) = connect_servers(&workflow, &args, &opts).await?;
+    if args.restart {
+        remove_state(&state_path).with_context(|| format!("removing {}", state_path.display()))?;
+    }
+
+    let mut store = Store::open(&state_path).map_err(|e| setup_error(e.to_string()))?;
+    let fresh = match store.meta("settings")?.as_deref() {
+        None => {
+            store.set_meta("settings", "workflow")?;
+            store.set_meta("input", &args.input.to_string_lossy())?;
+            true
+        }
+        Some("workflow") => false,
+        Some(_) => {
+            return Err(setup_error(format!(
+                "{} belongs to a run without --workflow; pass --restart to start over, or --state for a separate run",
+                state_path.display()
+            )))
+        }
+    };
+    ingest(&mut store, &args, &Parser::fields_only(), fresh).await?;
+    let steps: Vec<(String, String)> = workflow.steps.iter().map(|s| (s.name.clone(), s.fingerprint.clone())).collect();
+    let mut rebuild = store.apply_workflow(&steps)?;
+    store.set_meta("format", Format::Workflow.name())?;
+    store.set_meta("output", &std::path::absolute(&out)?.to_string_lossy())?;
+    if args.retry_failed {
+        let n = store.reopen_failed()?;
+        eprintln!("--retry-failed: {n} failed jobs will be sent again");
+        rebuild |= n > 0;
+    }
+    let before = store.counts()?;
+    let files = OutputFiles::open(&out, &store, Format::Workflow, rebuild)?;
+    let reader = store.reopen()?;
+    let writer = Writer::spawn(store, files)?;
+
+    let stop = CancellationToken::new();
+    spawn_signal_handler(stop.clone(), args.drain_timeout);
+    let stats = Arc::new(LiveStats::default());
+    let views = conns.iter().map(|c| Mutex::new(ServerView { url: c.backend.url().to_owned(), ..Default::default() }));
+    let flow_stats = Arc::new(FlowStats { servers: views.collect(), ..Default::default() });
+    let shared = Arc::new(Shared {
+        workflow: Arc::new(workflow),
+        writer: writer.sender(),
+        stats: stats.clone(),
+        flow: flow_stats.clone(),
+        stop: stop.clone(),
+        hard: CancellationToken::new(),
+        max_attempts: args.max_attempts,
+        progress: tokio::sync::watch::channel(0).0,
+    });
+    let plans: Vec<ServerPlan> = conns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ServerPlan {
+            backend: c.backend.clone(),
+            kind: c.info.kind,
+            health: Health::new(c.backend.clone(), stop.clone()),
+            steps: (0..placement.len()).filter(|&s| placement[s] == i).collect(),
+        })
+        .collect();
+    let health = plans[0].health.clone();
+    let views = flow_stats.clone();
+    let detail = move || -> String {
+        let lines: Vec<String> = views.servers.iter().filter_map(|v| v.lock().ok().map(|v| v.line())).collect();
+        lines.join(" || ")
+    };
+    let steps_before: u64 = reader.step_counts()?.iter().map(|c| c.done).sum();
+    let progress = spawn_progress(ProgressSource {
+        stats: stats.clone(),
+        limiter: None,
+        detail: Some(Arc::new(detail)),
+        health,
+        writer: writer.sender(),
+        finished_before: steps_before,
+        total: before.total() * steps.len() as u64,
+        status_every: args.status_every,
+        display: Display::detect(args.quiet),
+        tune: None,
+    });
+    let concurrency = match args.concurrency {
+        Concurrency::Fixed(n) => GroupConcurrency::Fixed(n),
+        Concurrency::Auto => GroupConcurrency::Auto(args.max_concurrency as usize),
+    };
+    let started = Instant::now();
+    let ran = run_servers(&reader, shared.clone(), plans, concurrency, args.drain_timeout).await;
+    let wall = started.elapsed();
+    progress.finish().await;
+    drop(shared);
+    writer.finish().context("recording results")?;
+    ran?;
+
+    let counts = reader.counts()?;
+    let session_jobs = (counts.done + counts.failed).saturating_sub(before.done + before.failed);
+    let mut step_counts = reader.step_counts()?;
+    let order = |name: &str| steps.iter().position(|(n, _)| n == name).unwrap_or(usize::MAX);
+    step_counts.sort_by_key(|c| order(&c.step));
+    let summary = Summary::new(SummaryInput {
+        counts,
+        latency: reader.latency_histogram()?,
+        session: Some((session_jobs, stats.completion_tokens.load(Ordering::Relaxed), wall)),
+        retries: stats.retries.load(Ordering::Relaxed),
+        steps: step_counts,
+    });
+    println!("{}", summary.render());
+    let invalid = flow_stats.invalid.load(Ordering::Relaxed);
+    if invalid > 0 {
+        println!(
+            "  {invalid} answers refused by a step's JSON Schema this session, each asked again with another seed"
+        );
+    }
+    for server in &flow_stats.servers {
+        let v = server.lock().expect("server view lock");
+        let tuning: Vec<String> = v.tuning.iter().map(|(m, level, phase)| format!("{m} {level} ({phase})")).collect();
+        println!(
+            "  server {}: {} model switches, {} switching; concurrency per model: {}",
+            v.url,
+            v.switches,
+            format_duration(v.switching),
+            tuning.join(", ")
+        );
+    }
+    println!("  results: {}  errors: {}  state: {}", out.display(), errors_path(&out).display(), state_path.display());
+    if stop.is_cancelled() && counts.pending > 0 {
+        eprintln!("interrupted: run the same command again to resume ({} jobs pending)", counts.pending);
+        return Ok(Exit::Interrupted);
+    }
+    Ok(if counts.failed > 0 || counts.bad_lines > 0 { Exit::SomeFailed } else { Exit::Success })
+}
+
+/// Flags of the one-step path that a workflow sets per step instead.
+fn check_flags(args: &RunArgs) -> anyhow::Result<()> {
+    let per_step = [
+        ("--model", args.model.is_some()),
+        ("--system", args.system.is_some()),
+        ("--max-tokens", args.max_tokens.is_some()),
+        ("--temperature", args.temperature.is_some()),
+        ("--seed", args.seed.is_some()),
+        ("--completions", args.completions),
+        ("--limit", args.limit.is_some()),
+        ("--format", args.format != Format::Batch),
+        // Ollama's runner options stay run-wide flags (every request must carry the same); the rest are per step.
+        ("--param (other than num_ctx, num_batch, num_gpu, num_thread)", {
+            OllamaBackend::runner_options_of(&args.params).len() < args.params.len()
+        }),
+    ];
+    let given: Vec<&str> = per_step.iter().filter(|(_, set)| *set).map(|(f, _)| *f).collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    Err(setup_error(format!(
+        "{} cannot be used with --workflow: set models, messages and parameters in the workflow's steps",
+        given.join(", ")
+    )))
+}
+
+/// Connects to every server: the `--server` flags in order, then servers that only steps name. Returns the
+/// connections and, per step, the index of its server (steps naming none run on the first).
+async fn connect_servers(
+    workflow: &Workflow,
+    args: &RunArgs,
+    opts: &ConnectOptions,
+) -> anyhow::Result<(Vec<Connection>, Vec<usize>)> {
+    let mut urls: Vec<String> = args.conn.server.iter().map(|u| normalize(u)).collect();
+    for s in &workflow.steps {
+        if let Some(url) = s.server.as_deref().map(normalize) {
+            if !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+    }
+    let mut conns = Vec::new();
+    if urls.is_empty() {
+        conns.push(connect(None, args.conn.api, opts).await.map_err(|e| setup_error(e.to_string()))?);
+    }
+    for url in &urls {
+        conns.push(connect(Some(url), args.conn.api, opts).await.map_err(|e| setup_error(e.to_string()))?);
+    }
+    let mut placement = Vec::new();
+    for s in &workflow.steps {
+        let i = s.server.as_deref().and_then(|u| urls.iter().position(|x| *x == normalize(u))).unwrap_or(0);
+        let conn = &conns[i];
+        if conn.backend.api() == Api::Ollama {
+            let known = |m: &String| m == &s.model || m.strip_suffix(":latest") == Some(s.model.as_str());
+            if !conn.info.models.iter().any(known) {
+                return Err(setup_error(format!(
+                    "step {} (line {}): model {:?} is not on the Ollama server at {}; pull it with `ollama pull {}`",
+                    s.name,
+                    s.line,
+                    s.model,
+                    conn.backend.url(),
+                    s.model
+                )));
+            }
+        }
+        placement.push(i);
+    }
+    Ok((conns, placement))
+}

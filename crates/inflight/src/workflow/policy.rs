@@ -1,0 +1,83 @@
+//! When to switch models: the rule that keeps switching a small share of the time.
+//!
+//! While a model is loaded its ready work runs. The scheduler leaves it for another model's ready work only
+//! when its own runs out, or once it has run for a bounded batch: `SHARE_FACTOR` times the measured switch
+//! cost (and at least `MIN_BATCH`). Alternating batches of at least 19 × the switch cost spend at most
+//! 1 / (1 + 19) = 5% of the time switching, while every model's work (and so every job) keeps moving, which
+//! one batch per step over a million jobs would not. A switch costs what the server says it spent loading
+//! (Ollama's `load_duration`), otherwise the first answer's latency after the switch beyond the model's usual
+//! latency; a server that holds both models (nothing to load) costs nothing and gets `MIN_BATCH` batches.
+
+use std::time::{Duration, Instant};
+
+/// A batch lasts at least this many switch costs: switching stays under 1 / (1 + this) of the time.
+pub const SHARE_FACTOR: u32 = 19;
+/// The shortest batch, so that an unmeasured or free switch does not make the scheduler thrash.
+pub const MIN_BATCH: Duration = Duration::from_secs(1);
+/// Weight of a new measurement in the running switch cost.
+const EWMA: f64 = 0.5;
+
+/// Switch accounting for one server.
+#[derive(Debug, Clone, Default)]
+pub struct SwitchPolicy {
+    since: Option<Instant>,
+    cost: Option<Duration>,
+    /// Switches so far (the first load counts: from cold, A then B then A is three loads).
+    pub switches: u64,
+    /// Time spent switching, as measured.
+    pub switching: Duration,
+}
+
+impl SwitchPolicy {
+    /// A model was (re)started at `now`.
+    pub fn switched(&mut self, now: Instant) {
+        self.switches += 1;
+        self.since = Some(now);
+    }
+
+    /// The first answer after a switch took `latency`; the server reported `load` (if it does), and the
+    /// model usually answers in `usual` (if known yet).
+    pub fn first_answer(&mut self, latency: Duration, load: Option<Duration>, usual: Option<Duration>) {
+        let cost = match (load, usual) {
+            (Some(load), _) => load,
+            (None, Some(usual)) => latency.saturating_sub(usual),
+            (None, None) => return,
+        };
+        self.switching += cost;
+        self.cost = Some(match self.cost {
+            Some(c) => c.mul_f64(1.0 - EWMA) + cost.mul_f64(EWMA),
+            None => cost,
+        });
+    }
+
+    /// How long a batch lasts before other ready work may take the server.
+    pub fn batch(&self) -> Duration {
+        self.cost.map(|c| c * SHARE_FACTOR).unwrap_or_default().max(MIN_BATCH)
+    }
+
+    /// Whether the current batch is done at `now`.
+    pub fn batch_done(&self, now: Instant) -> bool {
+        self.since.is_some_and(|s| now.duration_since(s) >= self.batch())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_grow_with_the_switch_cost_so_switching_stays_under_five_percent() {
+        let mut p = SwitchPolicy::default();
+        assert_eq!(p.batch(), MIN_BATCH, "unmeasured: the minimum");
+        let t0 = Instant::now();
+        p.switched(t0);
+        p.first_answer(Duration::from_millis(2300), None, Some(Duration::from_millis(300)));
+        assert_eq!(p.batch(), Duration::from_secs(38));
+        let share = p.switching.as_secs_f64() / (p.switching + p.batch()).as_secs_f64();
+        assert!(share <= 0.05, "{share}");
+        assert!(!p.batch_done(t0 + Duration::from_secs(37)));
+        assert!(p.batch_done(t0 + Duration::from_secs(38)));
+        p.first_answer(Duration::from_secs(9), Some(Duration::ZERO), None);
+        assert_eq!((p.batch(), p.switches), (Duration::from_secs(19), 1), "the server's own load time wins");
+    }
+}

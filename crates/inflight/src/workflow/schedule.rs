@@ -1,0 +1,311 @@
+//! Model-aware scheduling: one loop per server, the one owner of that server's scheduling state.
+//!
+//! The loop feeds the loaded model's ready work (steps whose inputs are finished, read from the store in
+//! pages) at that model's concurrency, and switches to another model only when that work runs out or the
+//! batch bound of [`SwitchPolicy`] is reached while another model has ready work. Per-job chaining would
+//! switch on almost every request; this switches a handful of times per run. The store is the only shared
+//! state: a unit is in flight from its spawn until the writer has committed its result (the loop flushes the
+//! writer before trusting the store again), so nothing is sent twice. The whole run is over when no step of
+//! any job is ready, in flight or not: then nothing can become ready either.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::group::{Group, GroupConcurrency};
+use super::shared::{ServerPlan, Shared};
+use super::task::{self, Event, Lane, TaskCtx};
+use super::{SwitchPolicy, Unit};
+use crate::store::{Store, StoreError, WriteMsg};
+use crate::tune::TuneStatus;
+
+/// Runs every server's loop until no work is left or the run stops.
+pub async fn run_servers(
+    reader: &Store,
+    shared: Arc<Shared>,
+    plans: Vec<ServerPlan>,
+    concurrency: GroupConcurrency,
+    drain: Duration,
+) -> Result<(), StoreError> {
+    let mut loops = JoinSet::new();
+    for (index, plan) in plans.into_iter().enumerate() {
+        let lp = ServerLoop::new(reader.reopen()?, shared.clone(), plan, concurrency, index);
+        loops.spawn(lp.run(drain));
+    }
+    let mut result = Ok(());
+    while let Some(r) = loops.join_next().await {
+        if let Ok(Err(e)) = r {
+            shared.stop.cancel();
+            result = Err(e);
+        }
+    }
+    result
+}
+
+struct ServerLoop {
+    reader: Store,
+    shared: Arc<Shared>,
+    ctx: Arc<TaskCtx>,
+    groups: Vec<Group>,
+    active: Option<usize>,
+    policy: SwitchPolicy,
+    in_flight: HashSet<(i64, usize)>,
+    finished: Vec<Event>,
+    events: UnboundedReceiver<Event>,
+    progress: watch::Receiver<u64>,
+    tasks: JoinSet<()>,
+    index: usize,
+}
+
+impl ServerLoop {
+    fn new(reader: Store, shared: Arc<Shared>, plan: ServerPlan, c: GroupConcurrency, index: usize) -> ServerLoop {
+        let mut groups: Vec<Group> = Vec::new();
+        for &s in &plan.steps {
+            let model = &shared.workflow.steps[s].model;
+            match groups.iter_mut().find(|g| &g.model == model) {
+                Some(g) => g.steps.push(s),
+                None => groups.push(Group::new(model.clone(), vec![s], c, plan.kind)),
+            }
+        }
+        for g in &mut groups {
+            g.steps.sort_unstable_by(|a, b| b.cmp(a));
+            g.cursors = vec![0; g.steps.len()];
+        }
+        // Latest steps first: finishing jobs keeps results flowing and the pipeline short.
+        groups.sort_by_key(|g| std::cmp::Reverse(g.steps[0]));
+        let (tx, events) = unbounded_channel();
+        let ctx = Arc::new(TaskCtx { shared: shared.clone(), backend: plan.backend, health: plan.health, events: tx });
+        let progress = shared.progress.subscribe();
+        ServerLoop {
+            reader,
+            shared,
+            ctx,
+            groups,
+            active: None,
+            policy: SwitchPolicy::default(),
+            in_flight: HashSet::new(),
+            finished: Vec::new(),
+            events,
+            progress,
+            tasks: JoinSet::new(),
+            index,
+        }
+    }
+
+    async fn run(mut self, drain: Duration) -> Result<(), StoreError> {
+        let result = self.feed().await;
+        let stopped = tokio::select! {
+            _ = join_all(&mut self.tasks) => false,
+            _ = self.shared.stop.cancelled() => true,
+        };
+        if stopped && tokio::time::timeout(drain, join_all(&mut self.tasks)).await.is_err() {
+            tracing::warn!("{} steps still in flight after the drain timeout: they stay pending", self.tasks.len());
+            self.shared.hard.cancel();
+            self.tasks.abort_all();
+            join_all(&mut self.tasks).await;
+        }
+        for g in &mut self.groups {
+            g.samples = None;
+            if let Some(t) = g.tune.take() {
+                let _ = t.finish().await;
+            }
+        }
+        result
+    }
+
+    async fn feed(&mut self) -> Result<(), StoreError> {
+        while !self.shared.stop.is_cancelled() {
+            self.settle().await?;
+            let Some((g, units)) = self.next_batch()? else {
+                // This server's own work in flight is work left; otherwise ask the store (other servers' too).
+                if self.in_flight.is_empty() && !self.anything_left()? {
+                    return Ok(());
+                }
+                self.wait().await;
+                continue;
+            };
+            self.activate(g);
+            for unit in units {
+                let Some(permit) = self.acquire(g).await else { return Ok(()) };
+                self.in_flight.insert((unit.seq, unit.step));
+                let group = &self.groups[g];
+                // Requests sent before the model answered once after a switch carry its load: not a sample.
+                let samples = if group.warm { group.samples.clone() } else { None };
+                let lane = Lane { group: g, limiter: group.limiter.clone(), samples };
+                self.tasks.spawn(task::run(self.ctx.clone(), lane, unit, permit));
+                while self.tasks.try_join_next().is_some() {}
+            }
+            self.publish();
+        }
+        Ok(())
+    }
+
+    /// Takes in finished tasks; once the writer has committed their results, they are no longer in flight.
+    async fn settle(&mut self) -> Result<(), StoreError> {
+        while let Ok(e) = self.events.try_recv() {
+            self.finished.push(e);
+        }
+        if self.finished.is_empty() {
+            return Ok(());
+        }
+        let (ack, committed) = tokio::sync::oneshot::channel();
+        self.shared.writer.send(WriteMsg::Flush(ack)).map_err(|_| StoreError::WriterGone)?;
+        committed.await.map_err(|_| StoreError::WriterGone)?;
+        for e in std::mem::take(&mut self.finished) {
+            self.in_flight.remove(&(e.seq, e.step));
+            let Some((latency, load)) = e.answer else { continue };
+            let group = &mut self.groups[e.group];
+            if group.warm {
+                group.answered(latency);
+            } else if self.active == Some(e.group) {
+                group.warm = true;
+                self.policy.first_answer(latency, load, group.usual);
+            }
+        }
+        self.shared.progress.send_modify(|n| *n += 1);
+        self.publish();
+        Ok(())
+    }
+
+    /// The group to feed and a page of its ready work, or `None` when none of this server's work is ready.
+    fn next_batch(&mut self) -> Result<Option<(usize, Vec<Unit>)>, StoreError> {
+        let order: Vec<usize> = match self.active {
+            // Stay while the batch lasts; after it, the others first, and this one again if they have nothing.
+            Some(a) if !self.policy.batch_done(Instant::now()) => std::iter::once(a).collect(),
+            Some(a) => (0..self.groups.len()).filter(|&g| g != a).chain([a]).collect(),
+            None => (0..self.groups.len()).collect(),
+        };
+        for g in order.iter().copied().chain((0..self.groups.len()).filter(|g| !order.contains(g))) {
+            let units = self.ready(g)?;
+            if !units.is_empty() {
+                return Ok(Some((g, units)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A page of group `g`'s ready work that is not in flight, latest steps first.
+    fn ready(&mut self, g: usize) -> Result<Vec<Unit>, StoreError> {
+        let want = (2 * self.groups[g].limiter.limit()).max(16);
+        let mut out = Vec::new();
+        for i in 0..self.groups[g].steps.len() {
+            let s = self.groups[g].steps[i];
+            let step = &self.shared.workflow.steps[s];
+            let deps: Vec<&str> = step.deps.iter().map(|&d| self.shared.workflow.steps[d].name.as_str()).collect();
+            let mut from_start = self.groups[g].cursors[i] == 0;
+            while out.len() < want {
+                let cursor = self.groups[g].cursors[i];
+                let page = self.reader.ready_units(&step.name, &deps, cursor, want)?;
+                let end = page.len() < want;
+                self.groups[g].cursors[i] = page.last().map(|u| u.seq).unwrap_or(cursor);
+                // After a wrap the first pass's units come round again: take each once.
+                let fresh = |u: &crate::store::ReadyUnit| {
+                    !self.in_flight.contains(&(u.seq, s)) && !out.iter().any(|o: &Unit| o.seq == u.seq && o.step == s)
+                };
+                let page: Vec<_> = page.into_iter().filter(|u| fresh(u)).collect();
+                out.extend(page.into_iter().map(|u| Unit {
+                    seq: u.seq,
+                    id: u.id,
+                    line: u.line,
+                    step: s,
+                    fields: u.fields,
+                    done: u.done,
+                }));
+                if end {
+                    // Wrap: work before the cursor may have become ready since.
+                    self.groups[g].cursors[i] = 0;
+                    if from_start {
+                        break;
+                    }
+                    from_start = true;
+                }
+            }
+        }
+        out.truncate(want);
+        Ok(out)
+    }
+
+    /// Whether any step of any job (any server's, in flight or not) is still ready.
+    fn anything_left(&self) -> Result<bool, StoreError> {
+        for step in &self.shared.workflow.steps {
+            let deps: Vec<&str> = step.deps.iter().map(|&d| self.shared.workflow.steps[d].name.as_str()).collect();
+            if !self.reader.ready_units(&step.name, &deps, 0, 1)?.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn activate(&mut self, g: usize) {
+        if self.active == Some(g) {
+            return;
+        }
+        if let Some(a) = self.active {
+            self.groups[a].clock.set_active(false);
+        }
+        tracing::info!(model = %self.groups[g].model, "switching model");
+        self.groups[g].clock.set_active(true);
+        self.groups[g].warm = false;
+        self.active = Some(g);
+        self.policy.switched(Instant::now());
+    }
+
+    async fn acquire(&mut self, g: usize) -> Option<crate::tune::Permit> {
+        loop {
+            if !self.ctx.health.wait_open().await {
+                return None;
+            }
+            let permit = tokio::select! {
+                p = self.groups[g].limiter.acquire() => p,
+                _ = self.shared.stop.cancelled() => return None,
+            };
+            if !self.ctx.health.is_paused() {
+                return Some(permit);
+            }
+        }
+    }
+
+    /// Waits for one of this server's tasks to finish, another server's progress, or the stop.
+    async fn wait(&mut self) {
+        tokio::select! {
+            Some(e) = self.events.recv() => self.finished.push(e),
+            _ = self.progress.changed() => {}
+            _ = self.shared.stop.cancelled() => {}
+        }
+    }
+
+    fn publish(&self) {
+        let Some(view) = self.shared.flow.servers.get(self.index) else { return };
+        let mut mix: Vec<(String, usize)> = Vec::new();
+        for (_, s) in &self.in_flight {
+            let name = &self.shared.workflow.steps[*s].name;
+            match mix.iter_mut().find(|(n, _)| n == name) {
+                Some(m) => m.1 += 1,
+                None => mix.push((name.clone(), 1)),
+            }
+        }
+        let tuning = self
+            .groups
+            .iter()
+            .map(|g| {
+                let st: Option<TuneStatus> = g.tune.as_ref().and_then(|t| t.status.lock().ok().map(|s| s.clone()));
+                let phase = st.as_ref().map(|s| s.phase).unwrap_or("fixed");
+                (g.model.clone(), st.and_then(|s| s.held).unwrap_or(g.limiter.limit()), phase)
+            })
+            .collect();
+        let mut v = view.lock().expect("server view lock");
+        v.model = self.active.map(|a| self.groups[a].model.clone());
+        v.switches = self.policy.switches;
+        v.switching = self.policy.switching;
+        v.in_flight = mix;
+        v.tuning = tuning;
+    }
+}
+
+async fn join_all(tasks: &mut JoinSet<()>) {
+    while tasks.join_next().await.is_some() {}
+}
