@@ -89,6 +89,19 @@ fn batch_threads_are_fixed_too_and_unknown_threads_are_only_a_note() {
 }
 
 #[test]
+fn other_servers_on_the_host_are_named_with_their_threads() {
+    let mut f = llama(&["llama-server", "-np", "4", "-t", "2"], 4);
+    f.other_servers = vec![ProcessFacts {
+        pid: 77,
+        command: ["/opt/llama-server", "--models-dir", "m", "-t", "2"].map(String::from).to_vec(),
+        environment: None,
+    }];
+    let n = notes(&f);
+    assert!(n.iter().any(|n| n.starts_with("other inference servers on this host: PID 77 llama-server -t 2")), "{n:?}");
+    assert_eq!(kinds(&f), [], "a note, not a verdict: doctor cannot tell whether they are busy");
+}
+
+#[test]
 fn levels_the_probe_could_not_measure_ask_for_a_longer_probe() {
     let mut f = llama(&["llama-server", "-np", "1"], 1);
     f.probe = probe(vec![level(1, 0.5, 2000.0), level(2, 0.5, 4000.0)]);
