@@ -132,8 +132,8 @@ pub async fn sweep(
             s.abort();
             l.server_busy_max = busiest.load(Ordering::Relaxed).checked_sub(1);
         }
-        // Little's law holds only once every requester has had an answer.
-        if l.answers < level {
+        // Little's law holds only once every requester has had an answer, and a rate needs a few.
+        if l.answers < level.max(MIN_ANSWERS) {
             unmeasured.push(level);
             continue;
         }
@@ -146,6 +146,8 @@ pub async fn sweep(
     ProbeFacts { first_request_ms, levels, unmeasured, effective_lanes, spaced: None }
 }
 
+/// Fewest answers for a level's rate to count.
+const MIN_ANSWERS: usize = 3;
 /// A level shorter than this measures nothing worth reporting.
 const MIN_LEVEL_TIME: Duration = Duration::from_millis(500);
 /// Requests each requester should see answered in a level, were the server serialized.

@@ -124,14 +124,30 @@ fn one_slot_is_serialized_and_the_fix_adds_parallel() {
 }
 
 #[test]
-fn a_flat_probe_is_serialized_even_when_the_server_claims_lanes() {
+fn a_flat_probe_is_serialized_when_the_server_says_nothing_of_its_lanes() {
     let mut f = llama(&["vllm"], 8);
     f.server.kind = ServerKind::Ollama;
     f.server.process = None;
+    f.server.lanes = None;
     f.probe = probe(vec![level(1, 2.0, 500.0), level(2, 2.1, 950.0), level(4, 2.0, 2000.0), level(8, 2.0, 4000.0)]);
     let v = judge(&f);
     assert_eq!(v[0].kind, VerdictKind::Serialized);
     assert_eq!(v[0].fix, "OLLAMA_NUM_PARALLEL=4 ollama serve");
+}
+
+#[test]
+fn a_flat_probe_is_not_serialized_when_the_server_runs_several_at_once() {
+    // Other work starved the machine: flat and slow, but four slots and two seen busy together.
+    let mut f = llama(&["llama-server", "-np", "4", "-t", "2"], 4);
+    let mut levels = vec![level(1, 0.20, 5000.0), level(2, 0.19, 14000.0)];
+    levels[1].server_busy_max = Some(2);
+    f.probe = probe(levels.clone());
+    assert_eq!(kinds(&f), []);
+    f.server.lanes = None;
+    assert_eq!(kinds(&f), [], "seen running two at once");
+    levels[1].server_busy_max = Some(1);
+    f.probe = probe(levels);
+    assert_eq!(kinds(&f), [VerdictKind::Serialized]);
 }
 
 #[test]
