@@ -39,6 +39,8 @@ pub struct Facts {
     pub jobs: Option<jobs::JobsFacts>,
     /// The client concurrency the user said they use (`--concurrency`).
     pub client_concurrency: Option<usize>,
+    /// Other inference servers on this host, whose threads share the cores when they are busy.
+    pub other_servers: Vec<process::ProcessFacts>,
     /// Server-setting variables (`OLLAMA_*`, `LLAMA_ARG_*`, `VLLM_*`) of doctor's own environment.
     pub doctor_environment: Vec<(String, String)>,
 }
@@ -143,7 +145,16 @@ pub async fn examine(cfg: &DoctorConfig, mut progress: impl FnMut(String)) -> Re
         Some(p)
     };
     let doctor_environment = process::settings_of(std::env::vars().map(|(k, v)| format!("{k}={v}")));
-    let facts = Facts { host, server, probe, jobs, client_concurrency: cfg.client_concurrency, doctor_environment };
+    let other_servers = process::other_servers(server.process.as_ref().map(|p| p.pid));
+    let facts = Facts {
+        host,
+        server,
+        probe,
+        jobs,
+        client_concurrency: cfg.client_concurrency,
+        other_servers,
+        doctor_environment,
+    };
     let verdicts = verdict::judge(&facts);
     notes.extend(verdict::notes(&facts));
     Ok(DoctorReport { facts, verdicts, notes })

@@ -132,8 +132,8 @@ pub async fn sweep(
             s.abort();
             l.server_busy_max = busiest.load(Ordering::Relaxed).checked_sub(1);
         }
-        // Little's law holds only once every requester has had an answer.
-        if l.answers < level {
+        // Little's law holds only once every requester has had an answer, and a rate needs a few.
+        if l.answers < level.max(MIN_ANSWERS) {
             unmeasured.push(level);
             continue;
         }
@@ -146,14 +146,22 @@ pub async fn sweep(
     ProbeFacts { first_request_ms, levels, unmeasured, effective_lanes, spaced: None }
 }
 
+/// Fewest answers for a level's rate to count.
+const MIN_ANSWERS: usize = 3;
+/// A level shorter than this measures nothing worth reporting.
+const MIN_LEVEL_TIME: Duration = Duration::from_millis(500);
 /// Requests each requester should see answered in a level, were the server serialized.
 const ANSWERS_PER_REQUESTER: u32 = 3;
 
 /// How long to give `level` with `left` of the budget for `levels_left` levels, when one request alone takes
 /// `service` (unknown before level 1): its fair share, stretched (up to all that is left) until each requester
-/// could get three answers from a serialized server; `None` when not even one answer each would fit.
+/// could get three answers from a serialized server; `None` when not even one answer each would fit, or its
+/// share is under half a second.
 pub fn level_time(left: Duration, levels_left: usize, level: usize, service: Option<Duration>) -> Option<Duration> {
     let fair = left / levels_left.max(1) as u32;
+    if fair < MIN_LEVEL_TIME {
+        return None;
+    }
     let Some(service) = service else { return Some(fair) };
     let serialized = service * level as u32;
     if left < serialized * 3 / 2 {
@@ -240,6 +248,7 @@ mod tests {
         assert_eq!(level_time(s(40).unwrap(), 2, 4, s(2)), s(24), "three answers each at 4 in flight");
         assert_eq!(level_time(s(20).unwrap(), 1, 8, s(1)), s(20), "all that is left");
         assert_eq!(level_time(s(10).unwrap(), 1, 8, s(1)), None, "not one answer each");
+        assert_eq!(level_time(Duration::ZERO, 4, 1, None), None, "nothing left");
     }
 
     #[test]

@@ -44,6 +44,35 @@ pub fn find_listener(port: u16) -> Option<ProcessFacts> {
     None
 }
 
+/// Other inference servers running on this host (not `except`, the one examined): their threads share the
+/// cores with it whenever they are busy.
+pub fn other_servers(except: Option<u32>) -> Vec<ProcessFacts> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found: Vec<ProcessFacts> = entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            (Some(pid) != except && pid != std::process::id()).then(|| read_process(pid, &e.path()))
+        })
+        .filter(|p| is_server(&p.command))
+        .collect();
+    found.sort_by_key(|p| p.pid);
+    found
+}
+
+/// Whether a command line runs an inference server (`llama-server ...`, `ollama serve`, `python -m vllm ...`).
+pub fn is_server(command: &[String]) -> bool {
+    let program = command.first().map(|p| p.rsplit('/').next().unwrap_or(p)).unwrap_or("");
+    let second = command.get(1).map(String::as_str);
+    match program {
+        "llama-server" => true,
+        "ollama" => matches!(second, Some("serve" | "runner")),
+        "vllm" => second == Some("serve"),
+        p if p.starts_with("python") => command.iter().take(3).any(|a| a.starts_with("vllm")),
+        _ => false,
+    }
+}
+
 fn holds_socket(proc_dir: &Path, targets: &[String]) -> bool {
     let Ok(fds) = std::fs::read_dir(proc_dir.join("fd")) else { return false };
     fds.flatten().any(|fd| {
@@ -127,6 +156,16 @@ mod tests {
         assert_eq!(listening_inodes(TCP, 0xA76B), vec![5551], "the established connection is not a listener");
         assert_eq!(listening_inodes(TCP, 8080), vec![7777]);
         assert!(listening_inodes(TCP, 11434).is_empty());
+    }
+
+    #[test]
+    fn recognises_inference_servers_by_their_command() {
+        let cmd = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(is_server(&cmd(&["/opt/bin/llama-server", "-t", "2"])));
+        assert!(is_server(&cmd(&["ollama", "serve"])));
+        assert!(!is_server(&cmd(&["ollama", "run", "llama3"])), "a client, not a server");
+        assert!(is_server(&cmd(&["/usr/bin/python3", "-m", "vllm.entrypoints.openai.api_server"])));
+        assert!(!is_server(&cmd(&["bash", "scripts/testbed.sh", "start"])));
     }
 
     #[test]

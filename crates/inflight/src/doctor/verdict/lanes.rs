@@ -16,10 +16,14 @@ fn measured_lanes(f: &Facts) -> Option<usize> {
     f.probe.as_ref()?.effective_lanes
 }
 
-/// One lane, configured or measured.
+/// One lane, configured or measured. A flat rate alone does not make a server serialized when it says it has
+/// more lanes, or was seen running two requests at once: then the hardware (or other work) is the limit, and
+/// more lanes would not help.
 pub fn serialized(f: &Facts) -> Option<Verdict> {
     let configured_one = f.server.lanes.as_ref().filter(|l| l.value == 1);
-    let measured = measured_lanes(f);
+    let ran_several = f.probe.iter().flat_map(|p| &p.levels).any(|l| l.server_busy_max.is_some_and(|n| n > 1));
+    let claims_lanes = f.server.lanes.as_ref().is_some_and(|l| l.value > 1);
+    let measured = measured_lanes(f).filter(|_| !ran_several && !claims_lanes);
     if configured_one.is_none() && measured != Some(1) {
         return None;
     }

@@ -107,6 +107,22 @@ pub fn notes(f: &Facts) -> Vec<String> {
             ));
         }
     }
+    if !f.other_servers.is_empty() {
+        let cores = f.host.physical_cores.map_or("the".to_owned(), |n| format!("the {n} physical"));
+        let list: Vec<String> = f
+            .other_servers
+            .iter()
+            .map(|p| {
+                let threads = p.flag(&["-t", "--threads"]).map_or(String::new(), |t| format!(" -t {t}"));
+                format!("PID {} {}{threads}", p.pid, p.program())
+            })
+            .collect();
+        notes.push(format!(
+            "other inference servers on this host: {}; while busy, their threads share {cores} cores with this \
+             server's, and thread counts that fit the cores alone oversubscribe them together",
+            list.join(", ")
+        ));
+    }
     if !f.host.gpus.is_empty() {
         notes.push(
             "GPU utilization from nvidia-smi is one instant's sample: a GPU that reads 0% between bursts may be \

@@ -89,6 +89,19 @@ fn batch_threads_are_fixed_too_and_unknown_threads_are_only_a_note() {
 }
 
 #[test]
+fn other_servers_on_the_host_are_named_with_their_threads() {
+    let mut f = llama(&["llama-server", "-np", "4", "-t", "2"], 4);
+    f.other_servers = vec![ProcessFacts {
+        pid: 77,
+        command: ["/opt/llama-server", "--models-dir", "m", "-t", "2"].map(String::from).to_vec(),
+        environment: None,
+    }];
+    let n = notes(&f);
+    assert!(n.iter().any(|n| n.starts_with("other inference servers on this host: PID 77 llama-server -t 2")), "{n:?}");
+    assert_eq!(kinds(&f), [], "a note, not a verdict: doctor cannot tell whether they are busy");
+}
+
+#[test]
 fn levels_the_probe_could_not_measure_ask_for_a_longer_probe() {
     let mut f = llama(&["llama-server", "-np", "1"], 1);
     f.probe = probe(vec![level(1, 0.5, 2000.0), level(2, 0.5, 4000.0)]);
@@ -111,14 +124,30 @@ fn one_slot_is_serialized_and_the_fix_adds_parallel() {
 }
 
 #[test]
-fn a_flat_probe_is_serialized_even_when_the_server_claims_lanes() {
+fn a_flat_probe_is_serialized_when_the_server_says_nothing_of_its_lanes() {
     let mut f = llama(&["vllm"], 8);
     f.server.kind = ServerKind::Ollama;
     f.server.process = None;
+    f.server.lanes = None;
     f.probe = probe(vec![level(1, 2.0, 500.0), level(2, 2.1, 950.0), level(4, 2.0, 2000.0), level(8, 2.0, 4000.0)]);
     let v = judge(&f);
     assert_eq!(v[0].kind, VerdictKind::Serialized);
     assert_eq!(v[0].fix, "OLLAMA_NUM_PARALLEL=4 ollama serve");
+}
+
+#[test]
+fn a_flat_probe_is_not_serialized_when_the_server_runs_several_at_once() {
+    // Other work starved the machine: flat and slow, but four slots and two seen busy together.
+    let mut f = llama(&["llama-server", "-np", "4", "-t", "2"], 4);
+    let mut levels = vec![level(1, 0.20, 5000.0), level(2, 0.19, 14000.0)];
+    levels[1].server_busy_max = Some(2);
+    f.probe = probe(levels.clone());
+    assert_eq!(kinds(&f), []);
+    f.server.lanes = None;
+    assert_eq!(kinds(&f), [], "seen running two at once");
+    levels[1].server_busy_max = Some(1);
+    f.probe = probe(levels);
+    assert_eq!(kinds(&f), [VerdictKind::Serialized]);
 }
 
 #[test]
