@@ -1,7 +1,7 @@
 //! `inflight bench` against the simulator: levels, steady state, the recommendation, and reports that match
 //! their schema (JSON) and show both curves with the chosen level marked (SVG).
 
-use inflight_sim::{Profile, SimConfig};
+use inflight_sim::{Faults, Profile, SimConfig};
 use serde_json::Value;
 
 use crate::util::*;
@@ -100,4 +100,38 @@ fn embeddings_sweep_a_batch_size_by_concurrency_matrix() {
     assert!(chosen.2 >= 0.95 * best, "recommended {chosen:?}, best {best}");
     assert_eq!(rec["unit"], "jobs/s");
     assert!(sim.stats().requests > 0);
+}
+
+#[test]
+fn failed_requests_are_counted_by_kind_with_the_servers_message() {
+    let faults = Faults { error_500: 0.1, ..Default::default() };
+    let sim = Sim::start(SimConfig::profile(Profile::Lanes4).with_time_scale(5.0).with_faults(faults).with_seed(3));
+    let s = Scratch::new();
+    let dir = s.path("report");
+    let out = run(&[
+        "bench",
+        "--server",
+        sim.url(),
+        "--levels",
+        "4",
+        "--min-answers",
+        "40",
+        "--max-time-per-level",
+        "15s",
+        "--report-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_exit(&out, 0);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
+    assert_matches_schema(&report, "bench-report.schema.json");
+    let level = &report["levels"][0];
+    let errors = level["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["kind"], "server_error");
+    let failed = errors[0]["count"].as_u64().unwrap();
+    // The level's workers stop mid-request at its end, so a 500 the server just sent may go unrecorded.
+    let sent = sim.stats().error_500;
+    assert!(failed > 0 && failed <= sent && failed + 4 >= sent, "{failed} counted, {sent} sent");
+    assert!(level["error_rate"].as_f64().unwrap() > 0.0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("x server_error"));
 }

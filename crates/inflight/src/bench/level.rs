@@ -19,7 +19,7 @@ use crate::backend::{Backend, ServerTimings};
 use crate::job::Endpoint;
 
 /// One finished request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Record {
     /// When it was sent, since the level started.
     pub sent: Duration,
@@ -31,6 +31,8 @@ pub struct Record {
     pub inputs: u64,
     /// Whether it succeeded.
     pub ok: bool,
+    /// Why it failed: the error's kind and message.
+    pub error: Option<(&'static str, String)>,
     /// Time to the first token (streamed requests).
     pub first_token: Option<Duration>,
     /// Mean gap between tokens after the first (streamed requests).
@@ -69,6 +71,8 @@ pub struct LevelReport {
     pub answers: usize,
     /// Failed requests over all requests at this level.
     pub error_rate: f64,
+    /// Failed requests by kind (`timeout`, `reset`, `busy`, ...), with one message as an example.
+    pub errors: Vec<ErrorCount>,
     /// End-to-end latency percentiles, milliseconds.
     pub latency_ms: Quantiles,
     /// Time to first token percentiles, milliseconds (streamed generation only).
@@ -79,6 +83,17 @@ pub struct LevelReport {
     pub server: ServerFigures,
     /// Seconds spent at this level.
     pub seconds: f64,
+}
+
+/// How many requests failed one way.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorCount {
+    /// The error's kind.
+    pub kind: &'static str,
+    /// How many.
+    pub count: usize,
+    /// The first such error's message.
+    pub example: String,
 }
 
 /// What the server itself reported at a level.
@@ -175,23 +190,27 @@ async fn one(backend: &dyn Backend, req: &Request) -> Record {
         tokens: 0,
         inputs: req.inputs,
         ok: false,
+        error: None,
         first_token: None,
         inter_token: None,
         server: ServerTimings::default(),
     };
-    if req.endpoint == Endpoint::Embedding {
-        if let Ok(a) = backend.send(req.endpoint, &req.body).await {
+    let failed = if req.endpoint == Endpoint::Embedding {
+        backend.send(req.endpoint, &req.body).await.map(|a| {
             let body: serde_json::Value = serde_json::from_str(&a.body).unwrap_or_default();
-            r.ok = true;
             r.server = ServerTimings::of(&body["x_ollama"]);
-        }
-    } else if let Ok(s) = backend.stream(req.endpoint, &req.body).await {
-        r.ok = true;
-        r.tokens = s.completion_tokens;
-        r.first_token = s.first_token;
-        r.inter_token = s.inter_token;
-        r.server = s.server;
+        })
+    } else {
+        backend.stream(req.endpoint, &req.body).await.map(|s| {
+            r.tokens = s.completion_tokens;
+            r.first_token = s.first_token;
+            r.inter_token = s.inter_token;
+            r.server = s.server;
+        })
     }
+    .err();
+    r.ok = failed.is_none();
+    r.error = failed.map(|e| (e.kind(), e.to_string()));
     r
 }
 
@@ -276,6 +295,17 @@ fn quantiles(mut xs: Vec<f64>) -> Option<Quantiles> {
     })
 }
 
+fn error_counts(records: &[Record]) -> Vec<ErrorCount> {
+    let mut counts: Vec<ErrorCount> = Vec::new();
+    for (kind, message) in records.iter().filter_map(|r| r.error.as_ref()) {
+        match counts.iter_mut().find(|c| c.kind == *kind) {
+            Some(c) => c.count += 1,
+            None => counts.push(ErrorCount { kind, count: 1, example: message.clone() }),
+        }
+    }
+    counts
+}
+
 fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
     let (sum, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
     (n > 0).then(|| sum / n as f64)
@@ -304,6 +334,7 @@ fn report(
         ci_rel: w.ci_rel(),
         answers: w.answers,
         error_rate: if records.is_empty() { 0.0 } else { errors as f64 / records.len() as f64 },
+        errors: error_counts(records),
         latency_ms: latency.unwrap_or(Quantiles { p50: 0.0, p90: 0.0, p95: 0.0, p99: 0.0 }),
         ttft_ms: quantiles(ok.iter().filter_map(|r| r.first_token).map(ms).collect()),
         itl_ms: quantiles(ok.iter().filter_map(|r| r.inter_token).map(ms).collect()),
@@ -340,6 +371,7 @@ mod tests {
                 tokens: 10,
                 inputs: 1,
                 ok: true,
+                error: None,
                 first_token: None,
                 inter_token: None,
                 server: ServerTimings::default(),

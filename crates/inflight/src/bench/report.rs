@@ -51,6 +51,11 @@ pub fn table(r: &BenchReport) -> String {
             if chosen { "  <- recommended" } else { "" }
         );
     }
+    for l in &r.levels {
+        for e in &l.errors {
+            let _ = writeln!(s, "  errors at {}: {} x {} (e.g. {})", l.concurrency, e.count, e.kind, e.example);
+        }
+    }
     for l in r.levels.iter().filter(|l| l.server.decode_tokens_per_s.is_some() || l.server.load.is_some()) {
         let mut parts = Vec::new();
         if let Some(d) = l.server.decode_tokens_per_s {

@@ -261,6 +261,7 @@ mod tests {
                 tokens: 10,
                 inputs: 1,
                 ok: true,
+                error: None,
                 first_token: None,
                 inter_token: None,
                 server: Default::default(),
