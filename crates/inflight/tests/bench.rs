@@ -41,7 +41,7 @@ fn sweep_recommends_the_lanes_and_writes_valid_reports() {
     let chosen_rate = levels.iter().find(|l| l["concurrency"] == chosen).map(rate).unwrap();
     assert!(chosen_rate >= 0.95 * best, "recommended {chosen} at {chosen_rate} vs best {best}");
     assert!((4..=8).contains(&chosen), "four lanes: {chosen}");
-    assert!(rate(&levels[2]) > 3.0 * rate(&levels[0]), "4 in flight is ~4x 1 in flight on four lanes");
+    assert!(rate(&levels[2]) > 2.5 * rate(&levels[0]), "4 in flight is ~4x 1 in flight on four lanes");
 
     // Streamed: time to first token and inter-token latency, consistent with the end-to-end latency.
     for l in levels {
