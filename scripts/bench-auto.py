@@ -10,6 +10,9 @@ completion to the last send (the drain at the end, when fewer jobs than the limi
     scripts/bench-auto.py [--profiles serial,lanes4] [--scale 10] [--auto-jobs 20000]
 
 With --server URL it measures a real server instead (levels 1,2,4,8,16,32), e.g. the test-bed llama-server.
+A real server's rate moves by several percent from one run to the next (other work on its cores), so there
+each fixed level is run --rounds times, in alternating order, and their mean is the level's rate; auto's rate
+is also given over the second half of its run (after its climb), beside the whole run after warm-up.
 """
 import argparse
 import json
@@ -103,16 +106,20 @@ def start_sim(profile, scale):
     return p, p.stdout.readline().strip()
 
 
-def measure(name, url_factory, levels, fixed_jobs, auto_jobs, directory, max_tokens, extra=()):
-    results = {}
-    for level in levels:
-        url, stop = url_factory()
-        n = fixed_jobs if fixed_jobs == auto_jobs else min(fixed_jobs, max(200, JOBS_PER_LEVEL * level))
-        db, _ = run(url, jobs_file(directory, n, max_tokens, f"{name}-{level}"), level, directory, f"{name}-{level}",
-                    extra)
-        stop()
-        results[level] = metrics(db)[0]
-        print(f"  {name}: fixed {level:>4}: {results[level]:10.1f} tokens/s", flush=True)
+def measure(name, url_factory, levels, fixed_jobs, auto_jobs, directory, max_tokens, extra=(), rounds=1):
+    runs = {level: [] for level in levels}
+    for rnd in range(rounds):
+        for level in (levels if rnd % 2 == 0 else list(reversed(levels))):
+            url, stop = url_factory()
+            n = fixed_jobs if fixed_jobs == auto_jobs else min(fixed_jobs, max(200, JOBS_PER_LEVEL * level))
+            tag = f"{name}-{level}-r{rnd}"
+            db, _ = run(url, jobs_file(directory, n, max_tokens, tag), level, directory, tag, extra)
+            stop()
+            runs[level].append(metrics(db)[0])
+            print(f"  {name}: fixed {level:>4}: {runs[level][-1]:10.1f} tokens/s", flush=True)
+    results = {level: sum(r) / len(r) for level, r in runs.items()}
+    if rounds > 1:
+        print("  mean of rounds: " + ", ".join(f"{l}: {r:.1f}" for l, r in results.items()), flush=True)
     oracle_level = max(results, key=results.get)
     oracle = results[oracle_level]
     l95 = min(level for level, r in results.items() if r >= 0.95 * oracle)
@@ -124,8 +131,21 @@ def measure(name, url_factory, levels, fixed_jobs, auto_jobs, directory, max_tok
     notes = [l.strip() for l in log.splitlines() if "one request at a time" in l or "held" in l]
     row = dict(profile=name, oracle_level=oracle_level, oracle=oracle, l95=l95, auto=rate, ratio=rate / oracle,
                inflight=inflight, inflight_ratio=inflight / l95, t90=t90, wall=wall, notes=notes)
+    if rounds > 1:
+        late = second_half(db)
+        row["notes"].append(f"auto over the second half of its run: {late:.1f} tokens/s = {late / oracle:.3f} x oracle")
     print_rows([row])
     return row
+
+
+def second_half(db):
+    c = sqlite3.connect(db)
+    rows = c.execute("SELECT sent_at, finished_at, COALESCE(completion_tokens, 0) FROM jobs "
+                     "WHERE status = 2 ORDER BY finished_at").fetchall()
+    c.close()
+    t1 = max(r[0] for r in rows)
+    t0 = (rows[0][0] + t1) / 2
+    return sum(r[2] for r in rows if t0 < r[1] <= t1) / ((t1 - t0) / 1000.0)
 
 
 def print_rows(rows):
@@ -151,6 +171,7 @@ def main():
     ap.add_argument("--server-auto-jobs", type=int, default=3000)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--name", default="server")
+    ap.add_argument("--rounds", type=int, default=2, help="runs of each fixed level on a real server")
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "--bin", "inflight", "--bin", "inflight-sim"],
                    cwd=ROOT, check=True, env={**os.environ, "CARGO_TARGET_DIR": TARGET})
@@ -158,10 +179,10 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         if args.server:
             levels = [int(x) for x in args.levels.split(",")]
-            print(f"real server {args.server}: levels {levels}, {args.fixed_jobs} jobs per level, "
+            print(f"real server {args.server}: levels {levels}, {args.rounds} x {args.fixed_jobs} jobs per level, "
                   f"{args.server_auto_jobs} for auto, max_tokens {args.max_tokens}", flush=True)
             rows.append(measure(args.name, lambda: (args.server, lambda: None), levels, args.fixed_jobs,
-                                args.server_auto_jobs, d, args.max_tokens))
+                                args.server_auto_jobs, d, args.max_tokens, rounds=args.rounds))
         else:
             for name in args.profiles.split(","):
                 levels, fixed_jobs, auto_jobs, scale = PROFILES[name]

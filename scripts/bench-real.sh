@@ -20,4 +20,14 @@ best = max(r["levels"], key=rate)
 chosen = next(l for l in r["levels"] if l["concurrency"] == r["recommendation"]["concurrency"])
 print(f"recommended {chosen['concurrency']}: {rate(chosen):.1f}; best measured {best['concurrency']}: {rate(best):.1f}; "
       f"ratio {rate(chosen) / rate(best):.3f} (target >= 0.95)")
+svg = open(sys.argv[1].replace("bench.json", "bench.svg")).read()
+print(f"chart: {svg.count('<polyline')} curves, recommended level marked: "
+      f"{'recommended: %d' % chosen['concurrency'] in svg}")
+try:
+    import jsonschema
+    schema = json.load(open("docs/schema/bench-report.schema.json"))
+    jsonschema.validate(r, schema)
+    print("bench.json validates against docs/schema/bench-report.schema.json")
+except ImportError:
+    print("(pip install jsonschema to validate bench.json here; tests/real_server.rs validates it too)")
 PY

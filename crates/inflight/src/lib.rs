@@ -3,12 +3,14 @@
 //! The data flow (see docs/ARCHITECTURE.md): input lines are parsed and rendered ([`job`]) into the
 //! [`store`]; the [`dispatch`] loop claims pending jobs and sends them through a [`backend`] under permits
 //! from the [`tune`] limiter; outcomes go back to the store's single writer, which also appends the
-//! [`output`] files; [`report`] shows progress and the summary. [`cli`] wires it together per command.
+//! [`output`] files; [`report`] shows progress and the summary. [`bench`] measures a server and [`doctor`]
+//! finds its bottleneck. [`cli`] wires it together per command.
 
 pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod dispatch;
+pub mod doctor;
 pub mod job;
 pub mod output;
 pub mod report;

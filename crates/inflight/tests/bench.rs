@@ -1,8 +1,6 @@
 //! `inflight bench` against the simulator: levels, steady state, the recommendation, and reports that match
 //! their schema (JSON) and show both curves with the chosen level marked (SVG).
 
-use std::path::PathBuf;
-
 use inflight_sim::{Profile, SimConfig};
 use serde_json::Value;
 
@@ -33,11 +31,7 @@ fn sweep_recommends_the_lanes_and_writes_valid_reports() {
     assert!(table.contains("recommended") && table.contains("ETA for 10000 jobs"), "{table}");
 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
-    let schema_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema/bench-report.schema.json");
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> = validator.iter_errors(&report).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "{errors:?}");
+    assert_matches_schema(&report, "bench-report.schema.json");
 
     let levels = report["levels"].as_array().unwrap();
     assert_eq!(levels.len(), 5);
@@ -49,9 +43,61 @@ fn sweep_recommends_the_lanes_and_writes_valid_reports() {
     assert!((4..=8).contains(&chosen), "four lanes: {chosen}");
     assert!(rate(&levels[2]) > 3.0 * rate(&levels[0]), "4 in flight is ~4x 1 in flight on four lanes");
 
+    // Streamed: time to first token and inter-token latency, consistent with the end-to-end latency.
+    for l in levels {
+        let (ttft, itl, e2e) = (&l["ttft_ms"]["p50"], &l["itl_ms"]["p50"], &l["latency_ms"]["p50"]);
+        assert!(ttft.as_f64().unwrap() > 0.0 && ttft.as_f64() <= e2e.as_f64(), "{l}");
+        assert!(itl.as_f64().unwrap() > 0.0 && itl.as_f64() < e2e.as_f64(), "{l}");
+    }
+
     let svg = std::fs::read_to_string(dir.join("bench.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<polyline").count(), 2, "throughput and latency curves");
     assert!(svg.contains(&format!("recommended: {chosen}")));
     assert_eq!(std::fs::read_to_string(dir.join("bench.csv")).unwrap().lines().count(), 6);
+}
+
+#[test]
+fn embeddings_sweep_a_batch_size_by_concurrency_matrix() {
+    let sim = Sim::start(SimConfig::profile(Profile::Lanes4).with_time_scale(5.0));
+    let s = Scratch::new();
+    let jobs = s.write_lines("emb.jsonl", (0..64).map(|i| format!(r#"{{"input": "sentence number {i} to embed"}}"#)));
+    let dir = s.path("report");
+    let out = run(&[
+        "bench",
+        "--server",
+        sim.url(),
+        "--jobs",
+        jobs.to_str().unwrap(),
+        "--batch-sizes",
+        "1,8",
+        "--levels",
+        "1,4",
+        "--min-answers",
+        "30",
+        "--max-time-per-level",
+        "15s",
+        "--report-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_exit(&out, 0);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("batch") && table.contains("inputs per request"), "{table}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
+    assert_matches_schema(&report, "bench-report.schema.json");
+    let cells: Vec<(u64, u64, f64)> = report["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["batch"].as_u64().unwrap(), l["concurrency"].as_u64().unwrap(), l["jobs_per_s"].as_f64().unwrap()))
+        .collect();
+    let shape: Vec<(u64, u64)> = cells.iter().map(|c| (c.0, c.1)).collect();
+    assert_eq!(shape, [(1, 1), (1, 4), (8, 1), (8, 4)], "every cell of the matrix");
+    assert!(report["levels"].as_array().unwrap().iter().all(|l| l["output_tokens_per_s"] == 0.0));
+    let best = cells.iter().map(|c| c.2).fold(0.0, f64::max);
+    let rec = &report["recommendation"];
+    let chosen = cells.iter().find(|c| rec["batch"] == c.0 && rec["concurrency"] == c.1).expect("a measured cell");
+    assert!(chosen.2 >= 0.95 * best, "recommended {chosen:?}, best {best}");
+    assert_eq!(rec["unit"], "jobs/s");
+    assert!(sim.stats().requests > 0);
 }

@@ -3,30 +3,37 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 
 use serde_json::json;
 
 use crate::util::*;
 
+/// One real server at a time: on a 2-core machine two at once would slow each other, and measure each other.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// A llama-server started by the test bed, killed on drop.
-struct LlamaServer {
-    url: String,
+pub struct LlamaServer {
+    pub url: String,
     pid: u32,
+    _turn: MutexGuard<'static, ()>,
 }
 
 impl LlamaServer {
-    fn start(args: &[&str]) -> LlamaServer {
+    pub fn start(args: &[&str]) -> LlamaServer {
         LlamaServer::start_mode("start", args)
     }
 
     /// `mode` is `start` (one model) or `router` (two model copies, one loaded at a time).
-    fn start_mode(mode: &str, args: &[&str]) -> LlamaServer {
+    pub fn start_mode(mode: &str, args: &[&str]) -> LlamaServer {
+        // A test that failed while holding the lock leaves nothing behind that matters: its server is killed.
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/testbed.sh");
         let out = Command::new("bash").arg(script).arg(mode).args(args).output().expect("testbed.sh runs");
         assert!(out.status.success(), "testbed.sh start failed:\n{}", String::from_utf8_lossy(&out.stderr));
         let line = String::from_utf8(out.stdout).unwrap();
         let (url, pid) = line.trim().split_once(' ').expect("URL PID");
-        LlamaServer { url: url.to_owned(), pid: pid.parse().unwrap() }
+        LlamaServer { url: url.to_owned(), pid: pid.parse().unwrap(), _turn: turn }
     }
 }
 
@@ -158,5 +165,41 @@ fn embeddings_without_the_flag_fail_permanently_with_the_servers_message() {
     for e in &errors {
         assert_eq!(e["response"]["status_code"], 501, "{e}");
         assert!(e["error"]["message"].as_str().unwrap().contains("--embeddings"), "{e}");
+    }
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn bench_streams_and_reads_the_servers_own_figures() {
+    let server = LlamaServer::start(&["-np", "2", "-t", "2", "--metrics"]);
+    let s = Scratch::new();
+    let dir = s.path("report");
+    let out = run(&[
+        "bench",
+        "--server",
+        &server.url,
+        "--levels",
+        "1,2",
+        "--output-tokens",
+        "16",
+        "--min-answers",
+        "12",
+        "--max-time-per-level",
+        "20s",
+        "--report-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_exit(&out, 0);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
+    assert_matches_schema(&report, "bench-report.schema.json");
+    for l in report["levels"].as_array().unwrap() {
+        let ttft = l["ttft_ms"]["p50"].as_f64().expect("time to first token from the stream");
+        assert!(ttft > 0.0 && ttft <= l["latency_ms"]["p50"].as_f64().unwrap(), "{l}");
+        assert!(l["itl_ms"]["p50"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(l["server"]["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "llama-server timings: {l}");
+        let load = &l["server"]["load"];
+        assert!(load["samples"].as_u64().unwrap() >= 2, "/metrics sampled: {l}");
+        assert!(load["running_mean"].as_f64().unwrap() > 0.0, "requests seen running: {l}");
     }
 }

@@ -12,6 +12,8 @@ mod bad_input;
 mod bench;
 /// SIGKILL at random moments, restart, every job exactly once.
 mod crash;
+/// `inflight doctor`: verdicts against the simulator, and against the real llama-server (ignored).
+mod doctor;
 /// Transient faults are retried to success; permanent ones fail at once; outages pause the run.
 mod faults;
 /// The Ollama API, against the simulator's Ollama-compatible mode.

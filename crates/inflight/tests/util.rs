@@ -134,3 +134,13 @@ pub fn send_signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill").args([format!("-{sig}"), pid.to_string()]).status().unwrap();
     assert!(ok.success());
 }
+
+/// Asserts that `doc` validates against `docs/schema/<schema>`.
+#[track_caller]
+pub fn assert_matches_schema(doc: &Value, schema: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema").join(schema);
+    let schema_doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema_doc).unwrap_or_else(|e| panic!("{schema}: {e}"));
+    let errors: Vec<String> = validator.iter_errors(doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{doc} violates {schema}: {errors:?}");
+}

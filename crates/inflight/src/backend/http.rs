@@ -44,11 +44,7 @@ impl Http {
 
     /// POSTs a JSON body and returns the parsed 2xx answer.
     pub async fn post(&self, path: &str, body: String) -> Result<Reply, BackendError> {
-        let mut req = self.client.post(format!("{}{path}", self.base)).header(CONTENT_TYPE, "application/json");
-        if let Some(key) = &self.api_key {
-            req = req.header(AUTHORIZATION, format!("Bearer {key}"));
-        }
-        self.execute(req.body(body), self.timeout).await
+        self.execute(self.post_request(path).body(body), self.timeout).await
     }
 
     /// GETs a JSON document with a short timeout (probes).
@@ -60,11 +56,68 @@ impl Http {
         self.execute(req, timeout).await
     }
 
+    /// POSTs a JSON body whose answer streams, handing each line (without its newline) to `on_line` with the
+    /// time since sending, as it arrives. Returns the status and the time to the response headers.
+    pub async fn post_stream(
+        &self,
+        path: &str,
+        body: String,
+        mut on_line: impl FnMut(&str, Duration),
+    ) -> Result<(u16, Duration), BackendError> {
+        let started = Instant::now();
+        let req = self.post_request(path).body(body);
+        let work = async {
+            let (mut resp, first_byte) = self.response(req, started).await?;
+            let status = resp.status().as_u16();
+            let mut pending: Vec<u8> = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+                let at = started.elapsed();
+                pending.extend_from_slice(&chunk);
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    on_line(String::from_utf8_lossy(&line).trim_end(), at);
+                }
+            }
+            if !pending.is_empty() {
+                on_line(String::from_utf8_lossy(&pending).trim_end(), started.elapsed());
+            }
+            Ok::<_, BackendError>((status, first_byte))
+        };
+        tokio::time::timeout(self.timeout, work).await.map_err(|_| BackendError::Timeout(self.timeout))?
+    }
+
+    fn post_request(&self, path: &str) -> reqwest::RequestBuilder {
+        let mut req = self.client.post(format!("{}{path}", self.base)).header(CONTENT_TYPE, "application/json");
+        if let Some(key) = &self.api_key {
+            req = req.header(AUTHORIZATION, format!("Bearer {key}"));
+        }
+        req
+    }
+
+    /// Sends a request and returns its 2xx response (headers read, body not yet); a non-2xx answer becomes
+    /// a [`BackendError::Status`] carrying the server's own message.
+    async fn response(
+        &self,
+        req: reqwest::RequestBuilder,
+        started: Instant,
+    ) -> Result<(reqwest::Response, Duration), BackendError> {
+        let resp = req.send().await.map_err(classify)?;
+        let first_byte = started.elapsed();
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok((resp, first_byte));
+        }
+        let headers = resp.headers().clone();
+        let text = resp.text().await.map_err(classify)?;
+        let parsed: Option<Value> = serde_json::from_str(&text).ok();
+        let message = parsed.as_ref().and_then(error_message).unwrap_or_else(|| short(&text, status));
+        Err(BackendError::Status { status, message, body: parsed.map(|_| text), retry_after: retry_after(&headers) })
+    }
+
     async fn execute(&self, req: reqwest::RequestBuilder, timeout: Duration) -> Result<Reply, BackendError> {
         let started = Instant::now();
         let work = async {
-            let resp = req.send().await.map_err(classify)?;
-            let first_byte = started.elapsed();
+            let (resp, first_byte) = self.response(req, started).await?;
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
             let bytes = resp.bytes().await.map_err(classify)?;
@@ -73,19 +126,22 @@ impl Http {
         let (status, headers, bytes, first_byte) =
             tokio::time::timeout(timeout, work).await.map_err(|_| BackendError::Timeout(timeout))??;
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        if !(200..300).contains(&status) {
-            let parsed: Option<Value> = serde_json::from_str(&text).ok();
-            let message = parsed.as_ref().and_then(error_message).unwrap_or_else(|| short(&text, status));
-            return Err(BackendError::Status {
-                status,
-                message,
-                body: parsed.map(|_| text),
-                retry_after: retry_after(&headers),
-            });
-        }
         let body: Value = serde_json::from_str(&text)
             .map_err(|e| BackendError::Malformed(format!("{e} in a {}-byte answer", bytes.len())))?;
         Ok(Reply { status, headers, body, text, first_byte })
+    }
+
+    /// GETs a text document (e.g. Prometheus `/metrics`) with a short timeout; `None` unless it answers 2xx.
+    pub async fn get_text(&self, path: &str, timeout: Duration) -> Option<String> {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(key) = &self.api_key {
+            req = req.header(AUTHORIZATION, format!("Bearer {key}"));
+        }
+        let work = async {
+            let (resp, _) = self.response(req, Instant::now()).await.ok()?;
+            resp.text().await.ok()
+        };
+        tokio::time::timeout(timeout, work).await.ok().flatten()
     }
 }
 

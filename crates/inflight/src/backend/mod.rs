@@ -8,12 +8,14 @@ mod error;
 mod http;
 mod ollama;
 mod openai;
+mod stream;
 
 pub(crate) use detect::normalize;
 pub use detect::{connect, ConnectError, ConnectOptions, Connection, DEFAULT_PORTS};
 pub use error::BackendError;
 pub use ollama::OllamaBackend;
 pub use openai::OpenAiBackend;
+pub use stream::{ServerTimings, Streamed, TokenClock};
 
 use std::time::Duration;
 
@@ -105,6 +107,11 @@ impl ServerKind {
 pub trait Backend: Send + Sync {
     /// Sends one request (an OpenAI-shaped `body` for `endpoint`) and waits for the whole answer.
     async fn send(&self, endpoint: Endpoint, body: &str) -> Result<Answer, BackendError>;
+    /// Sends one chat or completion request with streaming on and times its tokens (see [`Streamed`]); the
+    /// content itself is not kept. Embeddings do not stream: use [`Backend::send`].
+    async fn stream(&self, endpoint: Endpoint, body: &str) -> Result<Streamed, BackendError>;
+    /// The server's Prometheus `/metrics` text, where it serves one (llama-server with `--metrics`, vLLM).
+    async fn metrics(&self) -> Option<String>;
     /// What the server says about itself and its models; fails if it does not answer.
     async fn probe(&self) -> Result<ServerInfo, BackendError>;
     /// The cheapest request that proves the server is up (used to end a pause).

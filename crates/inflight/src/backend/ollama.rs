@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 use super::http::Http;
-use super::{Answer, Api, Backend, BackendError, ServerInfo, ServerKind};
+use super::{Answer, Api, Backend, BackendError, ServerInfo, ServerKind, Streamed, TokenClock};
 use crate::job::Endpoint;
 
 /// How long Ollama keeps the model loaded after each request: long enough to bridge any pause in a run.
@@ -175,6 +175,22 @@ impl Backend for OllamaBackend {
             finish_reason,
             first_byte: Some(reply.first_byte),
         })
+    }
+
+    async fn stream(&self, endpoint: Endpoint, body: &str) -> Result<Streamed, BackendError> {
+        let parsed: Value = serde_json::from_str(body).map_err(|e| BackendError::Malformed(e.to_string()))?;
+        let (path, mut req) = to_ollama(endpoint, &parsed, &self.runner_options)
+            .map_err(|message| BackendError::Status { status: 400, message, body: None, retry_after: None })?;
+        req["stream"] = true.into();
+        let mut clock = TokenClock::default();
+        let started = std::time::Instant::now();
+        self.http.post_stream(path, req.to_string(), |line, at| clock.ollama_line(line, at)).await?;
+        clock.finish(started.elapsed())
+    }
+
+    /// Ollama serves no Prometheus metrics; its per-request durations come with each answer instead.
+    async fn metrics(&self) -> Option<String> {
+        None
     }
 
     async fn probe(&self) -> Result<ServerInfo, BackendError> {

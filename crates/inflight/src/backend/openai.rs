@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::http::Http;
-use super::{usage_of, Answer, Api, Backend, BackendError, ServerInfo, ServerKind};
+use super::{usage_of, Answer, Api, Backend, BackendError, ServerInfo, ServerKind, Streamed, TokenClock};
 use crate::job::Endpoint;
 
 /// A server speaking `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
@@ -47,6 +47,22 @@ impl Backend for OpenAiBackend {
             finish_reason,
             first_byte: Some(reply.first_byte),
         })
+    }
+
+    async fn stream(&self, endpoint: Endpoint, body: &str) -> Result<Streamed, BackendError> {
+        let mut v: serde_json::Value =
+            serde_json::from_str(body).map_err(|e| BackendError::Malformed(e.to_string()))?;
+        v["stream"] = true.into();
+        // Without this, OpenAI-compatible servers leave the token count out of a stream.
+        v["stream_options"] = serde_json::json!({"include_usage": true});
+        let mut clock = TokenClock::default();
+        let started = std::time::Instant::now();
+        self.http.post_stream(endpoint.path(), v.to_string(), |line, at| clock.openai_line(line, at)).await?;
+        clock.finish(started.elapsed())
+    }
+
+    async fn metrics(&self) -> Option<String> {
+        self.http.get_text("/metrics", Duration::from_secs(5)).await
     }
 
     async fn probe(&self) -> Result<ServerInfo, BackendError> {

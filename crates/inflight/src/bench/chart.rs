@@ -1,5 +1,6 @@
 //! The chart: throughput and p95 latency against concurrency, the recommended level marked. Plain SVG written
 //! by hand (a few dozen elements), so it needs no font files or drawing library and opens in any browser.
+//! For an embeddings matrix it draws the recommended batch size's row.
 
 use std::fmt::Write;
 
@@ -14,14 +15,14 @@ const BOTTOM: f64 = 60.0;
 
 /// The chart as an SVG document.
 pub fn svg_chart(r: &BenchReport) -> String {
-    let levels = &r.levels;
+    let levels: Vec<&super::LevelReport> = r.levels.iter().filter(|l| l.batch == r.recommendation.batch).collect();
     let by_tokens = levels.iter().any(|l| l.output_tokens_per_s > 0.0);
     let rate = |l: &super::LevelReport| if by_tokens { l.output_tokens_per_s } else { l.jobs_per_s };
     let unit = if by_tokens { "output tokens/s" } else { "jobs/s" };
     let xs: Vec<f64> = levels.iter().map(|l| (l.concurrency as f64).log2()).collect();
     let (x0, x1) = (xs.iter().copied().fold(f64::MAX, f64::min), xs.iter().copied().fold(f64::MIN, f64::max));
     let x_span = if x1 > x0 { x1 - x0 } else { 1.0 };
-    let y_max = nice(levels.iter().map(rate).fold(0.0, f64::max));
+    let y_max = nice(levels.iter().map(|l| rate(l)).fold(0.0, f64::max));
     let l_max = nice(levels.iter().map(|l| l.latency_ms.p95).fold(0.0, f64::max));
     let px = |x: f64| LEFT + (x - x0) / x_span * (W - LEFT - RIGHT);
     let py = |y: f64, max: f64| H - BOTTOM - y / max * (H - TOP - BOTTOM);
@@ -31,10 +32,15 @@ pub fn svg_chart(r: &BenchReport) -> String {
         s,
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
-<text x="{cx}" y="24" text-anchor="middle" font-size="15">Throughput and p95 latency by concurrency: {server}</text>
+<text x="{cx}" y="24" text-anchor="middle" font-size="15">Throughput and p95 latency by concurrency: {server}{batch}</text>
 "##,
         cx = W / 2.0,
-        server = escape(&r.server_description)
+        server = escape(&r.server_description),
+        batch = if r.recommendation.batch > 1 {
+            format!(", {} inputs per request", r.recommendation.batch)
+        } else {
+            String::new()
+        }
     );
     // Axes and ticks.
     let _ = writeln!(
@@ -107,10 +113,11 @@ pub fn svg_chart(r: &BenchReport) -> String {
             r##"<line x1="{x}" y1="{TOP}" x2="{x}" y2="{b}" stroke="#2ca02c" stroke-width="2" stroke-dasharray="6 4"/>"##,
             b = H - BOTTOM
         );
+        // The label sits on the side of the line with room for it.
+        let (label_x, anchor) = if x > W / 2.0 { (x - 6.0, "end") } else { (x + 6.0, "start") };
         let _ = writeln!(
             s,
-            r##"<text x="{}" y="{}" fill="#2ca02c">recommended: {}</text>"##,
-            x + 6.0,
+            r##"<text x="{label_x}" y="{}" text-anchor="{anchor}" fill="#2ca02c">recommended: {}</text>"##,
             TOP + 12.0,
             r.recommendation.concurrency
         );

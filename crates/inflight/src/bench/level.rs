@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::backend::Backend;
+use super::metrics::{Sampler, ServerLoad};
+use super::Request;
+use crate::backend::{Backend, ServerTimings};
 use crate::job::Endpoint;
 
 /// One finished request.
@@ -25,10 +27,16 @@ pub struct Record {
     pub finished: Duration,
     /// Output tokens (0 for embeddings).
     pub tokens: u64,
+    /// Inputs in the request (1 except for batched embeddings): each is one job of a run.
+    pub inputs: u64,
     /// Whether it succeeded.
     pub ok: bool,
-    /// The server's own decode speed for it (llama-server `timings.predicted_per_second`), when given.
-    pub server_tokens_per_s: Option<f64>,
+    /// Time to the first token (streamed requests).
+    pub first_token: Option<Duration>,
+    /// Mean gap between tokens after the first (streamed requests).
+    pub inter_token: Option<Duration>,
+    /// The server's own timings for it, when given.
+    pub server: ServerTimings,
 }
 
 /// How long and how precisely to measure a level.
@@ -47,9 +55,11 @@ pub struct LevelRule {
 pub struct LevelReport {
     /// Requests in flight.
     pub concurrency: usize,
+    /// Inputs per request (embeddings batch size; 1 for generation).
+    pub batch: usize,
     /// Whether the steady-state rule was met (else the time cap ended it).
     pub steady: bool,
-    /// Answers per second.
+    /// Jobs per second (answers; for batched embeddings, inputs).
     pub jobs_per_s: f64,
     /// Output tokens per second.
     pub output_tokens_per_s: f64,
@@ -61,10 +71,27 @@ pub struct LevelReport {
     pub error_rate: f64,
     /// End-to-end latency percentiles, milliseconds.
     pub latency_ms: Quantiles,
-    /// The server's mean decode speed per request, when it reports one (llama-server `timings`).
-    pub server_tokens_per_s: Option<f64>,
+    /// Time to first token percentiles, milliseconds (streamed generation only).
+    pub ttft_ms: Option<Quantiles>,
+    /// Inter-token latency percentiles over requests' mean gaps, milliseconds (streamed generation only).
+    pub itl_ms: Option<Quantiles>,
+    /// The server's own figures.
+    pub server: ServerFigures,
     /// Seconds spent at this level.
     pub seconds: f64,
+}
+
+/// What the server itself reported at a level.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ServerFigures {
+    /// Mean per-request decode speed (llama-server `timings`, Ollama `eval_duration`).
+    pub decode_tokens_per_s: Option<f64>,
+    /// Mean prompt processing time, ms.
+    pub prompt_ms: Option<f64>,
+    /// Mean model load time per request, ms (Ollama `load_duration`: non-zero means reloads).
+    pub load_ms: Option<f64>,
+    /// Running and waiting requests from `/metrics`, where the server serves it.
+    pub load: Option<ServerLoad>,
 }
 
 /// Latency percentiles.
@@ -91,14 +118,16 @@ pub struct Live {
 }
 
 /// Runs `level` workers over `requests` (cycled from `next`) until the rule is met or the cap is reached.
+/// Chat and completion requests are streamed, to time their tokens; embeddings are sent whole.
 pub async fn measure(
     backend: Arc<dyn Backend>,
-    requests: Arc<Vec<(Endpoint, String)>>,
+    requests: Arc<Vec<Request>>,
     next: Arc<AtomicUsize>,
     level: usize,
     rule: &LevelRule,
     mut progress: impl FnMut(Live),
 ) -> (LevelReport, Vec<Record>) {
+    let sampler = Sampler::start(backend.clone()).await;
     let start = Instant::now();
     let records: Arc<Mutex<Vec<Record>>> = Arc::default();
     let mut workers = tokio::task::JoinSet::new();
@@ -106,33 +135,17 @@ pub async fn measure(
         let (backend, requests, next, records) = (backend.clone(), requests.clone(), next.clone(), records.clone());
         workers.spawn(async move {
             loop {
-                let (endpoint, body) = &requests[next.fetch_add(1, Ordering::Relaxed) % requests.len()];
+                let req = &requests[next.fetch_add(1, Ordering::Relaxed) % requests.len()];
                 let sent = start.elapsed();
-                let result = backend.send(*endpoint, body).await;
-                let finished = start.elapsed();
-                let (tokens, ok, server) = match &result {
-                    Ok(a) => {
-                        let body: serde_json::Value = serde_json::from_str(&a.body).unwrap_or_default();
-                        (
-                            a.completion_tokens.unwrap_or(0).max(0) as u64,
-                            true,
-                            body["timings"]["predicted_per_second"].as_f64(),
-                        )
-                    }
-                    Err(_) => (0, false, None),
-                };
-                records.lock().expect("records lock").push(Record {
-                    sent,
-                    finished,
-                    tokens,
-                    ok,
-                    server_tokens_per_s: server,
-                });
+                let mut record = one(backend.as_ref(), req).await;
+                record.sent = sent;
+                record.finished = start.elapsed();
+                records.lock().expect("records lock").push(record);
             }
         });
     }
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let report = loop {
+    let (steady, elapsed, snapshot) = loop {
         tick.tick().await;
         let snapshot = records.lock().expect("records lock").clone();
         let elapsed = start.elapsed();
@@ -140,12 +153,46 @@ pub async fn measure(
         progress(Live { answers: stats.answers, rate: stats.mean, left: rule.max_time.saturating_sub(elapsed) });
         let steady = stats.rates.len() >= 3 && stats.answers >= rule.min_answers && stats.ci_rel() <= rule.ci;
         if steady || elapsed >= rule.max_time {
-            break report(level, steady, &snapshot, &stats, elapsed);
+            break (steady, elapsed, snapshot);
         }
     };
     workers.abort_all();
+    let load = match sampler {
+        Some(s) => s.finish().await,
+        None => None,
+    };
+    let stats = Windows::of(&snapshot, level);
+    let report = report(level, steady, &snapshot, &stats, elapsed, load);
     let records = std::mem::take(&mut *records.lock().expect("records lock"));
     (report, records)
+}
+
+/// Sends one request and records what came back (times are filled in by the caller).
+async fn one(backend: &dyn Backend, req: &Request) -> Record {
+    let mut r = Record {
+        sent: Duration::ZERO,
+        finished: Duration::ZERO,
+        tokens: 0,
+        inputs: req.inputs,
+        ok: false,
+        first_token: None,
+        inter_token: None,
+        server: ServerTimings::default(),
+    };
+    if req.endpoint == Endpoint::Embedding {
+        if let Ok(a) = backend.send(req.endpoint, &req.body).await {
+            let body: serde_json::Value = serde_json::from_str(&a.body).unwrap_or_default();
+            r.ok = true;
+            r.server = ServerTimings::of(&body["x_ollama"]);
+        }
+    } else if let Ok(s) = backend.stream(req.endpoint, &req.body).await {
+        r.ok = true;
+        r.tokens = s.completion_tokens;
+        r.first_token = s.first_token;
+        r.inter_token = s.inter_token;
+        r.server = s.server;
+    }
+    r
 }
 
 /// The windows of a level so far.
@@ -172,8 +219,8 @@ impl Windows {
         let mut window_start = first_end;
         for r in &kept {
             let t = r.finished.as_secs_f64();
-            units += if by_tokens { r.tokens as f64 } else { 1.0 };
-            jobs += 1.0;
+            units += if by_tokens { r.tokens as f64 } else { r.inputs as f64 };
+            jobs += r.inputs as f64;
             latency += (r.finished - r.sent).as_secs_f64();
             count += 1;
             if t - window_start >= width && count >= 2 * level && latency > 0.0 {
@@ -216,29 +263,56 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-fn report(level: usize, steady: bool, records: &[Record], w: &Windows, elapsed: Duration) -> LevelReport {
-    let mut lat: Vec<f64> =
-        records.iter().filter(|r| r.ok).map(|r| (r.finished - r.sent).as_secs_f64() * 1000.0).collect();
-    lat.sort_by(f64::total_cmp);
-    let errors = records.iter().filter(|r| !r.ok).count();
-    let server: Vec<f64> = records.iter().filter_map(|r| r.server_tokens_per_s).collect();
+fn quantiles(mut xs: Vec<f64>) -> Option<Quantiles> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    Some(Quantiles {
+        p50: quantile(&xs, 0.50),
+        p90: quantile(&xs, 0.90),
+        p95: quantile(&xs, 0.95),
+        p99: quantile(&xs, 0.99),
+    })
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+fn report(
+    level: usize,
+    steady: bool,
+    records: &[Record],
+    w: &Windows,
+    elapsed: Duration,
+    load: Option<ServerLoad>,
+) -> LevelReport {
+    let ok: Vec<&Record> = records.iter().filter(|r| r.ok).collect();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let latency = quantiles(ok.iter().map(|r| ms(r.finished - r.sent)).collect());
+    let errors = records.len() - ok.len();
     let jobs = if w.job_rates.is_empty() { 0.0 } else { w.job_rates.iter().sum::<f64>() / w.job_rates.len() as f64 };
     let by_tokens = records.iter().any(|r| r.tokens > 0);
     LevelReport {
         concurrency: level,
+        batch: records.first().map_or(1, |r| r.inputs as usize),
         steady,
         jobs_per_s: jobs,
         output_tokens_per_s: if by_tokens { w.mean } else { 0.0 },
         ci_rel: w.ci_rel(),
         answers: w.answers,
         error_rate: if records.is_empty() { 0.0 } else { errors as f64 / records.len() as f64 },
-        latency_ms: Quantiles {
-            p50: quantile(&lat, 0.50),
-            p90: quantile(&lat, 0.90),
-            p95: quantile(&lat, 0.95),
-            p99: quantile(&lat, 0.99),
+        latency_ms: latency.unwrap_or(Quantiles { p50: 0.0, p90: 0.0, p95: 0.0, p99: 0.0 }),
+        ttft_ms: quantiles(ok.iter().filter_map(|r| r.first_token).map(ms).collect()),
+        itl_ms: quantiles(ok.iter().filter_map(|r| r.inter_token).map(ms).collect()),
+        server: ServerFigures {
+            decode_tokens_per_s: mean(ok.iter().filter_map(|r| r.server.decode_tokens_per_s)),
+            prompt_ms: mean(ok.iter().filter_map(|r| r.server.prompt_ms)),
+            load_ms: mean(ok.iter().filter_map(|r| r.server.load_ms)),
+            load,
         },
-        server_tokens_per_s: (!server.is_empty()).then(|| server.iter().sum::<f64>() / server.len() as f64),
         seconds: elapsed.as_secs_f64(),
     }
 }
@@ -264,8 +338,11 @@ mod tests {
                 sent,
                 finished: sent + Duration::from_millis(500),
                 tokens: 10,
+                inputs: 1,
                 ok: true,
-                server_tokens_per_s: None,
+                first_token: None,
+                inter_token: None,
+                server: ServerTimings::default(),
             });
         }
         let w = Windows::of(&records, 2);

@@ -7,10 +7,12 @@
 
 mod chart;
 mod level;
+mod metrics;
 mod report;
 
 pub use chart::svg_chart;
-pub use level::{ci_rel, LevelReport, LevelRule, Live, Quantiles};
+pub use level::{ci_rel, measure, LevelReport, LevelRule, Live, Quantiles, Record, ServerFigures};
+pub use metrics::ServerLoad;
 pub use report::{csv, table};
 
 use std::sync::atomic::AtomicUsize;
@@ -21,9 +23,22 @@ use serde::Serialize;
 use crate::backend::{Backend, ServerKind};
 use crate::job::Endpoint;
 
+/// One request of the workload.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Where it goes.
+    pub endpoint: Endpoint,
+    /// The OpenAI-shaped body.
+    pub body: String,
+    /// How many inputs it carries (jobs of a run): 1, or the batch size of a batched embeddings request.
+    pub inputs: u64,
+}
+
 /// How the sweep chooses its levels.
 #[derive(Debug, Clone)]
 pub struct SweepConfig {
+    /// Inputs per request to try for an embeddings workload (each a row of the matrix); ignored otherwise.
+    pub batch_sizes: Vec<usize>,
     /// Explicit levels, or empty for doubling from 1.
     pub levels: Vec<usize>,
     /// Highest level when doubling.
@@ -67,6 +82,8 @@ pub struct FirstAnswers {
 pub struct Recommendation {
     /// The concurrency to use.
     pub concurrency: usize,
+    /// Inputs per embeddings request to use (1 for generation).
+    pub batch: usize,
     /// Its rate (output tokens/s, or jobs/s for embeddings).
     pub rate: f64,
     /// The unit of `rate`.
@@ -94,42 +111,71 @@ pub struct Eta {
     pub high_seconds: f64,
 }
 
-/// Runs the sweep. `progress` gets one line per update.
+/// Runs the sweep: concurrency levels for generation, or a (batch size × concurrency) matrix for
+/// embeddings, where inputs per request matter as much as requests in flight. `progress` gets a line per
+/// update: `(line, false)` while a level runs, `(line, true)` when it ends.
 pub async fn sweep(
     backend: Arc<dyn Backend>,
     kind: ServerKind,
-    requests: Vec<(Endpoint, String)>,
+    requests: Vec<Request>,
     cfg: &SweepConfig,
     for_jobs: Option<u64>,
-    mut progress: impl FnMut(String),
+    mut progress: impl FnMut(String, bool),
 ) -> (Vec<LevelReport>, Option<FirstAnswers>, Recommendation) {
-    let requests = Arc::new(requests);
-    let next = Arc::new(AtomicUsize::new(0));
+    let embeddings = requests.iter().all(|r| r.endpoint == Endpoint::Embedding);
+    let batches = if embeddings && !cfg.batch_sizes.is_empty() { cfg.batch_sizes.clone() } else { vec![1] };
     let mut levels: Vec<LevelReport> = Vec::new();
     let mut first_20 = None;
+    for batch in batches {
+        let requests = if batch > 1 { batched(&requests, batch) } else { requests.clone() };
+        let row = sweep_levels(backend.clone(), Arc::new(requests), cfg, &mut first_20, &mut progress).await;
+        levels.extend(row);
+    }
+    let rec = recommend(&levels, kind, for_jobs);
+    (levels, first_20, rec)
+}
+
+/// One row: the concurrency levels for one workload.
+async fn sweep_levels(
+    backend: Arc<dyn Backend>,
+    requests: Arc<Vec<Request>>,
+    cfg: &SweepConfig,
+    first_20: &mut Option<FirstAnswers>,
+    progress: &mut impl FnMut(String, bool),
+) -> Vec<LevelReport> {
+    let batch = requests.first().map_or(1, |r| r.inputs);
+    let tag = if batch > 1 { format!("batch {batch}, ") } else { String::new() };
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut levels: Vec<LevelReport> = Vec::new();
     let mut level = cfg.levels.first().copied().unwrap_or(1);
     let mut flat_steps = 0;
     loop {
         let (report, records) =
             level::measure(backend.clone(), requests.clone(), next.clone(), level, &cfg.rule, |live| {
-                progress(format!(
-                    "concurrency {level}: {} answers, {:.1}/s now, {}s left at most",
-                    live.answers,
-                    live.rate,
-                    live.left.as_secs()
-                ))
+                progress(
+                    format!(
+                        "{tag}concurrency {level}: {} answers, {:.1}/s now, {}s left at most",
+                        live.answers,
+                        live.rate,
+                        live.left.as_secs()
+                    ),
+                    false,
+                )
             })
             .await;
         if first_20.is_none() {
-            first_20 = first_answers(&records);
+            *first_20 = first_answers(&records);
         }
-        progress(format!(
-            "concurrency {level}: {:.1} tokens/s, {:.2} jobs/s ±{:.0}%{}",
-            report.output_tokens_per_s,
-            report.jobs_per_s,
-            report.ci_rel * 100.0,
-            if report.steady { "" } else { " (not steady: time cap)" }
-        ));
+        progress(
+            format!(
+                "{tag}concurrency {level}: {:.1} tokens/s, {:.2} jobs/s ±{:.0}%{}",
+                report.output_tokens_per_s,
+                report.jobs_per_s,
+                report.ci_rel * 100.0,
+                if report.steady { "" } else { " (not steady: time cap)" }
+            ),
+            true,
+        );
         let gain = levels.last().map(|prev| rate(&report) / rate(prev).max(1e-9) - 1.0);
         levels.push(report);
         if !cfg.levels.is_empty() {
@@ -145,8 +191,31 @@ pub async fn sweep(
         }
         level *= 2;
     }
-    let rec = recommend(&levels, kind, for_jobs);
-    (levels, first_20, rec)
+    levels
+}
+
+/// Embeddings requests carrying `batch` inputs each, the sample's inputs taken in order (cycled to fill).
+fn batched(requests: &[Request], batch: usize) -> Vec<Request> {
+    let parsed: Vec<serde_json::Value> =
+        requests.iter().filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok()).collect();
+    let inputs: Vec<serde_json::Value> = parsed
+        .iter()
+        .flat_map(|v| match &v["input"] {
+            serde_json::Value::Array(a) => a.clone(),
+            other => vec![other.clone()],
+        })
+        .collect();
+    let Some(template) = parsed.first() else { return Vec::new() };
+    let groups = inputs.len().div_ceil(batch).max(1);
+    (0..groups)
+        .map(|g| {
+            let group: Vec<serde_json::Value> =
+                (0..batch).map(|i| inputs[(g * batch + i) % inputs.len()].clone()).collect();
+            let mut body = template.clone();
+            body["input"] = serde_json::Value::Array(group);
+            Request { endpoint: Endpoint::Embedding, body: body.to_string(), inputs: batch as u64 }
+        })
+        .collect()
 }
 
 /// The level's objective: output tokens/s, or jobs/s when the server reports no tokens (embeddings).
@@ -164,21 +233,24 @@ fn first_answers(records: &[level::Record]) -> Option<FirstAnswers> {
     let last = ok.get(19)?;
     let span = last.finished.as_secs_f64();
     let tokens: u64 = ok[..20].iter().map(|r| r.tokens).sum();
-    Some(FirstAnswers { jobs_per_s: 20.0 / span, output_tokens_per_s: tokens as f64 / span })
+    let jobs: u64 = ok[..20].iter().map(|r| r.inputs).sum();
+    Some(FirstAnswers { jobs_per_s: jobs as f64 / span, output_tokens_per_s: tokens as f64 / span })
 }
 
-/// The smallest level within 5% of the best measured, the same notion of "best" as the run's controller.
+/// The smallest level within 5% of the best measured, the same notion of "best" as the run's controller;
+/// in an embeddings matrix, the cell within 5% with the fewest inputs in flight.
 pub fn recommend(levels: &[LevelReport], kind: ServerKind, for_jobs: Option<u64>) -> Recommendation {
     let best = levels.iter().map(rate).fold(0.0, f64::max);
     let chosen = levels
         .iter()
         .filter(|l| rate(l) >= best * 0.95)
-        .min_by_key(|l| l.concurrency)
+        .min_by_key(|l| (l.concurrency * l.batch, l.concurrency))
         .or_else(|| levels.first())
         .cloned();
     let Some(c) = chosen else {
         return Recommendation {
             concurrency: 1,
+            batch: 1,
             rate: 0.0,
             unit: "jobs/s",
             jobs_per_s: 0.0,
@@ -188,15 +260,20 @@ pub fn recommend(levels: &[LevelReport], kind: ServerKind, for_jobs: Option<u64>
         };
     };
     let unit = if c.output_tokens_per_s > 0.0 { "output tokens/s" } else { "jobs/s" };
-    let one = levels.iter().find(|l| l.concurrency == 1);
+    let one = levels.iter().find(|l| l.concurrency == 1 && l.batch == c.batch);
     let serialized = one.is_some_and(|one| best <= rate(one) * 1.5)
         && levels.iter().any(|l| {
             l.concurrency >= 4
                 && l.latency_ms.p50 >= one.map(|o| o.latency_ms.p50).unwrap_or(0.0) * 0.6 * l.concurrency as f64
         });
+    let batch_note = if c.batch > 1 {
+        format!(" with {} inputs per request (an embeddings line's `input` may be a list)", c.batch)
+    } else {
+        String::new()
+    };
     let why = format!(
-        "the smallest level within 5% of the best measured ({best:.1} {unit}); more in flight only adds waiting \
-         (p50 latency {:.0} ms here)",
+        "the smallest level{batch_note} within 5% of the best measured ({best:.1} {unit}); more in flight only \
+         adds waiting (p50 latency {:.0} ms here)",
         c.latency_ms.p50
     );
     let server_setting = serialized.then(|| format!("the server runs one request at a time. {}", kind.parallel_fix()));
@@ -207,6 +284,7 @@ pub fn recommend(levels: &[LevelReport], kind: ServerKind, for_jobs: Option<u64>
     });
     Recommendation {
         concurrency: c.concurrency,
+        batch: c.batch,
         rate: rate(&c),
         unit,
         jobs_per_s: c.jobs_per_s,

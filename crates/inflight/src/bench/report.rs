@@ -10,15 +10,32 @@ pub fn table(r: &BenchReport) -> String {
     let _ = writeln!(s, "server: {} ({})", r.server, r.server_description);
     let _ = writeln!(s, "workload: {}", r.workload);
     let _ = writeln!(s, "steady state: {}", r.steady_rule);
+    let matrix = r.levels.iter().any(|l| l.batch > 1);
     let _ = writeln!(
         s,
-        "{:>6} {:>12} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}",
-        "conc", "out tok/s", "jobs/s", "±95%", "p50 ms", "p90 ms", "p99 ms", "errors", "steady", "answers"
+        "{}{:>6} {:>12} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7} {:>8}",
+        if matrix { format!("{:>6} ", "batch") } else { String::new() },
+        "conc",
+        "out tok/s",
+        "jobs/s",
+        "±95%",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "TTFT p50",
+        "ITL p50",
+        "errors",
+        "steady",
+        "answers"
     );
+    let opt = |q: Option<super::Quantiles>| q.map_or("-".to_owned(), |q| format!("{:.0}", q.p50));
+    let itl = |q: Option<super::Quantiles>| q.map_or("-".to_owned(), |q| format!("{:.1}", q.p50));
     for l in &r.levels {
+        let chosen = l.concurrency == r.recommendation.concurrency && l.batch == r.recommendation.batch;
         let _ = writeln!(
             s,
-            "{:>6} {:>12.1} {:>9.2} {:>6.1}% {:>8.0} {:>8.0} {:>8.0} {:>7.1}% {:>7} {:>8}{}",
+            "{}{:>6} {:>12.1} {:>9.2} {:>6.1}% {:>8.0} {:>8.0} {:>8.0} {:>9} {:>8} {:>7.1}% {:>7} {:>8}{}",
+            if matrix { format!("{:>6} ", l.batch) } else { String::new() },
             l.concurrency,
             l.output_tokens_per_s,
             l.jobs_per_s,
@@ -26,11 +43,29 @@ pub fn table(r: &BenchReport) -> String {
             l.latency_ms.p50,
             l.latency_ms.p90,
             l.latency_ms.p99,
+            opt(l.ttft_ms),
+            itl(l.itl_ms),
             l.error_rate * 100.0,
             if l.steady { "yes" } else { "NO" },
             l.answers,
-            if l.concurrency == r.recommendation.concurrency { "  <- recommended" } else { "" }
+            if chosen { "  <- recommended" } else { "" }
         );
+    }
+    for l in r.levels.iter().filter(|l| l.server.decode_tokens_per_s.is_some() || l.server.load.is_some()) {
+        let mut parts = Vec::new();
+        if let Some(d) = l.server.decode_tokens_per_s {
+            parts.push(format!("{d:.1} tokens/s per request"));
+        }
+        if let Some(p) = l.server.prompt_ms {
+            parts.push(format!("prompt {p:.0} ms"));
+        }
+        if let Some(ms) = l.server.load_ms.filter(|ms| *ms >= 1.0) {
+            parts.push(format!("model load {ms:.0} ms per request"));
+        }
+        if let Some(load) = l.server.load {
+            parts.push(format!("{:.1} running, {:.1} waiting", load.running_mean, load.waiting_mean));
+        }
+        let _ = writeln!(s, "  server at {}: {}", l.concurrency, parts.join(", "));
     }
     if let Some(f) = &r.first_20 {
         let _ = writeln!(
@@ -40,8 +75,12 @@ pub fn table(r: &BenchReport) -> String {
         );
     }
     let rec = &r.recommendation;
-    let _ =
-        writeln!(s, "recommendation: --concurrency {} ({:.1} {}): {}", rec.concurrency, rec.rate, rec.unit, rec.why);
+    let batch = if rec.batch > 1 { format!(", {} inputs per request", rec.batch) } else { String::new() };
+    let _ = writeln!(
+        s,
+        "recommendation: --concurrency {}{batch} ({:.1} {}): {}",
+        rec.concurrency, rec.rate, rec.unit, rec.why
+    );
     if let Some(setting) = &rec.server_setting {
         let _ = writeln!(s, "server: {setting}");
     }
@@ -61,13 +100,18 @@ pub fn table(r: &BenchReport) -> String {
 /// One CSV row per level.
 pub fn csv(levels: &[LevelReport]) -> String {
     let mut s = String::from(
-        "concurrency,steady,output_tokens_per_s,jobs_per_s,ci_rel,latency_p50_ms,latency_p90_ms,latency_p95_ms,latency_p99_ms,error_rate,answers,seconds\n",
+        "concurrency,batch,steady,output_tokens_per_s,jobs_per_s,ci_rel,latency_p50_ms,latency_p90_ms,latency_p95_ms,\
+         latency_p99_ms,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,error_rate,answers,seconds\n",
     );
+    let q = |q: Option<super::Quantiles>, f: fn(&super::Quantiles) -> f64| {
+        q.map_or(String::new(), |q| format!("{:.1}", f(&q)))
+    };
     for l in levels {
         let _ = writeln!(
             s,
-            "{},{},{:.3},{:.4},{:.4},{:.1},{:.1},{:.1},{:.1},{:.4},{},{:.1}",
+            "{},{},{},{:.3},{:.4},{:.4},{:.1},{:.1},{:.1},{:.1},{},{},{},{},{:.4},{},{:.1}",
             l.concurrency,
+            l.batch,
             l.steady,
             l.output_tokens_per_s,
             l.jobs_per_s,
@@ -76,6 +120,10 @@ pub fn csv(levels: &[LevelReport]) -> String {
             l.latency_ms.p90,
             l.latency_ms.p95,
             l.latency_ms.p99,
+            q(l.ttft_ms, |q| q.p50),
+            q(l.ttft_ms, |q| q.p99),
+            q(l.itl_ms, |q| q.p50),
+            q(l.itl_ms, |q| q.p99),
             l.error_rate,
             l.answers,
             l.seconds

@@ -7,8 +7,8 @@ use clap::Args;
 
 use super::{parse, setup_error, Exit, ServerArgs};
 use crate::backend::{connect, ConnectOptions, OllamaBackend};
-use crate::bench::{csv, svg_chart, sweep, table, BenchReport, LevelRule, SweepConfig};
-use crate::job::{Endpoint, LineReader, Parser, RawLine, RequestDefaults, Template};
+use crate::bench::{csv, svg_chart, sweep, table, BenchReport, LevelRule, Request, SweepConfig};
+use crate::job::{LineReader, Parser, RawLine, RequestDefaults, Template};
 
 /// Arguments of `inflight bench`.
 #[derive(Debug, Clone, Args)]
@@ -35,18 +35,26 @@ pub struct BenchArgs {
     /// System message (as in `run`).
     #[arg(long)]
     pub system: Option<String>,
-    /// Synthetic workload: prompt length in words (about tokens), spread ±50% over the requests.
+    /// Synthetic workload: prompt length in words (about tokens), mean over the requests.
     #[arg(long, default_value_t = 64)]
     pub prompt_tokens: usize,
-    /// Output tokens per request (`max_tokens`; with --jobs, a default for lines that set none).
+    /// Output tokens per request (`max_tokens`): the synthetic mean; with --jobs, a default for lines that set
+    /// none.
     #[arg(long, default_value_t = 64)]
     pub output_tokens: u64,
+    /// Synthetic workload: how far prompt and output lengths spread around their means, percent (evenly,
+    /// from mean × (1 − spread) to mean × (1 + spread)).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub spread: u8,
     /// Explicit levels, e.g. 1,2,4,8 (default: double from 1 until two doublings gain under 5%).
     #[arg(long, value_delimiter = ',')]
     pub levels: Vec<usize>,
     /// Highest level when doubling.
     #[arg(long, default_value_t = 256)]
     pub max_concurrency: usize,
+    /// Embeddings only: inputs per request to sweep, each a row of a (batch size x concurrency) matrix.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub batch_sizes: Vec<usize>,
     /// Fewest answers per level.
     #[arg(long, default_value_t = 50)]
     pub min_answers: usize,
@@ -77,6 +85,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Exit> {
     let conn = connect(args.conn.single()?, args.conn.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
     let (requests, workload) = workload(&args)?;
     let cfg = SweepConfig {
+        batch_sizes: args.batch_sizes.iter().map(|&b| b.max(1)).collect(),
         levels: args.levels.clone(),
         max_concurrency: args.max_concurrency.max(1),
         rule: LevelRule { min_answers: args.min_answers, ci: args.ci / 100.0, max_time: args.max_time_per_level },
@@ -91,11 +100,15 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Exit> {
         args.max_time_per_level.as_secs()
     );
     let quiet = args.json;
+    // On a terminal the live line is redrawn in place; elsewhere (logs, CI) only each level's result is written.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (levels, first_20, recommendation) =
-        sweep(conn.backend.clone(), conn.info.kind, requests, &cfg, args.for_jobs, |line| {
-            if !quiet {
-                eprintln!("{line}");
-            }
+        sweep(conn.backend.clone(), conn.info.kind, requests, &cfg, args.for_jobs, |line, done| match (quiet, tty) {
+            (true, _) => {}
+            (false, true) if done => eprintln!("\r\x1b[2K{line}"),
+            (false, true) => eprint!("\r\x1b[2K{line}"),
+            (false, false) if done => eprintln!("{line}"),
+            (false, false) => {}
         })
         .await;
     let report = BenchReport {
@@ -133,7 +146,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-fn workload(args: &BenchArgs) -> anyhow::Result<(Vec<(Endpoint, String)>, String)> {
+fn workload(args: &BenchArgs) -> anyhow::Result<(Vec<Request>, String)> {
     let defaults = RequestDefaults {
         model: args.model.clone(),
         max_tokens: Some(args.output_tokens),
@@ -142,17 +155,23 @@ fn workload(args: &BenchArgs) -> anyhow::Result<(Vec<(Endpoint, String)>, String
     };
     let Some(path) = &args.jobs else {
         let parser = Parser::new(defaults, None);
+        let spread = f64::from(args.spread) / 100.0;
         let requests = (0..100)
             .map(|i| {
-                let words = (args.prompt_tokens / 2 + (i * args.prompt_tokens) / 100).max(1);
+                // Lengths evenly spread from mean × (1 − spread) to mean × (1 + spread), in a fixed order.
+                let factor = 1.0 - spread + 2.0 * spread * f64::from(i) / 99.0;
+                let words = ((args.prompt_tokens as f64 * factor).round() as usize).max(1);
+                let max_tokens = ((args.output_tokens as f64 * factor).round() as u64).max(1);
                 let prompt = format!("Item {i}. {}", "lorem ".repeat(words));
-                let line = serde_json::json!({"prompt": prompt}).to_string();
+                let line = serde_json::json!({"prompt": prompt, "max_tokens": max_tokens}).to_string();
                 let job = parser.parse(1, line.as_bytes()).ok().flatten().expect("a synthetic line parses");
-                (job.endpoint, job.body)
+                Request { endpoint: job.endpoint, body: job.body, inputs: 1 }
             })
             .collect();
-        let what =
-            format!("synthetic: ~{} prompt words (±50%), {} output tokens", args.prompt_tokens, args.output_tokens);
+        let what = format!(
+            "synthetic: ~{} prompt words and at most {} output tokens on average, each spread ±{}%",
+            args.prompt_tokens, args.output_tokens, args.spread
+        );
         return Ok((requests, what));
     };
     let template = match &args.template {
@@ -172,7 +191,7 @@ fn workload(args: &BenchArgs) -> anyhow::Result<(Vec<(Endpoint, String)>, String
             None => break,
             Some(RawLine::Line(n, bytes)) => {
                 if let Ok(Some(job)) = parser.parse(n, &bytes) {
-                    requests.push((job.endpoint, job.body));
+                    requests.push(Request { endpoint: job.endpoint, body: job.body, inputs: 1 });
                 }
             }
             Some(RawLine::TooLong(..)) => {}
@@ -181,5 +200,6 @@ fn workload(args: &BenchArgs) -> anyhow::Result<(Vec<(Endpoint, String)>, String
     if requests.is_empty() {
         return Err(setup_error(format!("no usable job lines in {}", path.display())));
     }
-    Ok((requests.clone(), format!("{} jobs sampled from {}", requests.len(), path.display())))
+    let what = format!("{} jobs sampled from {}", requests.len(), path.display());
+    Ok((requests, what))
 }

@@ -1,6 +1,7 @@
 //! The command line: one file per command, clap derive, doc comments as help text.
 
 mod bench;
+mod doctor;
 mod export;
 mod parse;
 mod run;
@@ -9,6 +10,7 @@ mod status;
 mod workflow;
 
 pub use bench::BenchArgs;
+pub use doctor::DoctorArgs;
 pub use export::ExportArgs;
 pub use run::RunArgs;
 pub use status::StatusArgs;
@@ -39,9 +41,11 @@ pub enum Command {
     Export(ExportArgs),
     /// Measure a server honestly: sweep concurrency levels to steady state, recommend one, predict a run's time.
     Bench(Box<BenchArgs>),
+    /// Find the bottleneck across client concurrency, server lanes and threads, with the line to paste.
+    Doctor(Box<DoctorArgs>),
 }
 
-/// The server flags shared by `run` and `bench`.
+/// The server flags shared by `run`, `bench` and `doctor`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
     /// The server's base URL. Default: the first of localhost:11434, 8080, 8000, 1234, 30000 that answers.
@@ -72,7 +76,7 @@ impl ServerArgs {
 pub enum Exit {
     /// Every job succeeded.
     Success = 0,
-    /// The run finished, but some jobs failed or some lines were bad.
+    /// The run finished, but some jobs failed or some lines were bad (doctor: a verdict says to change something).
     SomeFailed = 1,
     /// Usage or setup error (also: the first requests all failed the same way).
     Setup = 2,
@@ -102,5 +106,6 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
         Command::Status(args) => status::execute(args),
         Command::Export(args) => export::execute(args),
         Command::Bench(args) => bench::execute(*args).await,
+        Command::Doctor(args) => doctor::execute(*args).await,
     }
 }

@@ -1,0 +1,70 @@
+//! Parsers for what servers send that doctor reads: Prometheus text (`/metrics`) and RFC 3339 times
+//! (Ollama's `expires_at`). Small enough to keep here rather than add a dependency for each.
+
+/// Sum of a Prometheus metric's samples over its label sets.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = if rest.starts_with('{') { &rest[rest.find('}')? + 1..] } else { rest };
+            rest.strip_prefix(' ')?.split_whitespace().next()?.parse().ok()
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 time (`2026-11-23T20:45:00.5+01:00`).
+pub fn rfc3339_secs(s: &str) -> Option<f64> {
+    let (date, time) = s.split_once(['T', 't', ' '])?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let split = time.find(['Z', 'z', '+', '-']).unwrap_or(time.len());
+    let (clock, zone) = time.split_at(split);
+    let mut c = clock.splitn(3, ':');
+    let (h, min): (i64, i64) = (c.next()?.parse().ok()?, c.next()?.parse().ok()?);
+    let sec: f64 = c.next()?.parse().ok()?;
+    let offset = match zone.chars().next() {
+        Some(sign @ ('+' | '-')) => {
+            let (oh, om) = zone[1..].split_once(':')?;
+            let o = oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60;
+            if sign == '+' {
+                o
+            } else {
+                -o
+            }
+        }
+        _ => 0,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    Some((days * 86_400 + h * 3600 + min * 60 - offset) as f64 + sec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_prometheus_samples_with_and_without_labels() {
+        let text = "# HELP x\nllamacpp:requests_processing 4\nllamacpp:requests_deferred 12\n\
+                    vllm:num_requests_waiting{model_name=\"a\"} 3.0\nvllm:num_requests_waiting{model_name=\"b\"} 2\n";
+        assert_eq!(metric(text, "llamacpp:requests_processing"), Some(4.0));
+        assert_eq!(metric(text, "llamacpp:requests_deferred"), Some(12.0));
+        assert_eq!(metric(text, "vllm:num_requests_waiting"), Some(5.0));
+        assert_eq!(metric(text, "vllm:num_requests_running"), None);
+    }
+
+    #[test]
+    fn parses_rfc3339_with_offsets() {
+        assert_eq!(rfc3339_secs("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(rfc3339_secs("2000-03-01T00:00:00Z"), Some(951_868_800.0));
+        assert_eq!(rfc3339_secs("2000-03-01T01:00:00.5+01:00"), Some(951_868_800.5));
+        assert_eq!(rfc3339_secs("not a time"), None);
+    }
+}
