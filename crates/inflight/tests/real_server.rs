@@ -194,6 +194,7 @@ fn bench_streams_and_reads_the_servers_own_figures() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
     assert_matches_schema(&report, "bench-report.schema.json");
     for l in report["levels"].as_array().unwrap() {
+        assert_eq!(l["errors"], json!([]), "no failed requests: {l}");
         let ttft = l["ttft_ms"]["p50"].as_f64().expect("time to first token from the stream");
         assert!(ttft > 0.0 && ttft <= l["latency_ms"]["p50"].as_f64().unwrap(), "{l}");
         assert!(l["itl_ms"]["p50"].as_f64().unwrap() > 0.0, "{l}");
