@@ -67,9 +67,21 @@ async fn serve_conn(stream: TcpStream, router: Router, mut shutdown: watch::Rece
     };
     let kill = Arc::new(Notify::new());
     let handle = ConnHandle(kill.clone());
+    let stopping = shutdown.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(handle.clone());
-        tower_service::Service::call(&mut router.clone(), req)
+        // A request that arrives once shutdown has begun (on a kept-alive connection not yet reset) gets a reset,
+        // never an answer: a real server that dies answers nothing, and a client checking whether it is still
+        // up must not be told yes.
+        let stopped = *stopping.borrow();
+        let (handle, mut router) = (handle.clone(), router.clone());
+        async move {
+            if stopped {
+                handle.reset();
+                std::future::pending::<()>().await;
+            }
+            tower_service::Service::call(&mut router, req).await
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);

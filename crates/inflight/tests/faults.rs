@@ -164,6 +164,7 @@ fn outage_pauses_the_run_and_resumes_without_spending_attempts() {
     }
     sim.restart(fast().with_port(port));
     let out = child.wait_with_output().unwrap();
+    assert!(read_jsonl(&s.errors()).is_empty(), "no attempt was spent on the outage: {:?}", read_jsonl(&s.errors()));
     assert_exit(&out, 0);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("PAUSED"), "the status line says so: {stderr}");
