@@ -126,6 +126,14 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// How many jobs can run step `step` (given the steps it reads), counting no further than `limit`.
+    pub fn count_ready(&self, step: &str, deps: &[&str], limit: usize) -> Result<usize, StoreError> {
+        let deps = Value::from(deps.to_vec()).to_string();
+        let mut stmt = self.conn.prepare_cached(include_str!("sql/ready_count.sql"))?;
+        let n: i64 = stmt.query_row(params![step, deps, limit as i64], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
     /// Per-step totals, in no particular order.
     pub fn step_counts(&self) -> Result<Vec<StepCount>, StoreError> {
         let mut stmt = self.conn.prepare_cached(include_str!("sql/step_counts.sql"))?;

@@ -178,6 +178,8 @@ pub struct Controller {
     by_jobs: bool,
     serialized: bool,
     notes: Vec<String>,
+    /// Doublings in a row that gain nothing clear of the noise before the climb stops.
+    patience: u8,
 }
 
 impl Controller {
@@ -204,7 +206,19 @@ impl Controller {
             by_jobs: true,
             serialized: false,
             notes: Vec::new(),
+            patience: 2,
         }
+    }
+
+    /// A controller starting its climb at `level`, a level learned elsewhere (another model on the same
+    /// server: lanes and threads are the server's). One doubling that gains nothing ends the climb (the prior
+    /// was measured, so a flat first doubling is not a CPU server's flat start), and the search below goes down
+    /// to half of `level`; probes below, later, go further if the server wants less.
+    pub fn starting_at(cfg: ControllerConfig, now: Duration, level: usize) -> Controller {
+        let mut c = Controller::new(cfg, now);
+        c.level = level.clamp(c.cfg.min.max(1), c.cfg.max);
+        c.patience = 1;
+        c
     }
 
     /// The current level.
@@ -233,6 +247,13 @@ impl Controller {
             State::Hold { .. } | State::Probe { .. } => Some(self.held()),
             _ => None,
         }
+    }
+
+    /// The smallest measured level within the noise band of the best measured rate, once anything is measured:
+    /// the best guess so far of where it will settle.
+    pub fn best_level(&self) -> Option<usize> {
+        let best = self.best_rate();
+        self.measured.iter().find(|(_, m)| m.rate >= best * (1.0 - self.cfg.noise)).map(|(l, _)| *l)
     }
 
     /// The effective parallelism the server showed, once known: 1 for a serialized server, else the level
@@ -284,7 +305,9 @@ impl Controller {
             return None;
         }
         let elapsed = now.saturating_sub(self.window_start);
-        let wanted = (2 * self.level as u64).max(16);
+        // Enough answers that 10× spread in output lengths averages out, without spending many latencies at the
+        // lowest levels, where every window is slow and the server mostly idle.
+        let wanted = (2 * self.level as u64).max(8);
         // A window spans at least two typical latencies, so answers sent together do not all land in one.
         let typical = self.latencies.get(self.latencies.len() / 2).copied().unwrap_or_default();
         let full = elapsed >= self.cfg.min_window.max(typical * 2) && self.jobs >= wanted;
@@ -352,9 +375,11 @@ impl Controller {
             return Some(Measured { rate, latency: last[last.len() - 1].1 });
         }
         if let (State::Climb { .. }, 1) = (self.state, n) {
-            // A doubling that clearly pays (well beyond the noise) needs no second window to confirm it.
-            let prev = self.measured.get(&(self.level / 2)).filter(|_| self.level > 1);
-            if prev.is_some_and(|p| self.windows[0].0 > p.rate * (1.0 + 3.0 * self.cfg.noise)) {
+            // The climb's first level is only the baseline the next doubling is judged against, and a doubling
+            // that clearly pays (well beyond the noise) needs no second window to confirm it either: one window
+            // each keeps a climb from 1 short.
+            let prev = self.measured.range(..self.level).next_back().map(|(_, m)| m);
+            if prev.is_none_or(|p| self.windows[0].0 > p.rate * (1.0 + 3.0 * self.cfg.noise)) {
                 return Some(Measured { rate: self.windows[0].0, latency: self.windows[0].1 });
             }
         }
@@ -403,7 +428,7 @@ impl Controller {
                 // server can be flat from 1 to 2 in flight and gain at 4 and 8), so stop after two in a row.
                 let flat = if best_before > 0.0 && m.rate <= best_before * (1.0 + band) { flat + 1 } else { 0 };
                 let next = (self.level * 2).min(self.cap(now));
-                if flat >= 2 || (flat == 1 && next <= self.level) {
+                if flat >= self.patience || (flat == 1 && next <= self.level) {
                     self.check_serialized(m);
                     if self.serialized {
                         // One lane: a second request in flight only hides the client's round trip.
@@ -488,16 +513,13 @@ impl Controller {
     }
 
     fn start_refine(&mut self, now: Duration) -> Option<Decision> {
-        // The answer is the smallest measured level within the band of the best; the level below it (half of
-        // it) was clearly worse, so search between the two for anything smaller that is still within the band.
-        let best = self.best_rate();
-        let chosen = self
-            .measured
-            .iter()
-            .find(|(_, m)| m.rate >= best * (1.0 - self.cfg.noise))
-            .map(|(l, _)| *l)
-            .unwrap_or(self.level);
-        self.refine_step(now, chosen / 2, chosen, 0)
+        // The answer is the smallest measured level within the band of the best; the largest measured level below
+        // it (half of it, after a climb from 1) was clearly worse, so search between the two for anything smaller
+        // that is still within the band. Nothing measured below (a climb from a level learned elsewhere): search
+        // down to half of it, and leave anything further to the probes.
+        let chosen = self.best_level().unwrap_or(self.level);
+        let lo = self.measured.range(..chosen).next_back().map_or(chosen / 2, |(l, _)| *l);
+        self.refine_step(now, lo, chosen, 0)
     }
 
     fn refine_step(&mut self, now: Duration, lo: usize, hi: usize, steps: u8) -> Option<Decision> {

@@ -28,8 +28,11 @@ struct Trace {
 }
 
 fn drive(cfg: ControllerConfig, synth: &Synth, seconds: f64) -> Trace {
+    drive_from(Controller::new(cfg, Duration::ZERO), synth, seconds)
+}
+
+fn drive_from(mut c: Controller, synth: &Synth, seconds: f64) -> Trace {
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-    let mut c = Controller::new(cfg, Duration::ZERO);
     let dt = 0.005;
     let (mut t, mut acc, mut done) = (0.0f64, 0.0f64, 0u64);
     let mut factor = 1.0;
@@ -167,4 +170,28 @@ fn a_flat_first_doubling_does_not_stop_the_climb() {
     let trace = drive(ControllerConfig::default(), &Synth::new(shape), 1200.0);
     assert!((6..=16).contains(&trace.final_level), "{} {:?}", trace.final_level, trace.decisions);
     assert!(trace.notes.is_empty(), "not a serial server: {:?}", trace.notes);
+}
+
+#[test]
+fn a_level_learned_elsewhere_is_confirmed_without_climbing_from_one() {
+    let trace = drive_from(
+        Controller::starting_at(ControllerConfig::default(), Duration::ZERO, 32),
+        &Synth::new(lanes(32, 1.2)),
+        300.0,
+    );
+    assert!((24..=40).contains(&trace.final_level), "{} {:?}", trace.final_level, trace.decisions);
+    let lowest = trace.levels.iter().map(|(_, l)| *l).min().unwrap();
+    assert!(lowest >= 16, "never below half the prior: {:?}", trace.decisions);
+    assert!(trace.decisions[0].reason.contains("at 32, trying 64"), "{:?}", trace.decisions[0]);
+}
+
+#[test]
+fn a_prior_too_high_is_walked_down_by_the_probes() {
+    // Four lanes, but another model on the server held 16: the search and then the probes bring it down.
+    let trace = drive_from(
+        Controller::starting_at(ControllerConfig::default(), Duration::ZERO, 16),
+        &Synth::new(lanes(4, 7.0)),
+        1800.0,
+    );
+    assert!(trace.final_level <= 6, "{} {:?}", trace.final_level, trace.decisions);
 }

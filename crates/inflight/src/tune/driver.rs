@@ -45,6 +45,8 @@ pub struct TuneStatus {
     pub phase: &'static str,
     /// The level held once known.
     pub held: Option<usize>,
+    /// The smallest level within the noise of the best measured so far, once anything is measured.
+    pub best: Option<usize>,
     /// The effective number of lanes the server showed, once known.
     pub lanes: Option<usize>,
     /// Messages for the user (e.g. that the server runs one request at a time).
@@ -107,6 +109,7 @@ pub fn spawn_controller(
             let mut st = shared.lock().expect("tune status lock");
             st.phase = controller.phase().name();
             st.held = controller.held_level();
+            st.best = controller.best_level();
             st.lanes = controller.effective_lanes();
             st.max_tried = max_tried;
             st.changes = changes;

@@ -1,7 +1,9 @@
 //! A model group: the steps one server runs with one model, with their own permits and controller.
 //!
-//! Concurrency learned for one model does not carry over to another, so each (server, model) has its own
-//! [`Controller`]. Its clock runs only while the group's model is the one being fed: windows then measure the
+//! Each (server, model) has its own [`Controller`]: models differ in speed and in how they batch. It starts
+//! when the model is first fed, at the level the server's other models have found if any (lanes and threads
+//! are the server's, so that is a far better start than 1; the controller still climbs above it and searches
+//! below), and its clock runs only while the group's model is the one being fed: windows then measure the
 //! model at work, not the time it waited for another model's batch.
 
 use std::sync::{Arc, Mutex};
@@ -58,6 +60,8 @@ pub(super) struct Group {
     pub samples: Option<UnboundedSender<Sample>>,
     pub clock: Arc<ActiveClock>,
     pub tune: Option<TuneHandle>,
+    /// `--max-concurrency` and the server's kind, while a controller is still to be started.
+    auto: Option<(usize, ServerKind)>,
     /// Whether the model has answered since it was last switched to (until then answers carry the load).
     pub warm: bool,
     /// Median-ish latency of warm answers (a running mean), to measure switches by.
@@ -67,21 +71,40 @@ pub(super) struct Group {
 impl Group {
     /// A group for `model` running `steps`.
     pub fn new(model: String, steps: Vec<usize>, concurrency: GroupConcurrency, kind: ServerKind) -> Group {
-        let clock = Arc::new(ActiveClock::default());
-        let (limiter, samples, tune) = match concurrency {
-            GroupConcurrency::Fixed(n) => (Limiter::new(n), None, None),
-            GroupConcurrency::Auto(max) => {
-                let limiter = Limiter::new(1);
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let cfg = ControllerConfig { max, ..Default::default() };
-                let controller = Controller::new(cfg, clock.now());
-                let dyn_clock: Arc<dyn Clock> = clock.clone();
-                let handle = spawn_controller(controller, limiter.clone(), rx, dyn_clock, kind.parallel_fix());
-                (limiter, Some(tx), Some(handle))
-            }
+        let (limiter, auto) = match concurrency {
+            GroupConcurrency::Fixed(n) => (Limiter::new(n), None),
+            GroupConcurrency::Auto(max) => (Limiter::new(1), Some((max, kind))),
         };
         let cursors = vec![0; steps.len()];
-        Group { model, steps, cursors, limiter, samples, clock, tune, warm: false, usual: None }
+        let clock = Arc::new(ActiveClock::default());
+        Group { model, steps, cursors, limiter, samples: None, clock, tune: None, auto, warm: false, usual: None }
+    }
+
+    /// Starts the controller (once, when the model is first fed), at `prior` if another model on the server
+    /// found one, else from 1.
+    pub fn start_tuning(&mut self, prior: Option<usize>) {
+        let Some((max, kind)) = self.auto.take() else { return };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let cfg = ControllerConfig { max, ..Default::default() };
+        let controller = match prior {
+            Some(level) => Controller::starting_at(cfg, self.clock.now(), level),
+            None => Controller::new(cfg, self.clock.now()),
+        };
+        let clock: Arc<dyn Clock> = self.clock.clone();
+        self.tune = Some(spawn_controller(controller, self.limiter.clone(), rx, clock, kind.parallel_fix()));
+        self.samples = Some(tx);
+    }
+
+    /// The level this group's controller holds or, still searching, its best so far.
+    pub fn learned_level(&self) -> Option<usize> {
+        let status = self.tune.as_ref()?.status.lock().ok()?;
+        status.held.or(status.best)
+    }
+
+    /// Units per second it runs at, from its level and usual latency (Little's law), once it has answered.
+    pub fn rate(&self) -> Option<f64> {
+        let usual = self.usual?.as_secs_f64();
+        (usual > 0.0).then(|| self.limiter.limit() as f64 / usual)
     }
 
     /// Notes a warm answer's latency.

@@ -2,7 +2,9 @@
 //!
 //! While a model is loaded its ready work runs. The scheduler leaves it for another model's ready work only
 //! when its own runs out, or once it has run for a bounded batch: `SHARE_FACTOR` times the measured switch
-//! cost (and at least `MIN_BATCH`). Alternating batches of at least 19 × the switch cost spend at most
+//! cost (and at least `MIN_BATCH`) and another model has at least a batch's worth of ready work waiting (else it
+//! looks again after a quarter batch): a switch that buys less than a batch would raise the share of time spent
+//! switching, and over a short run it would add switches the work does not need. Alternating batches of at least 19 × the switch cost spend at most
 //! 1 / (1 + 19) = 5% of the time switching, while every model's work (and so every job) keeps moving, which
 //! one batch per step over a million jobs would not. A switch costs what the server says it spent loading
 //! (Ollama's `load_duration`), otherwise the first answer's latency after the switch beyond the model's usual
@@ -21,6 +23,8 @@ const EWMA: f64 = 0.5;
 #[derive(Debug, Clone, Default)]
 pub struct SwitchPolicy {
     since: Option<Instant>,
+    /// The batch was over but no other model had a batch's worth of work: look again at this time.
+    look_again: Option<Instant>,
     cost: Option<Duration>,
     /// Switches so far (the first load counts: from cold, A then B then A is three loads).
     pub switches: u64,
@@ -33,6 +37,12 @@ impl SwitchPolicy {
     pub fn switched(&mut self, now: Instant) {
         self.switches += 1;
         self.since = Some(now);
+        self.look_again = None;
+    }
+
+    /// The batch is over but no other model has a batch's worth of ready work: stay a quarter batch more.
+    pub fn stay(&mut self, now: Instant) {
+        self.look_again = Some(now + (self.batch() / 4).max(MIN_BATCH));
     }
 
     /// The first answer after a switch took `latency`; the server reported `load` (if it does), and the
@@ -43,6 +53,11 @@ impl SwitchPolicy {
             (None, Some(usual)) => latency.saturating_sub(usual),
             (None, None) => return,
         };
+        // The first model fed may have been loaded already: a free first "switch" says nothing about what a
+        // real one costs, and taking it as the cost would cut the first batch to the minimum.
+        if self.switches <= 1 && cost < MIN_BATCH / SHARE_FACTOR {
+            return;
+        }
         self.switching += cost;
         self.cost = Some(match self.cost {
             Some(c) => c.mul_f64(1.0 - EWMA) + cost.mul_f64(EWMA),
@@ -57,7 +72,7 @@ impl SwitchPolicy {
 
     /// Whether the current batch is done at `now`.
     pub fn batch_done(&self, now: Instant) -> bool {
-        self.since.is_some_and(|s| now.duration_since(s) >= self.batch())
+        self.since.is_some_and(|s| now.duration_since(s) >= self.batch()) && self.look_again.is_none_or(|t| now >= t)
     }
 }
 
@@ -77,7 +92,34 @@ mod tests {
         assert!(share <= 0.05, "{share}");
         assert!(!p.batch_done(t0 + Duration::from_secs(37)));
         assert!(p.batch_done(t0 + Duration::from_secs(38)));
+        p.switched(t0 + Duration::from_secs(38));
         p.first_answer(Duration::from_secs(9), Some(Duration::ZERO), None);
-        assert_eq!((p.batch(), p.switches), (Duration::from_secs(19), 1), "the server's own load time wins");
+        assert_eq!((p.batch(), p.switches), (Duration::from_secs(19), 2), "the server's own load time wins");
+    }
+
+    #[test]
+    fn a_first_model_that_was_loaded_already_says_nothing_about_switches() {
+        let mut p = SwitchPolicy::default();
+        p.switched(Instant::now());
+        p.first_answer(Duration::from_millis(300), Some(Duration::from_millis(10)), None);
+        assert_eq!(p.batch(), MIN_BATCH);
+        p.switched(Instant::now());
+        p.first_answer(Duration::from_secs(3), Some(Duration::from_secs(2)), None);
+        assert_eq!(p.batch(), Duration::from_secs(38), "the first real switch sets the cost alone");
+    }
+
+    #[test]
+    fn staying_after_a_batch_looks_again_a_quarter_batch_later() {
+        let mut p = SwitchPolicy::default();
+        let t0 = Instant::now();
+        p.switched(t0);
+        p.first_answer(Duration::from_secs(3), Some(Duration::from_secs(2)), None);
+        let end = t0 + Duration::from_secs(38);
+        assert!(p.batch_done(end));
+        p.stay(end);
+        assert!(!p.batch_done(end + Duration::from_millis(9400)));
+        assert!(p.batch_done(end + Duration::from_millis(9500)));
+        p.switched(end + Duration::from_secs(10));
+        assert!(!p.batch_done(end + Duration::from_secs(11)), "a switch starts a whole batch");
     }
 }

@@ -173,9 +173,14 @@ impl ServerLoop {
 
     /// The group to feed and a page of its ready work, or `None` when none of this server's work is ready.
     fn next_batch(&mut self) -> Result<Option<(usize, Vec<Unit>)>, StoreError> {
+        let now = Instant::now();
         let order: Vec<usize> = match self.active {
-            // Stay while the batch lasts; after it, the others first, and this one again if they have nothing.
-            Some(a) if !self.policy.batch_done(Instant::now()) => std::iter::once(a).collect(),
+            // Stay while the batch lasts; after it, the others first if one has a batch's worth of work waiting.
+            Some(a) if !self.policy.batch_done(now) => vec![a],
+            Some(a) if !self.others_have_a_batch(a)? => {
+                self.policy.stay(now);
+                vec![a]
+            }
             Some(a) => (0..self.groups.len()).filter(|&g| g != a).chain([a]).collect(),
             None => (0..self.groups.len()).collect(),
         };
@@ -186,6 +191,27 @@ impl ServerLoop {
             }
         }
         Ok(None)
+    }
+
+    /// Whether a group other than `active` has ready work for at least a batch at its own rate (a group that
+    /// has not answered yet is taken to run at the active group's rate: same server, same lanes).
+    fn others_have_a_batch(&self, active: usize) -> Result<bool, StoreError> {
+        let batch = self.policy.batch().as_secs_f64();
+        let fallback = self.groups[active].rate();
+        for group in self.groups.iter().enumerate().filter(|(g, _)| *g != active).map(|(_, g)| g) {
+            let need = group.rate().or(fallback).map_or(1, |r| (r * batch).ceil() as usize).max(1);
+            let mut have = 0;
+            for &s in &group.steps {
+                let step = &self.shared.workflow.steps[s];
+                let deps: Vec<&str> = step.deps.iter().map(|&d| self.shared.workflow.steps[d].name.as_str()).collect();
+                have += self.reader.count_ready(&step.name, &deps, need - have)?;
+                if have >= need {
+                    tracing::debug!(model = %group.model, need, "a batch of work is waiting");
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// A page of group `g`'s ready work that is not in flight, latest steps first.
@@ -249,6 +275,8 @@ impl ServerLoop {
         }
         tracing::info!(model = %self.groups[g].model, "switching model");
         self.groups[g].clock.set_active(true);
+        let prior = self.groups.iter().filter_map(Group::learned_level).max();
+        self.groups[g].start_tuning(prior);
         self.groups[g].warm = false;
         self.active = Some(g);
         self.policy.switched(Instant::now());
