@@ -8,7 +8,10 @@ at fixed concurrency levels, on the very prompts inflight sent) plus one load ti
 step order (A, B, A: three loads from cold).
 
     scripts/bench-workflow.py --server router [--jobs 120] [--chain-jobs 40]   # test-bed llama-server, router mode
-    scripts/bench-workflow.py --server sim [--jobs 2000] [--scale 20]          # Ollama-compatible simulator, 2 s loads
+    scripts/bench-workflow.py --server sim --jobs 2000 --chain-jobs 20 --levels 16,32,64  # Ollama simulator, 2 s loads
+
+The simulator runs in real time by default (--scale 1): a faster clock would shrink its 2 s loads and its
+latencies but not inflight's measurement windows, which have a floor of half a second.
 
 Chaining runs over --chain-jobs jobs (per-job figures are what compare); each method gets its own prompts, so a
 server's prompt cache favours none. Prints its settings and figures; asserts nothing.
@@ -123,7 +126,7 @@ def main():
     ap.add_argument("--server", choices=["router", "sim"], default="router")
     ap.add_argument("--jobs", type=int, default=120)
     ap.add_argument("--chain-jobs", type=int, default=None, help="jobs for per-job chaining (default: --jobs)")
-    ap.add_argument("--scale", type=float, default=20.0, help="simulator time scale")
+    ap.add_argument("--scale", type=float, default=1.0, help="simulator time scale")
     ap.add_argument("--levels", default="1,2,4,8", help="fixed levels measured for each step's best rate")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "--bin", "inflight", "--bin", "inflight-sim"], cwd=ROOT,

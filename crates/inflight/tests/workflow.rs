@@ -265,3 +265,31 @@ fn steps_on_two_servers_run_at_the_same_time() {
     let sum = busy(&a) + busy(&b);
     assert!((wall as f64) < 0.8 * sum as f64, "pipelined: wall {wall} ms vs busy {sum} ms");
 }
+
+#[test]
+fn a_step_naming_a_model_the_server_lacks_stops_the_run_after_ten_identical_refusals() {
+    let sim =
+        Sim::start(SimConfig::profile(Profile::Lanes4).with_missing_models(vec!["B".into()]).with_time_scale(50.0));
+    let s = Scratch::new();
+    let input = s.write_lines("jobs.jsonl", text_lines(200));
+    let flow = s.path("flow.yaml");
+    std::fs::write(&flow, ABA).unwrap();
+    let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg()];
+    let out = run(&[&args[..], &["--server", sim.url(), "-q"]].concat());
+    assert_exit(&out, 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("step critique: the first 10 requests all failed the same way"), "{err}");
+    assert!(err.contains("model 'B' not found"), "{err}");
+    assert!(read_jsonl(&s.errors()).is_empty(), "the refusals are not recorded as the jobs' failures");
+    let refused = sim.stats().requests - done_in(&s.path("out.inflight.db"), "extract");
+    assert!(refused < 40, "stopped at once, not after every job's step 2: {refused} refusals");
+
+    // The step fixed (B renamed to A), the run goes on: step 1's results are kept, every job ends once.
+    std::fs::write(&flow, ABA.replace("model: B", "model: A")).unwrap();
+    let before = sim.stats().requests;
+    let extracted = done_in(&s.path("out.inflight.db"), "extract");
+    let out = run(&[&args[..], &["--server", sim.url(), "-q"]].concat());
+    assert_exit(&out, 0);
+    assert_eq!(read_jsonl(&s.out()).len(), 200);
+    assert_eq!(sim.stats().requests - before, 200 - extracted + 400, "step 1 is not sent again where it finished");
+}

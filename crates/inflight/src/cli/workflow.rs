@@ -13,14 +13,14 @@ use tokio_util::sync::CancellationToken;
 use super::parse::Concurrency;
 use super::run::{ingest, spawn_signal_handler, RunArgs};
 use super::state::{default_state_path, lock, remove_state};
-use super::{setup_error, Exit};
+use super::{setup_error, CommandError, Exit};
 use crate::backend::{connect, normalize, Api, ConnectOptions, Connection, OllamaBackend};
 use crate::dispatch::Health;
 use crate::job::Parser;
 use crate::output::{errors_path, Format, OutputFiles};
 use crate::report::{format_duration, spawn_progress, Display, LiveStats, ProgressSource, Summary, SummaryInput};
 use crate::store::{Store, Writer};
-use crate::workflow::{run_servers, FlowStats, GroupConcurrency, ServerPlan, ServerView, Shared, Workflow};
+use crate::workflow::{run_servers, FlowStats, GroupConcurrency, Probation, ServerPlan, ServerView, Shared, Workflow};
 
 /// Runs `args` through the workflow in `flow`.
 pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
@@ -85,6 +85,8 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
     let views = conns.iter().map(|c| Mutex::new(ServerView { url: c.backend.url().to_owned(), ..Default::default() }));
     let flow_stats = Arc::new(FlowStats { servers: views.collect(), ..Default::default() });
     let shared = Arc::new(Shared {
+        probation: Probation::new(workflow.steps.len()),
+        verdict: Mutex::new(None),
         workflow: Arc::new(workflow),
         writer: writer.sender(),
         stats: stats.clone(),
@@ -131,6 +133,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
     let ran = run_servers(&reader, shared.clone(), plans, concurrency, args.drain_timeout).await;
     let wall = started.elapsed();
     progress.finish().await;
+    let verdict = shared.verdict.lock().expect("verdict lock").take();
     drop(shared);
     writer.finish().context("recording results")?;
     ran?;
@@ -166,6 +169,16 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         );
     }
     println!("  results: {}  errors: {}  state: {}", out.display(), errors_path(&out).display(), state_path.display());
+    if let Some(message) = verdict {
+        return Err(CommandError {
+            exit: Exit::Setup,
+            message: format!(
+                "stopped: {message}\nNothing was recorded for those jobs; fix the step and run again (steps that \
+                 finished are kept)."
+            ),
+        }
+        .into());
+    }
     if stop.is_cancelled() && counts.pending > 0 {
         eprintln!("interrupted: run the same command again to resume ({} jobs pending)", counts.pending);
         return Ok(Exit::Interrupted);

@@ -9,6 +9,7 @@
 //! one batch per step over a million jobs would not. A switch costs what the server says it spent loading
 //! (Ollama's `load_duration`), otherwise the first answer's latency after the switch beyond the model's usual
 //! latency; a server that holds both models (nothing to load) costs nothing and gets `MIN_BATCH` batches.
+//! Before any switch is measured, a model runs until its ready work runs out.
 
 use std::time::{Duration, Instant};
 
@@ -71,8 +72,12 @@ impl SwitchPolicy {
     }
 
     /// Whether the current batch is done at `now`.
+    /// Until a switch has been measured there is no bound: the first model runs until its ready work runs out,
+    /// and that first real switch tells what one costs.
     pub fn batch_done(&self, now: Instant) -> bool {
-        self.since.is_some_and(|s| now.duration_since(s) >= self.batch()) && self.look_again.is_none_or(|t| now >= t)
+        self.cost.is_some()
+            && self.since.is_some_and(|s| now.duration_since(s) >= self.batch())
+            && self.look_again.is_none_or(|t| now >= t)
     }
 }
 
@@ -83,9 +88,9 @@ mod tests {
     #[test]
     fn batches_grow_with_the_switch_cost_so_switching_stays_under_five_percent() {
         let mut p = SwitchPolicy::default();
-        assert_eq!(p.batch(), MIN_BATCH, "unmeasured: the minimum");
         let t0 = Instant::now();
         p.switched(t0);
+        assert!(!p.batch_done(t0 + Duration::from_secs(3600)), "unmeasured: no bound");
         p.first_answer(Duration::from_millis(2300), None, Some(Duration::from_millis(300)));
         assert_eq!(p.batch(), Duration::from_secs(38));
         let share = p.switching.as_secs_f64() / (p.switching + p.batch()).as_secs_f64();

@@ -121,8 +121,9 @@ impl ServerLoop {
         while !self.shared.stop.is_cancelled() {
             self.settle().await?;
             let Some((g, units)) = self.next_batch()? else {
-                // This server's own work in flight is work left; otherwise ask the store (other servers' too).
-                if self.in_flight.is_empty() && !self.anything_left()? {
+                // This server's own work in flight is work left; otherwise ask the store (other servers' too),
+                // once failures held on probation are recorded (nothing else of their steps is left to run).
+                if self.in_flight.is_empty() && !self.release_held().await? && !self.anything_left()? {
                     return Ok(());
                 }
                 self.wait().await;
@@ -142,6 +143,22 @@ impl ServerLoop {
             self.publish();
         }
         Ok(())
+    }
+
+    /// Records the failures this server's steps hold on probation; returns whether there were any.
+    async fn release_held(&mut self) -> Result<bool, StoreError> {
+        let steps: Vec<usize> = self.groups.iter().flat_map(|g| g.steps.iter().copied()).collect();
+        let held = self.shared.probation.release(&steps);
+        if held.is_empty() {
+            return Ok(false);
+        }
+        for f in held {
+            self.shared.writer.send(WriteMsg::Failed(f)).map_err(|_| StoreError::WriterGone)?;
+        }
+        let (ack, committed) = tokio::sync::oneshot::channel();
+        self.shared.writer.send(WriteMsg::Flush(ack)).map_err(|_| StoreError::WriterGone)?;
+        committed.await.map_err(|_| StoreError::WriterGone)?;
+        Ok(true)
     }
 
     /// Takes in finished tasks; once the writer has committed their results, they are no longer in flight.
@@ -193,13 +210,15 @@ impl ServerLoop {
         Ok(None)
     }
 
-    /// Whether a group other than `active` has ready work for at least a batch at its own rate (a group that
-    /// has not answered yet is taken to run at the active group's rate: same server, same lanes).
+    /// Whether a group other than `active` has ready work for at least a batch. Its rate is taken as the larger
+    /// of its own (from its level when last fed, perhaps early in its climb) and the active group's (same server,
+    /// same lanes), so that a switch is not bought with too little work.
     fn others_have_a_batch(&self, active: usize) -> Result<bool, StoreError> {
         let batch = self.policy.batch().as_secs_f64();
-        let fallback = self.groups[active].rate();
+        let active_rate = self.groups[active].rate();
         for group in self.groups.iter().enumerate().filter(|(g, _)| *g != active).map(|(_, g)| g) {
-            let need = group.rate().or(fallback).map_or(1, |r| (r * batch).ceil() as usize).max(1);
+            let rate = [group.rate(), active_rate].into_iter().flatten().reduce(f64::max);
+            let need = rate.map_or(1, |r| (r * batch).ceil() as usize).max(1);
             let mut have = 0;
             for &s in &group.steps {
                 let step = &self.shared.workflow.steps[s];
@@ -230,7 +249,9 @@ impl ServerLoop {
                 self.groups[g].cursors[i] = page.last().map(|u| u.seq).unwrap_or(cursor);
                 // After a wrap the first pass's units come round again: take each once.
                 let fresh = |u: &crate::store::ReadyUnit| {
-                    !self.in_flight.contains(&(u.seq, s)) && !out.iter().any(|o: &Unit| o.seq == u.seq && o.step == s)
+                    !self.in_flight.contains(&(u.seq, s))
+                        && !out.iter().any(|o: &Unit| o.seq == u.seq && o.step == s)
+                        && !self.shared.probation.is_held(s, u.seq)
                 };
                 let page: Vec<_> = page.into_iter().filter(|u| fresh(u)).collect();
                 out.extend(page.into_iter().map(|u| Unit {

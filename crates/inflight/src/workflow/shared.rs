@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::Workflow;
+use super::{Probation, Workflow};
 use crate::backend::{Backend, ServerKind};
 use crate::dispatch::Health;
 use crate::report::LiveStats;
@@ -33,6 +33,10 @@ pub struct Shared {
     pub max_attempts: u32,
     /// Bumped whenever a loop has seen results committed, so the other loops look for newly ready work.
     pub progress: watch::Sender<u64>,
+    /// Each step's probation (its first refusals held back).
+    pub probation: Probation,
+    /// Why the run was stopped, when probation stopped it.
+    pub verdict: Mutex<Option<String>>,
 }
 
 /// Workflow counters.

@@ -11,6 +11,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::request::{output_of, render, Unit};
 use super::shared::Shared;
+use super::Judged;
 use crate::backend::{Answer, Backend, BackendError};
 use crate::dispatch::{retry, sample_of, Health};
 use crate::job::Endpoint;
@@ -123,16 +124,18 @@ pub(super) async fn run(ctx: Arc<TaskCtx>, lane: Lane, unit: Unit, permit: Permi
         }
     };
     drop(permit);
-    let msg = match end {
+    let msgs = match end {
         End::Stopped => return,
         End::Done(d) => {
             shared.stats.done.fetch_add(1, Ordering::Relaxed);
             shared.stats.completion_tokens.fetch_add(d.completion_tokens.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
-            WriteMsg::Step(d)
+            let held = shared.probation.answered(unit.step);
+            held.into_iter().map(WriteMsg::Failed).chain([WriteMsg::Step(d)]).collect()
         }
         End::Failed { code, message, error } => {
             shared.stats.failed.fetch_add(1, Ordering::Relaxed);
-            WriteMsg::Failed(Box::new(Failure {
+            let permanent = error.as_ref().is_some_and(|e| !e.is_retryable());
+            let failure = Box::new(Failure {
                 seq: unit.seq,
                 id: unit.id.clone(),
                 line: unit.line,
@@ -144,11 +147,22 @@ pub(super) async fn run(ctx: Arc<TaskCtx>, lane: Lane, unit: Unit, permit: Permi
                 code,
                 message,
                 step: Some(step.name.clone()),
-            }))
+            });
+            match shared.probation.failed(unit.step, &step.name, failure, permanent) {
+                Judged::Record(f) => vec![WriteMsg::Failed(f)],
+                Judged::Held => Vec::new(),
+                Judged::Stop(why) => {
+                    // At once, like the plain run: the requests in flight are cancelled and stay pending.
+                    shared.verdict.lock().expect("verdict lock").get_or_insert(why);
+                    shared.stop.cancel();
+                    shared.hard.cancel();
+                    Vec::new()
+                }
+            }
         }
     };
     // The writer first, then the loop: the loop flushes the writer before it trusts the store again.
-    if shared.writer.send(msg).is_err() {
+    if msgs.into_iter().any(|m| shared.writer.send(m).is_err()) {
         shared.stop.cancel();
     }
     let _ = ctx.events.send(Event { seq: unit.seq, step: unit.step, group: lane.group, answer: first });
