@@ -180,7 +180,11 @@ impl Engine {
     pub fn next_event_at(&self) -> Option<f64> {
         match self.step_end {
             Some(end) => Some(end),
-            None if !self.queue.is_empty() || self.reload_pending.is_some() => Some(self.ready_at.max(self.clock)),
+            // A load in progress is an event even with nothing queued (its request may have been cancelled):
+            // the model becomes idle, and evictable, only once it is loaded.
+            None if !self.queue.is_empty() || self.reload_pending.is_some() || self.ready_at > self.clock => {
+                Some(self.ready_at.max(self.clock))
+            }
             None => None,
         }
     }

@@ -106,3 +106,21 @@ fn pending_bound_rejects_beyond_lanes_plus_queue() {
     s.cancel(0);
     assert!(s.submit(req(9, "x", KeepAlive::Forever), 0.0).is_ok());
 }
+
+#[test]
+fn a_request_cancelled_during_its_models_load_does_not_strand_the_next_model() {
+    // One slot: b waits for a, whose only request went away while a was loading. The driver only wakes at
+    // next_event_at: the end of a's load must be one, or b would wait until some other request arrived.
+    let mut s = Scheduler::residency(params(), 1.0, 1, None);
+    s.submit(req(1, "a", KeepAlive::Forever), 0.0).unwrap();
+    run(&mut s, 0.5);
+    s.cancel(1);
+    s.submit(req(2, "b", KeepAlive::Forever), 0.5).unwrap();
+    let mut finished = Vec::new();
+    for _ in 0..100 {
+        let Some(at) = s.next_event_at() else { break };
+        finished.extend(run(&mut s, at));
+    }
+    assert_eq!(finished.iter().map(|f| f.0).collect::<Vec<_>>(), vec![2], "b ran: {finished:?}");
+    assert!(close(finished[0].1, 2.1), "after a's load ended (1.0) and b's own (1.0): {finished:?}");
+}
