@@ -69,7 +69,7 @@ pub enum ServerKind {
     Ollama,
     /// llama.cpp's llama-server (`/props` answers), with its number of slots.
     LlamaServer {
-        /// `total_slots` from `/props`.
+        /// `total_slots` from `/props`; in router mode, the `--parallel` its models are started with.
         slots: Option<u64>,
     },
     /// vLLM (`owned_by: vllm`).
@@ -82,6 +82,14 @@ pub enum ServerKind {
 }
 
 impl ServerKind {
+    /// The requests the server says it runs at once, where it says so (llama-server's slots).
+    pub fn lanes(self) -> Option<usize> {
+        match self {
+            ServerKind::LlamaServer { slots: Some(n) } if n > 0 => Some(n as usize),
+            _ => None,
+        }
+    }
+
     /// The server's own setting for running more requests at once, as a line to act on.
     pub fn parallel_fix(self) -> String {
         match self {

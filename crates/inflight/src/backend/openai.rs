@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde_json::Value;
 
 use super::http::Http;
 use super::{usage_of, Answer, Api, Backend, BackendError, ServerInfo, ServerKind, Streamed, TokenClock};
@@ -75,6 +76,8 @@ impl Backend for OpenAiBackend {
             Ok(props) if props.body.get("total_slots").is_some() => {
                 ServerKind::LlamaServer { slots: props.body["total_slots"].as_u64() }
             }
+            // A router (`--models-dir`) starts a llama-server per model with the `--parallel` its models list.
+            Ok(props) if props.body["role"] == "router" => ServerKind::LlamaServer { slots: router_parallel(&data) },
             _ if owner == "vllm" => ServerKind::Vllm,
             _ if owner == "organization_owner" => ServerKind::LmStudio,
             _ => ServerKind::Unknown,
@@ -99,5 +102,30 @@ impl Backend for OpenAiBackend {
 
     fn url(&self) -> &str {
         self.http.base()
+    }
+}
+
+/// The `--parallel` a llama-server router starts its models with (the largest, if they differ), read from the
+/// command lines `/v1/models` lists under each model's `status.args`.
+fn router_parallel(models: &[Value]) -> Option<u64> {
+    let parallel = |m: &Value| -> Option<u64> {
+        let args: Vec<&str> = m["status"]["args"].as_array()?.iter().filter_map(Value::as_str).collect();
+        let at = args.iter().position(|a| matches!(*a, "--parallel" | "-np"))?;
+        args.get(at + 1)?.parse().ok()
+    };
+    models.iter().filter_map(parallel).max()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_routers_parallel_is_read_from_its_models_command_lines() {
+        let model = |args: &[&str]| json!({"id": "m", "status": {"value": "unloaded", "args": args}});
+        let models =
+            [model(&["llama-server", "--parallel", "4", "--threads", "2"]), model(&["llama-server", "-np", "2"])];
+        assert_eq!(super::router_parallel(&models), Some(4));
+        assert_eq!(super::router_parallel(&[model(&["llama-server", "--threads", "2"])]), None);
     }
 }

@@ -195,7 +195,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let cfg = ControllerConfig { max: args.max_concurrency as usize, ..Default::default() };
             let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-            let controller = Controller::new(cfg, clock.now());
+            let controller = Controller::for_lanes(cfg, clock.now(), conn.info.kind.lanes());
             let handle = spawn_controller(controller, limiter.clone(), rx, clock, conn.info.kind.parallel_fix());
             (limiter, Some(tx), Some(handle))
         }

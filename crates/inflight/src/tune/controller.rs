@@ -210,15 +210,25 @@ impl Controller {
         }
     }
 
-    /// A controller starting its climb at `level`, a level learned elsewhere (another model on the same
-    /// server: lanes and threads are the server's). One doubling that gains nothing ends the climb (the prior
-    /// was measured, so a flat first doubling is not a CPU server's flat start), and the search below goes down
-    /// to half of `level`; probes below, later, go further if the server wants less.
+    /// A controller starting its climb at `level`: the lanes the server says it has (llama-server's slots), or
+    /// the level another model on the same server settled at (lanes and threads are the server's). One doubling
+    /// that gains nothing ends the climb (the start is informed, so a flat first doubling is not a CPU server's
+    /// flat start at 1), and the search below goes down to half of `level`; probes below, later, go further if
+    /// the server wants less. Climbing from 1 to a server's lanes costs a short run much of its time.
     pub fn starting_at(cfg: ControllerConfig, now: Duration, level: usize) -> Controller {
         let mut c = Controller::new(cfg, now);
         c.level = level.clamp(c.cfg.min.max(1), c.cfg.max);
         c.patience = 1;
         c
+    }
+
+    /// A controller for a server that says it runs `lanes` requests at once (if it says): starting at its
+    /// lanes when there are several, else from 1.
+    pub fn for_lanes(cfg: ControllerConfig, now: Duration, lanes: Option<usize>) -> Controller {
+        match lanes {
+            Some(n) if n > 1 => Controller::starting_at(cfg, now, n),
+            _ => Controller::new(cfg, now),
+        }
     }
 
     /// The current level.
@@ -305,9 +315,7 @@ impl Controller {
             return None;
         }
         let elapsed = now.saturating_sub(self.window_start);
-        // Enough answers that 10× spread in output lengths averages out, without spending many latencies at the
-        // lowest levels, where every window is slow and the server mostly idle.
-        let wanted = (2 * self.level as u64).max(8);
+        let wanted = (2 * self.level as u64).max(16);
         // A window spans at least two typical latencies, so answers sent together do not all land in one.
         let typical = self.latencies.get(self.latencies.len() / 2).copied().unwrap_or_default();
         let full = elapsed >= self.cfg.min_window.max(typical * 2) && self.jobs >= wanted;
@@ -375,11 +383,9 @@ impl Controller {
             return Some(Measured { rate, latency: last[last.len() - 1].1 });
         }
         if let (State::Climb { .. }, 1) = (self.state, n) {
-            // The climb's first level is only the baseline the next doubling is judged against, and a doubling
-            // that clearly pays (well beyond the noise) needs no second window to confirm it either: one window
-            // each keeps a climb from 1 short.
+            // A doubling that clearly pays (well beyond the noise) needs no second window to confirm it.
             let prev = self.measured.range(..self.level).next_back().map(|(_, m)| m);
-            if prev.is_none_or(|p| self.windows[0].0 > p.rate * (1.0 + 3.0 * self.cfg.noise)) {
+            if prev.is_some_and(|p| self.windows[0].0 > p.rate * (1.0 + 3.0 * self.cfg.noise)) {
                 return Some(Measured { rate: self.windows[0].0, latency: self.windows[0].1 });
             }
         }

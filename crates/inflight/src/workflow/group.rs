@@ -1,9 +1,9 @@
 //! A model group: the steps one server runs with one model, with their own permits and controller.
 //!
 //! Each (server, model) has its own [`Controller`]: models differ in speed and in how they batch. It starts
-//! when the model is first fed, at the level the server's other models have found if any (lanes and threads
-//! are the server's, so that is a far better start than 1; the controller still climbs above it and searches
-//! below), and its clock runs only while the group's model is the one being fed: windows then measure the
+//! when the model is first fed, at the level the server's other models have found if any, else at the lanes
+//! the server says it has (lanes and threads are the server's, so either is a far better start than 1; the
+//! controller still climbs above it and searches below), and its clock runs only while the group's model is the one being fed: windows then measure the
 //! model at work, not the time it waited for another model's batch.
 
 use std::sync::{Arc, Mutex};
@@ -81,14 +81,14 @@ impl Group {
     }
 
     /// Starts the controller (once, when the model is first fed), at `prior` if another model on the server
-    /// found one, else from 1.
+    /// found one, else at the server's lanes if it says, else from 1.
     pub fn start_tuning(&mut self, prior: Option<usize>) {
         let Some((max, kind)) = self.auto.take() else { return };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let cfg = ControllerConfig { max, ..Default::default() };
         let controller = match prior {
             Some(level) => Controller::starting_at(cfg, self.clock.now(), level),
-            None => Controller::new(cfg, self.clock.now()),
+            None => Controller::for_lanes(cfg, self.clock.now(), kind.lanes()),
         };
         let clock: Arc<dyn Clock> = self.clock.clone();
         self.tune = Some(spawn_controller(controller, self.limiter.clone(), rx, clock, kind.parallel_fix()));
