@@ -29,8 +29,8 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
     let workflow = Workflow::parse(&text).map_err(|e| setup_error(format!("{}: {e}", flow.display())))?;
     check_flags(&args)?;
     if args.dry_run {
-        for s in &workflow.steps {
-            let deps: Vec<&str> = s.deps.iter().map(|&d| workflow.steps[d].name.as_str()).collect();
+        for (i, s) in workflow.steps.iter().enumerate() {
+            let deps = workflow.dep_names(i);
             println!("step {} (line {}): model {}, reads [{}]", s.name, s.line, s.model, deps.join(", "));
         }
         println!("dry run: the workflow is valid; nothing sent");

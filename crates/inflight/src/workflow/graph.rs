@@ -67,6 +67,11 @@ impl Workflow {
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.name == name)
     }
+
+    /// The names of the steps step `s` reads.
+    pub fn dep_names(&self, s: usize) -> Vec<&str> {
+        self.steps[s].deps.iter().map(|&d| self.steps[d].name.as_str()).collect()
+    }
 }
 
 fn compile(s: &StepSpec, all: &[StepSpec]) -> Result<Step, WorkflowError> {

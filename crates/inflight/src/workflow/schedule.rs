@@ -221,9 +221,8 @@ impl ServerLoop {
             let need = rate.map_or(1, |r| (r * batch).ceil() as usize).max(1);
             let mut have = 0;
             for &s in &group.steps {
-                let step = &self.shared.workflow.steps[s];
-                let deps: Vec<&str> = step.deps.iter().map(|&d| self.shared.workflow.steps[d].name.as_str()).collect();
-                have += self.reader.count_ready(&step.name, &deps, need - have)?;
+                let (name, deps) = (&self.shared.workflow.steps[s].name, self.shared.workflow.dep_names(s));
+                have += self.reader.count_ready(name, &deps, need - have)?;
                 if have >= need {
                     tracing::debug!(model = %group.model, need, "a batch of work is waiting");
                     return Ok(true);
@@ -240,7 +239,7 @@ impl ServerLoop {
         for i in 0..self.groups[g].steps.len() {
             let s = self.groups[g].steps[i];
             let step = &self.shared.workflow.steps[s];
-            let deps: Vec<&str> = step.deps.iter().map(|&d| self.shared.workflow.steps[d].name.as_str()).collect();
+            let deps = self.shared.workflow.dep_names(s);
             let mut from_start = self.groups[g].cursors[i] == 0;
             while out.len() < want {
                 let cursor = self.groups[g].cursors[i];
@@ -278,9 +277,9 @@ impl ServerLoop {
 
     /// Whether any step of any job (any server's, in flight or not) is still ready.
     fn anything_left(&self) -> Result<bool, StoreError> {
-        for step in &self.shared.workflow.steps {
-            let deps: Vec<&str> = step.deps.iter().map(|&d| self.shared.workflow.steps[d].name.as_str()).collect();
-            if !self.reader.ready_units(&step.name, &deps, 0, 1)?.is_empty() {
+        let workflow = &self.shared.workflow;
+        for (s, step) in workflow.steps.iter().enumerate() {
+            if self.reader.count_ready(&step.name, &workflow.dep_names(s), 1)? > 0 {
                 return Ok(true);
             }
         }
