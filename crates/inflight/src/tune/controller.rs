@@ -4,13 +4,17 @@
 //! Throughput, not latency, steers it: on a batching server latency rises long before throughput stops growing,
 //! so latency-driven limiters (Vegas, Gradient2) settle too low. The shape:
 //!
-//! - Measure in windows of at least `min_window`, two latencies and `2 × level` completions (so a window holds
-//!   many answers even when output lengths vary 10×); the rate is tokens per second of latency times the mean
-//!   number in flight (Little's law), which answers arriving in cohorts cannot bias; drop the first window after every change (requests sent at the old
-//!   level are still finishing; the very first window also holds model loads and cold caches). A level is
-//!   measured when its last windows agree within 10%, or after `max_windows` (then their median).
+//! - Measure in windows of at least `min_window`, two latencies and `2 × level` completions, and at least 8 (so
+//!   a window holds many answers even when output lengths vary 10×); the rate is tokens per second of latency
+//!   times the mean number in flight (Little's law), which answers arriving in cohorts cannot bias; drop the
+//!   first window after every change (requests sent at the old level are still finishing; the very first window
+//!   also holds model loads and cold caches). A level is measured when its last windows agree within 10%, or
+//!   after `max_windows` (then their median).
 //! - Climb by doubling from 1 until two doublings in a row gain nothing clear of the noise band over the best
-//!   so far; then search below the smallest level within the band of the best for a smaller one still in it.
+//!   so far, or one clearly loses after one that paid; then search below the smallest level within the band of
+//!   the best for a smaller one still in it. Started from a level learned elsewhere (a server's lanes): climb
+//!   while one doubling pays, then halve while the rate stays in the band, and search between the first
+//!   clearly worse level and the one above it.
 //! - Hold, and now and then probe a quarter above and below, comparing against the windows just before and
 //!   after the probe so slow drift cancels; move only when the difference is clear of the noise.
 //! - Backpressure (429, 503, timeouts) or an error burst: cut by a quarter at once and remember that ceiling
@@ -145,6 +149,9 @@ enum State {
     Climb { flat: u8 },
     /// Searching for the smallest level within the band of `best` in (lo, hi).
     Refine { lo: usize, hi: usize, steps: u8 },
+    /// Halving from a start learned elsewhere while the rate stays within the band of the best: the lanes a
+    /// server reports bound what helps, but its batching may pay off far below them.
+    Descend,
     /// Holding; the next probe comes after `gap` windows (the gap doubles after each probe that changes nothing).
     Hold { windows: usize, up_next: bool, gap: usize },
     /// Probing `probe` from `held`: `before` is the held level's rate just before, `measured` the probe's rate
@@ -213,8 +220,10 @@ impl Controller {
     /// A controller starting its climb at `level`: the lanes the server says it has (llama-server's slots), or
     /// the level another model on the same server settled at (lanes and threads are the server's). One doubling
     /// that gains nothing ends the climb (the start is informed, so a flat first doubling is not a CPU server's
-    /// flat start at 1), and the search below goes down to half of `level`; probes below, later, go further if
-    /// the server wants less. Climbing from 1 to a server's lanes costs a short run much of its time.
+    /// flat start at 1), and the search below halves while the rate stays within the band of the best (lanes bound
+    /// what helps, but a batching server may gain nothing past a knee far below them), then searches between the
+    /// first clearly worse level and the one above it. Climbing from 1 to a server's lanes costs a short run much
+    /// of its time.
     pub fn starting_at(cfg: ControllerConfig, now: Duration, level: usize) -> Controller {
         let mut c = Controller::new(cfg, now);
         c.level = level.clamp(c.cfg.min.max(1), c.cfg.max);
@@ -240,7 +249,7 @@ impl Controller {
     pub fn phase(&self) -> Phase {
         match self.state {
             State::Climb { .. } => Phase::Climbing,
-            State::Refine { .. } => Phase::Refining,
+            State::Refine { .. } | State::Descend => Phase::Refining,
             State::Hold { .. } => Phase::Holding,
             State::Probe { .. } => Phase::Probing,
         }
@@ -315,7 +324,9 @@ impl Controller {
             return None;
         }
         let elapsed = now.saturating_sub(self.window_start);
-        let wanted = (2 * self.level as u64).max(16);
+        // At least 8 answers: at low levels a window of `2 × level` would be one or two answers, too few to
+        // average output lengths over; more than 8 costs a climb from 1 seconds at its slowest rates.
+        let wanted = (2 * self.level as u64).max(8);
         // A window spans at least two typical latencies, so answers sent together do not all land in one.
         let typical = self.latencies.get(self.latencies.len() / 2).copied().unwrap_or_default();
         let full = elapsed >= self.cfg.min_window.max(typical * 2) && self.jobs >= wanted;
@@ -431,10 +442,22 @@ impl Controller {
                 let best_before =
                     self.measured.iter().filter(|(l, _)| **l < self.level).map(|(_, m)| m.rate).fold(0.0, f64::max);
                 // A doubling that gains nothing clear of the noise may still be followed by one that does (a CPU
-                // server can be flat from 1 to 2 in flight and gain at 4 and 8), so stop after two in a row.
-                let flat = if best_before > 0.0 && m.rate <= best_before * (1.0 + band) { flat + 1 } else { 0 };
+                // server can be flat from 1 to 2 in flight and gain at 4 and 8), so stop after two in a row. One
+                // that clearly loses, past a doubling that paid, ends the climb at once: the server is past its
+                // knee, and the next doubling would only queue twice as much.
+                let paid = flat == 0 && self.level > 2;
+                let flat = if paid && best_before > 0.0 && m.rate < best_before * (1.0 - band) {
+                    self.patience
+                } else if best_before > 0.0 && m.rate <= best_before * (1.0 + band) {
+                    flat + 1
+                } else {
+                    0
+                };
                 let next = (self.level * 2).min(self.cap(now));
-                if flat >= self.patience || (flat == 1 && next <= self.level) {
+                let at_limit = next <= self.level;
+                // Started at the limit (a server's lanes at --max-concurrency): nothing above to try, so go down.
+                let nothing_below = self.measured.range(..self.level).next().is_none();
+                if flat >= self.patience || (at_limit && (flat == 1 || nothing_below)) {
                     self.check_serialized(m);
                     if self.serialized {
                         // One lane: a second request in flight only hides the client's round trip.
@@ -445,7 +468,7 @@ impl Controller {
                     }
                     return self.start_refine(now);
                 }
-                if next <= self.level {
+                if at_limit {
                     return self.hold(now, self.level, format!("at the limit {}", self.level));
                 }
                 let reason = match self.measured.get(&prev).filter(|_| prev < self.level) {
@@ -463,6 +486,25 @@ impl Controller {
                 let best = self.best_rate();
                 let (lo, hi) = if m.rate >= best * (1.0 - band) { (lo, self.level) } else { (self.level, hi) };
                 self.refine_step(now, lo, hi, steps)
+            }
+            State::Descend => {
+                if m.rate >= self.best_rate() * (1.0 - band) {
+                    let next = (self.level / 2).max(self.cfg.min);
+                    if next == self.level {
+                        return self.hold(now, next, format!("the lowest level, {next}, is as fast as any"));
+                    }
+                    let reason = format!(
+                        "{:.1} {} at {} is within {:.0}% of the best, trying {next}",
+                        m.rate,
+                        self.unit(),
+                        self.level,
+                        band * 100.0
+                    );
+                    return Some(self.set(now, next, State::Descend, reason));
+                }
+                // Clearly worse: the smallest good level is between this one and the one above it.
+                let hi = self.best_level().unwrap_or(self.level * 2);
+                self.refine_step(now, self.level, hi, 0)
             }
             State::Hold { windows, up_next, gap } => {
                 let windows = windows + 1;
@@ -521,11 +563,17 @@ impl Controller {
     fn start_refine(&mut self, now: Duration) -> Option<Decision> {
         // The answer is the smallest measured level within the band of the best; the largest measured level below
         // it (half of it, after a climb from 1) was clearly worse, so search between the two for anything smaller
-        // that is still within the band. Nothing measured below (a climb from a level learned elsewhere): search
-        // down to half of it, and leave anything further to the probes.
+        // that is still within the band. Nothing measured below (a climb from a level learned elsewhere): halve
+        // until a level is clearly worse, then search between.
         let chosen = self.best_level().unwrap_or(self.level);
-        let lo = self.measured.range(..chosen).next_back().map_or(chosen / 2, |(l, _)| *l);
-        self.refine_step(now, lo, chosen, 0)
+        match self.measured.range(..chosen).next_back() {
+            Some((&lo, _)) => self.refine_step(now, lo, chosen, 0),
+            None if chosen / 2 >= self.cfg.min.max(1) => {
+                let reason = format!("searching below {chosen}");
+                Some(self.set(now, chosen / 2, State::Descend, reason))
+            }
+            None => self.hold(now, chosen, format!("the lowest level, {chosen}, is as fast as any")),
+        }
     }
 
     fn refine_step(&mut self, now: Duration, lo: usize, hi: usize, steps: u8) -> Option<Decision> {

@@ -186,12 +186,36 @@ fn a_level_learned_elsewhere_is_confirmed_without_climbing_from_one() {
 }
 
 #[test]
-fn a_prior_too_high_is_walked_down_by_the_probes() {
-    // Four lanes, but another model on the server held 16: the search and then the probes bring it down.
+fn a_prior_too_high_is_walked_down_by_halving() {
+    // Four lanes, but another model on the server held 16: halving finds 4 long before any probe would.
     let trace = drive_from(
         Controller::starting_at(ControllerConfig::default(), Duration::ZERO, 16),
         &Synth::new(lanes(4, 7.0)),
-        1800.0,
+        300.0,
     );
-    assert!(trace.final_level <= 6, "{} {:?}", trace.final_level, trace.decisions);
+    assert_eq!(trace.final_level, 4, "{:?}", trace.decisions);
+    assert!(trace.late_mean <= 5.0, "no needless queueing: mean {}", trace.late_mean);
+}
+
+#[test]
+fn a_start_at_many_slots_descends_to_the_batching_knee() {
+    // A server with 256 slots whose batching gains nothing past 32 in flight (the simulator's batching32 and
+    // bimodal profiles; vLLM or llama-server with many slots on a small GPU). Started at its slots, which are
+    // also --max-concurrency, it must not hold 256 and queue.
+    let mut synth = Synth::new(lanes(32, 1.2));
+    synth.noise = 0.05;
+    let trace = drive_from(Controller::starting_at(ControllerConfig::default(), Duration::ZERO, 256), &synth, 600.0);
+    assert!((24..=40).contains(&trace.final_level), "{} {:?}", trace.final_level, trace.decisions);
+    assert!(trace.late_mean <= 48.0, "no needless queueing: mean {}", trace.late_mean);
+}
+
+#[test]
+fn a_doubling_that_clearly_loses_ends_the_climb() {
+    // Past 32 in flight the server thrashes (20% slower): after the gains up to 32, the loss at 64 ends the
+    // climb; a second doubling to 128 would only queue twice as much.
+    let synth = Synth::new(|level, _, _| if level <= 32 { 1.2 * level as f64 } else { 1.2 * 32.0 * 0.8 });
+    let trace = drive(ControllerConfig::default(), &synth, 600.0);
+    let highest = trace.levels.iter().map(|(_, l)| *l).max().unwrap();
+    assert_eq!(highest, 64, "{:?}", trace.decisions);
+    assert!((24..=32).contains(&trace.final_level), "{} {:?}", trace.final_level, trace.decisions);
 }
