@@ -66,6 +66,12 @@ impl SwitchPolicy {
         });
     }
 
+    /// Whether the server seems to hold one model at a time: a switch costs a load, or is not measured yet.
+    /// A server that holds both (a free switch) runs the next model's requests beside the last one's.
+    pub fn one_model_at_a_time(&self) -> bool {
+        self.cost.is_none_or(|c| c >= MIN_BATCH / SHARE_FACTOR)
+    }
+
     /// How long a batch lasts before other ready work may take the server.
     pub fn batch(&self) -> Duration {
         self.cost.map(|c| c * SHARE_FACTOR).unwrap_or_default().max(MIN_BATCH)
@@ -126,5 +132,20 @@ mod tests {
         assert!(p.batch_done(end + Duration::from_millis(9500)));
         p.switched(end + Duration::from_secs(10));
         assert!(!p.batch_done(end + Duration::from_secs(11)), "a switch starts a whole batch");
+    }
+
+    #[test]
+    fn only_a_measured_free_switch_lets_two_models_run_side_by_side() {
+        let mut p = SwitchPolicy::default();
+        assert!(p.one_model_at_a_time(), "unmeasured: assume one model at a time");
+        p.switched(Instant::now());
+        p.switched(Instant::now());
+        p.first_answer(Duration::from_secs(3), Some(Duration::from_secs(2)), None);
+        assert!(p.one_model_at_a_time());
+        let mut free = SwitchPolicy::default();
+        free.switched(Instant::now());
+        free.switched(Instant::now());
+        free.first_answer(Duration::from_millis(300), Some(Duration::ZERO), None);
+        assert!(!free.one_model_at_a_time(), "a server that holds both models");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The loop feeds the loaded model's ready work (steps whose inputs are finished, read from the store in
 //! pages) at that model's concurrency, and switches to another model only when that work runs out or the
-//! batch bound of [`SwitchPolicy`] is reached while another model has ready work. Per-job chaining would
+//! batch bound of [`SwitchPolicy`] is reached while another model has ready work; on a server that holds one
+//! model at a time the next model's requests go out once the last model's have finished. Per-job chaining would
 //! switch on almost every request; this switches a handful of times per run. The store is the only shared
 //! state: a unit is in flight from its spawn until the writer has committed its result (the loop flushes the
 //! writer before trusting the store again), so nothing is sent twice. The whole run is over when no step of
@@ -52,6 +53,8 @@ struct ServerLoop {
     ctx: Arc<TaskCtx>,
     groups: Vec<Group>,
     active: Option<usize>,
+    /// The group switched away from, while its requests are still in flight.
+    draining: Option<usize>,
     policy: SwitchPolicy,
     in_flight: HashSet<(i64, usize)>,
     finished: Vec<Event>,
@@ -86,6 +89,7 @@ impl ServerLoop {
             ctx,
             groups,
             active: None,
+            draining: None,
             policy: SwitchPolicy::default(),
             in_flight: HashSet::new(),
             finished: Vec::new(),
@@ -130,8 +134,16 @@ impl ServerLoop {
                 continue;
             };
             self.activate(g);
+            if !self.drain().await? {
+                return Ok(());
+            }
             for unit in units {
                 let Some(permit) = self.acquire(g).await else { return Ok(()) };
+                // The model's first answer, while this page is sent, makes the rest of it samples (at 1 in
+                // flight a page is 16 answers the controller would otherwise not hear of).
+                if !self.groups[g].warm {
+                    self.take_events();
+                }
                 self.in_flight.insert((unit.seq, unit.step));
                 let group = &self.groups[g];
                 // Requests sent before the model answered once after a switch carry its load: not a sample.
@@ -163,9 +175,7 @@ impl ServerLoop {
 
     /// Takes in finished tasks; once the writer has committed their results, they are no longer in flight.
     async fn settle(&mut self) -> Result<(), StoreError> {
-        while let Ok(e) = self.events.try_recv() {
-            self.finished.push(e);
-        }
+        self.take_events();
         if self.finished.is_empty() {
             return Ok(());
         }
@@ -174,7 +184,22 @@ impl ServerLoop {
         committed.await.map_err(|_| StoreError::WriterGone)?;
         for e in std::mem::take(&mut self.finished) {
             self.in_flight.remove(&(e.seq, e.step));
-            let Some((latency, load)) = e.answer else { continue };
+        }
+        self.shared.progress.send_modify(|n| *n += 1);
+        self.publish();
+        Ok(())
+    }
+
+    /// Takes in finished tasks' latencies (the first answer after a switch measures it and warms the group);
+    /// they stay in flight until `settle` has their results committed.
+    fn take_events(&mut self) {
+        while let Ok(e) = self.events.try_recv() {
+            self.take(e);
+        }
+    }
+
+    fn take(&mut self, e: Event) {
+        if let Some((latency, load)) = e.answer {
             let group = &mut self.groups[e.group];
             if group.warm {
                 group.answered(latency);
@@ -183,9 +208,27 @@ impl ServerLoop {
                 self.policy.first_answer(latency, load, group.usual);
             }
         }
-        self.shared.progress.send_modify(|n| *n += 1);
-        self.publish();
-        Ok(())
+        self.finished.push(e);
+    }
+
+    /// After a switch on a server that holds one model at a time, waits until the previous model's requests
+    /// have finished before sending the next model's: the server cannot start them sooner anyway, and a request
+    /// of the old model still on its way when the new one's arrive would make the server load the old model
+    /// again, and then the new one. Returns false if the run stops meanwhile.
+    async fn drain(&mut self) -> Result<bool, StoreError> {
+        while let Some(a) = self.draining {
+            let steps = &self.groups[a].steps;
+            if !self.in_flight.iter().any(|(_, s)| steps.contains(s)) {
+                self.draining = None;
+                break;
+            }
+            if self.shared.stop.is_cancelled() {
+                return Ok(false);
+            }
+            self.wait().await;
+            self.settle().await?;
+        }
+        Ok(true)
     }
 
     /// The group to feed and a page of its ready work, or `None` when none of this server's work is ready.
@@ -292,6 +335,7 @@ impl ServerLoop {
         }
         if let Some(a) = self.active {
             self.groups[a].clock.set_active(false);
+            self.draining = self.policy.one_model_at_a_time().then_some(a);
         }
         tracing::info!(model = %self.groups[g].model, "switching model");
         self.groups[g].clock.set_active(true);
@@ -320,7 +364,7 @@ impl ServerLoop {
     /// Waits for one of this server's tasks to finish, another server's progress, or the stop.
     async fn wait(&mut self) {
         tokio::select! {
-            Some(e) = self.events.recv() => self.finished.push(e),
+            Some(e) = self.events.recv() => self.take(e),
             _ = self.progress.changed() => {}
             _ = self.shared.stop.cancelled() => {}
         }
