@@ -5,6 +5,10 @@
 # moves between runs; prints auto / best fixed (whole run after warm-up, and its second half) and what auto
 # said (with -np 1: the --parallel fix). About 40 minutes on 2 cores with the defaults.
 #   FIXED_JOBS=150 ROUNDS=2 AUTO_JOBS=1500 AUTO_JOBS_NP1=500 NPS="8 1" scripts/bench-auto-real.sh
+# Short fixed runs flatter the fixed levels against a long auto run on this test bed: with -np 8, fixed 16 gave
+# 170.0 tokens/s over 100-job runs but 156.8 over 1,000 jobs on a fresh server, where auto (1,000 jobs) gave
+# 170.8. Equal lengths (FIXED_JOBS = AUTO_JOBS, e.g. 1000, ROUNDS=1) compare like with like, at about 6 minutes
+# a level.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/testbed.sh setup >/dev/null
