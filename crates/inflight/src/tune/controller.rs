@@ -325,7 +325,7 @@ impl Controller {
         }
         let elapsed = now.saturating_sub(self.window_start);
         // At least 8 answers: at low levels a window of `2 × level` would be one or two answers, too few to
-        // average output lengths over; more than 8 costs a climb from 1 seconds at its slowest rates.
+        // average output lengths over; asking for more makes a climb from 1 spend seconds at its slowest levels.
         let wanted = (2 * self.level as u64).max(8);
         // A window spans at least two typical latencies, so answers sent together do not all land in one.
         let typical = self.latencies.get(self.latencies.len() / 2).copied().unwrap_or_default();
