@@ -3,8 +3,9 @@
 //! Each (server, model) has its own [`Controller`]: models differ in speed and in how they batch. It starts
 //! when the model is first fed, at the level the server's other models have found if any, else at the lanes
 //! the server says it has (lanes and threads are the server's, so either is a far better start than 1; the
-//! controller still climbs above it and searches below), and its clock runs only while the group's model is the one being fed: windows then measure the
-//! model at work, not the time it waited for another model's batch.
+//! controller still climbs above it and halves below it while that loses nothing). Its clock runs only while
+//! the group's model is the one being fed: windows then measure the model at work, not the time it waited for
+//! another model's batch.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
