@@ -1,23 +1,22 @@
 #!/usr/bin/env bash
 # Automatic concurrency on the real test-bed llama-server (issue 3): SmolLM2-135M, 64 max tokens, started with
 # `-np 8 -t 2` and again with `-np 1 -t 2`. For each: the best fixed level among 1, 2, 4, 8, 16, 32 and the
-# auto run, in the same benchmark run; each fixed level runs ROUNDS times (mean), since a CPU server's rate
-# moves between runs; prints auto / best fixed (whole run after warm-up, and its second half) and what auto
-# said (with -np 1: the --parallel fix). About 40 minutes on 2 cores with the defaults.
-#   FIXED_JOBS=150 ROUNDS=2 AUTO_JOBS=1500 AUTO_JOBS_NP1=500 NPS="8 1" scripts/bench-auto-real.sh
-# Short fixed runs flatter the fixed levels against a long auto run on this test bed: with -np 8, fixed 16 gave
-# 170.0 tokens/s over 100-job runs but 156.8 over 1,000 jobs on a fresh server, where auto (1,000 jobs) gave
-# 170.8. Equal lengths (FIXED_JOBS = AUTO_JOBS, e.g. 1000, ROUNDS=1) compare like with like, at about 6 minutes
-# a level.
+# auto run, in the same benchmark run; prints auto / best fixed (whole run after warm-up, and its second half)
+# and what auto said (with -np 1: the --parallel fix). About 60 minutes on 2 cores with the defaults.
+#   FIXED_JOBS=100 ROUNDS=1 CONFIRM=0.10 AUTO_JOBS=1000 AUTO_JOBS_NP1=500 NPS="8 1" scripts/bench-auto-real.sh
+# Every level first runs FIXED_JOBS jobs (a screen); the levels within CONFIRM of the best then run again as
+# long as the auto run, and the best of those long runs is the oracle. Short fixed runs flatter the fixed levels
+# against a long auto run on this test bed: with -np 8, fixed 16 gave 170.0 tokens/s over 100-job runs but
+# 156.8 over 1,000 jobs on a fresh server, where auto (1,000 jobs) gave 170.8.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/testbed.sh setup >/dev/null
 for np in ${NPS:-8 1}; do
   read -r URL PID < <(scripts/testbed.sh start -np "$np" -t 2 -c $((2048 * np)))
   trap 'kill "$PID" 2>/dev/null' EXIT
-  auto_jobs=$([ "$np" = 1 ] && echo "${AUTO_JOBS_NP1:-500}" || echo "${AUTO_JOBS:-1500}")
-  fixed_jobs=$([ "$np" = 1 ] && echo "${FIXED_JOBS_NP1:-60}" || echo "${FIXED_JOBS:-150}")
+  auto_jobs=$([ "$np" = 1 ] && echo "${AUTO_JOBS_NP1:-500}" || echo "${AUTO_JOBS:-1000}")
+  fixed_jobs=$([ "$np" = 1 ] && echo "${FIXED_JOBS_NP1:-60}" || echo "${FIXED_JOBS:-100}")
   python3 scripts/bench-auto.py --server "$URL" --name "np$np" --levels 1,2,4,8,16,32 --max-tokens 64 \
-    --fixed-jobs "$fixed_jobs" --rounds "${ROUNDS:-2}" --server-auto-jobs "$auto_jobs"
+    --fixed-jobs "$fixed_jobs" --rounds "${ROUNDS:-1}" --confirm "${CONFIRM:-0.10}" --server-auto-jobs "$auto_jobs"
   kill "$PID"; wait "$PID" 2>/dev/null || true
 done

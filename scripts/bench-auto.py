@@ -12,7 +12,9 @@ completion to the last send (the drain at the end, when fewer jobs than the limi
 With --server URL it measures a real server instead (levels 1,2,4,8,16,32), e.g. the test-bed llama-server.
 A real server's rate moves by several percent from one run to the next (other work on its cores), so there
 each fixed level is run --rounds times, in alternating order, and their mean is the level's rate; auto's rate
-is also given over the second half of its run (after its climb), beside the whole run after warm-up.
+is also given over the second half of its run (after its climb), beside the whole run after warm-up. With
+--confirm F the levels within F of the best run once more, as long as the auto run, and those long runs are
+the oracle: a CPU server's short runs flatter a level against a long one.
 """
 import argparse
 import json
@@ -106,7 +108,8 @@ def start_sim(profile, scale):
     return p, p.stdout.readline().strip()
 
 
-def measure(name, url_factory, levels, fixed_jobs, auto_jobs, directory, max_tokens, extra=(), rounds=1):
+def measure(name, url_factory, levels, fixed_jobs, auto_jobs, directory, max_tokens, extra=(), rounds=1,
+            confirm=None):
     runs = {level: [] for level in levels}
     for rnd in range(rounds):
         for level in (levels if rnd % 2 == 0 else list(reversed(levels))):
@@ -120,6 +123,20 @@ def measure(name, url_factory, levels, fixed_jobs, auto_jobs, directory, max_tok
     results = {level: sum(r) / len(r) for level, r in runs.items()}
     if rounds > 1:
         print("  mean of rounds: " + ", ".join(f"{l}: {r:.1f}" for l, r in results.items()), flush=True)
+    if confirm is not None:
+        # Short runs screen the levels; those near the best run again as long as the auto run, since on a
+        # CPU server a short run's rate is not a long run's (see bench-auto-real.sh), and the oracle must be
+        # measured like the run it is compared with.
+        best = max(results.values())
+        screened = [l for l, r in results.items() if r >= (1 - confirm) * best]
+        results = {}
+        for level in screened:
+            url, stop = url_factory()
+            tag = f"{name}-{level}-long"
+            db, _ = run(url, jobs_file(directory, auto_jobs, max_tokens, tag), level, directory, tag, extra)
+            stop()
+            results[level] = metrics(db)[0]
+            print(f"  {name}: fixed {level:>4} over {auto_jobs} jobs: {results[level]:10.1f} tokens/s", flush=True)
     oracle_level = max(results, key=results.get)
     oracle = results[oracle_level]
     l95 = min(level for level, r in results.items() if r >= 0.95 * oracle)
@@ -131,7 +148,7 @@ def measure(name, url_factory, levels, fixed_jobs, auto_jobs, directory, max_tok
     notes = [l.strip() for l in log.splitlines() if "one request at a time" in l or "held" in l]
     row = dict(profile=name, oracle_level=oracle_level, oracle=oracle, l95=l95, auto=rate, ratio=rate / oracle,
                inflight=inflight, inflight_ratio=inflight / l95, t90=t90, wall=wall, notes=notes)
-    if rounds > 1:
+    if rounds > 1 or confirm is not None:
         late = second_half(db)
         row["notes"].append(f"auto over the second half of its run: {late:.1f} tokens/s = {late / oracle:.3f} x oracle")
     print_rows([row])
@@ -172,6 +189,8 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--name", default="server")
     ap.add_argument("--rounds", type=int, default=2, help="runs of each fixed level on a real server")
+    ap.add_argument("--confirm", type=float, help="on a real server, run the fixed levels within this fraction "
+                    "of the best again with as many jobs as the auto run; their long runs are the oracle")
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "--bin", "inflight", "--bin", "inflight-sim"],
                    cwd=ROOT, check=True, env={**os.environ, "CARGO_TARGET_DIR": TARGET})
@@ -182,7 +201,8 @@ def main():
             print(f"real server {args.server}: levels {levels}, {args.rounds} x {args.fixed_jobs} jobs per level, "
                   f"{args.server_auto_jobs} for auto, max_tokens {args.max_tokens}", flush=True)
             rows.append(measure(args.name, lambda: (args.server, lambda: None), levels, args.fixed_jobs,
-                                args.server_auto_jobs, d, args.max_tokens, rounds=args.rounds))
+                                args.server_auto_jobs, d, args.max_tokens, rounds=args.rounds,
+                                confirm=args.confirm))
         else:
             for name in args.profiles.split(","):
                 levels, fixed_jobs, auto_jobs, scale = PROFILES[name]

@@ -21,6 +21,7 @@ fn serial_server_is_held_at_one_or_two_and_named_with_its_fix() {
     assert!(summary.contains("--parallel"), "the llama-server fix, since the simulator answers /props: {summary}");
     let held = summary.split("held ").nth(1).and_then(|s| s.split(' ').next()).unwrap_or_default();
     assert!(held == "1" || held == "2", "held {held}: {summary}");
+    assert!(summary.contains("effective lanes seen: 1 (the server reports 1 slot)"), "{summary}");
 }
 
 #[test]
@@ -37,4 +38,5 @@ fn four_lanes_are_found() {
     // The simulator, a debug-build client and the other tests share two cores here, so client overhead can make
     // a few more in flight look worth it; what must not happen is stopping short of the lanes or running away.
     assert!((4..=16).contains(&held), "held {held}: {summary}");
+    assert!(summary.contains("(the server reports 4 slots)"), "{summary}");
 }

@@ -249,8 +249,15 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
         Some(t) => {
             let held =
                 t.held.map(|h| h.to_string()).unwrap_or_else(|| format!("{} (still searching)", limiter.limit()));
+            // Effective lanes are where throughput stopped growing; beside the slots a server reports they say
+            // whether its queue kept those slots busier (more) or its cores could not feed them all (fewer).
+            let reported = match conn.info.kind.lanes() {
+                Some(1) => " (the server reports 1 slot)".to_owned(),
+                Some(n) => format!(" (the server reports {n} slots)"),
+                None => String::new(),
+            };
             println!(
-                "  concurrency auto: held {held} in flight (tried up to {}, {} changes); effective lanes seen: {}",
+                "  concurrency auto: held {held} in flight (tried up to {}, {} changes); effective lanes seen: {}{reported}",
                 t.max_tried,
                 t.changes,
                 t.lanes.map(|h| h.to_string()).unwrap_or_else(|| "not yet known".into())
