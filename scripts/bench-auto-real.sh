@@ -7,7 +7,8 @@
 # Every level first runs FIXED_JOBS jobs (a screen); the levels within CONFIRM of the best then run again as
 # long as the auto run, and the best of those long runs is the oracle. Short fixed runs flatter the fixed levels
 # against a long auto run on this test bed: with -np 8, fixed 16 gave 170.0 tokens/s over 100-job runs but
-# 156.8 over 1,000 jobs on a fresh server, where auto (1,000 jobs) gave 170.8.
+# 156.8 over 1,000 jobs on a fresh server, where auto (1,000 jobs) gave 170.8. AUTO_EARLY=1 runs auto before
+# the long fixed runs rather than after them, to see that the order favours neither.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/testbed.sh setup >/dev/null
@@ -17,6 +18,7 @@ for np in ${NPS:-8 1}; do
   auto_jobs=$([ "$np" = 1 ] && echo "${AUTO_JOBS_NP1:-500}" || echo "${AUTO_JOBS:-1000}")
   fixed_jobs=$([ "$np" = 1 ] && echo "${FIXED_JOBS_NP1:-60}" || echo "${FIXED_JOBS:-100}")
   python3 scripts/bench-auto.py --server "$URL" --name "np$np" --levels 1,2,4,8,16,32 --max-tokens 64 \
-    --fixed-jobs "$fixed_jobs" --rounds "${ROUNDS:-1}" --confirm "${CONFIRM:-0.10}" --server-auto-jobs "$auto_jobs"
+    --fixed-jobs "$fixed_jobs" --rounds "${ROUNDS:-1}" --confirm "${CONFIRM:-0.10}" --server-auto-jobs "$auto_jobs" \
+    ${AUTO_EARLY:+--auto-early}
   kill "$PID"; wait "$PID" 2>/dev/null || true
 done

@@ -109,7 +109,15 @@ def start_sim(profile, scale):
 
 
 def measure(name, url_factory, levels, fixed_jobs, auto_jobs, directory, max_tokens, extra=(), rounds=1,
-            confirm=None):
+            confirm=None, auto_early=False):
+    def run_auto():
+        url, stop = url_factory()
+        db, log = run(url, jobs_file(directory, auto_jobs, max_tokens, f"{name}-auto"), "auto", directory,
+                      f"{name}-auto", extra)
+        stop()
+        return db, log
+
+    auto = None
     runs = {level: [] for level in levels}
     for rnd in range(rounds):
         for level in (levels if rnd % 2 == 0 else list(reversed(levels))):
@@ -127,6 +135,9 @@ def measure(name, url_factory, levels, fixed_jobs, auto_jobs, directory, max_tok
         # Short runs screen the levels; those near the best run again as long as the auto run, since on a
         # CPU server a short run's rate is not a long run's (see bench-auto-real.sh), and the oracle must be
         # measured like the run it is compared with.
+        if auto_early:
+            auto = run_auto()
+            print(f"  {name}: auto ran before the long fixed runs", flush=True)
         best = max(results.values())
         screened = [l for l, r in results.items() if r >= (1 - confirm) * best]
         results = {}
@@ -140,10 +151,7 @@ def measure(name, url_factory, levels, fixed_jobs, auto_jobs, directory, max_tok
     oracle_level = max(results, key=results.get)
     oracle = results[oracle_level]
     l95 = min(level for level, r in results.items() if r >= 0.95 * oracle)
-    url, stop = url_factory()
-    db, log = run(url, jobs_file(directory, auto_jobs, max_tokens, f"{name}-auto"), "auto", directory,
-                  f"{name}-auto", extra)
-    stop()
+    db, log = auto or run_auto()
     rate, inflight, t90, wall = metrics(db, oracle)
     notes = [l.strip() for l in log.splitlines() if "one request at a time" in l or "held" in l]
     row = dict(profile=name, oracle_level=oracle_level, oracle=oracle, l95=l95, auto=rate, ratio=rate / oracle,
@@ -191,6 +199,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="runs of each fixed level on a real server")
     ap.add_argument("--confirm", type=float, help="on a real server, run the fixed levels within this fraction "
                     "of the best again with as many jobs as the auto run; their long runs are the oracle")
+    ap.add_argument("--auto-early", action="store_true", help="with --confirm, run auto before the long fixed "
+                    "runs instead of after them (a check that the order does not favour either)")
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "--bin", "inflight", "--bin", "inflight-sim"],
                    cwd=ROOT, check=True, env={**os.environ, "CARGO_TARGET_DIR": TARGET})
@@ -202,7 +212,7 @@ def main():
                   f"{args.server_auto_jobs} for auto, max_tokens {args.max_tokens}", flush=True)
             rows.append(measure(args.name, lambda: (args.server, lambda: None), levels, args.fixed_jobs,
                                 args.server_auto_jobs, d, args.max_tokens, rounds=args.rounds,
-                                confirm=args.confirm))
+                                confirm=args.confirm, auto_early=args.auto_early))
         else:
             for name in args.profiles.split(","):
                 levels, fixed_jobs, auto_jobs, scale = PROFILES[name]
