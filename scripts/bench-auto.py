@@ -110,23 +110,21 @@ def start_sim(profile, scale):
 
 def measure(name, url_factory, levels, fixed_jobs, auto_jobs, directory, max_tokens, extra=(), rounds=1,
             confirm=None, auto_early=False):
-    def run_auto():
+    def run_at(level, n, tag):
         url, stop = url_factory()
-        db, log = run(url, jobs_file(directory, auto_jobs, max_tokens, f"{name}-auto"), "auto", directory,
-                      f"{name}-auto", extra)
+        db, log = run(url, jobs_file(directory, n, max_tokens, tag), level, directory, tag, extra)
         stop()
         return db, log
+
+    def run_auto():
+        return run_at("auto", auto_jobs, f"{name}-auto")
 
     auto = None
     runs = {level: [] for level in levels}
     for rnd in range(rounds):
         for level in (levels if rnd % 2 == 0 else list(reversed(levels))):
-            url, stop = url_factory()
             n = fixed_jobs if fixed_jobs == auto_jobs else min(fixed_jobs, max(200, JOBS_PER_LEVEL * level))
-            tag = f"{name}-{level}-r{rnd}"
-            db, _ = run(url, jobs_file(directory, n, max_tokens, tag), level, directory, tag, extra)
-            stop()
-            runs[level].append(metrics(db)[0])
+            runs[level].append(metrics(run_at(level, n, f"{name}-{level}-r{rnd}")[0])[0])
             print(f"  {name}: fixed {level:>4}: {runs[level][-1]:10.1f} tokens/s", flush=True)
     results = {level: sum(r) / len(r) for level, r in runs.items()}
     if rounds > 1:
@@ -142,11 +140,7 @@ def measure(name, url_factory, levels, fixed_jobs, auto_jobs, directory, max_tok
         screened = [l for l, r in results.items() if r >= (1 - confirm) * best]
         results = {}
         for level in screened:
-            url, stop = url_factory()
-            tag = f"{name}-{level}-long"
-            db, _ = run(url, jobs_file(directory, auto_jobs, max_tokens, tag), level, directory, tag, extra)
-            stop()
-            results[level] = metrics(db)[0]
+            results[level] = metrics(run_at(level, auto_jobs, f"{name}-{level}-long")[0])[0]
             print(f"  {name}: fixed {level:>4} over {auto_jobs} jobs: {results[level]:10.1f} tokens/s", flush=True)
     oracle_level = max(results, key=results.get)
     oracle = results[oracle_level]
