@@ -2,7 +2,7 @@
 # Automatic concurrency on the real test-bed llama-server (issue 3): SmolLM2-135M, 64 max tokens, started with
 # `-np 8 -t 2` and again with `-np 1 -t 2`. For each: the best fixed level among 1, 2, 4, 8, 16, 32 and the
 # auto run, in the same benchmark run; prints auto / best fixed (whole run after warm-up, and its second half)
-# and what auto said (with -np 1: the --parallel fix). About 60 minutes on 2 cores with the defaults.
+# and what auto said (with -np 1: the --parallel fix). About 70 minutes on 2 cores with the defaults (-np 1 is flat, so all its levels run long).
 #   FIXED_JOBS=100 ROUNDS=1 CONFIRM=0.10 AUTO_JOBS=1000 AUTO_JOBS_NP1=500 NPS="8 1" scripts/bench-auto-real.sh
 # Every level first runs FIXED_JOBS jobs (a screen); the levels within CONFIRM of the best then run again as
 # long as the auto run, and the best of those long runs is the oracle. Short fixed runs flatter the fixed levels
