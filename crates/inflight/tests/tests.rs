@@ -4,6 +4,8 @@
 /// Shared helpers: temp dirs, job files, running the binary, reading outputs.
 mod util;
 
+/// The attempt budget holds across SIGKILL and resume, for plain jobs and workflow steps alike.
+mod attempts;
 /// Automatic concurrency finds the lanes and names a serialized server.
 mod auto;
 /// A 10,000-line input with 100 bad lines of assorted kinds.

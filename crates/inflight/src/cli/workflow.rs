@@ -16,11 +16,12 @@ use super::state::{default_state_path, lock, remove_state};
 use super::{setup_error, CommandError, Exit};
 use crate::backend::{connect, normalize, Api, ConnectOptions, Connection, OllamaBackend};
 use crate::dispatch::Health;
+use crate::dispatch::Probation;
 use crate::job::Parser;
 use crate::output::{errors_path, Format, OutputFiles};
 use crate::report::{format_duration, spawn_progress, Display, LiveStats, ProgressSource, Summary, SummaryInput};
 use crate::store::{Store, Writer};
-use crate::workflow::{run_servers, FlowStats, GroupConcurrency, Probation, ServerPlan, ServerView, Shared, Workflow};
+use crate::workflow::{run_servers, FlowStats, GroupConcurrency, ServerPlan, ServerView, Shared, Workflow};
 
 /// Runs `args` through the workflow in `flow`.
 pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {

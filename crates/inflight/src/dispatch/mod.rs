@@ -4,17 +4,20 @@
 //! Stopping: the `stop` token (Ctrl-C, SIGTERM, or the recorder's verdict) ends claiming; requests in flight get
 //! `drain_timeout` to finish and be recorded; then the rest are cancelled and stay pending for the next run.
 
+mod attempt;
 mod health;
+mod probation;
 mod recorder;
 pub(crate) mod retry;
 
+pub use attempt::{Attempts, Lane, Request, Tried, Work};
 pub use health::Health;
-pub use recorder::{Outcome, Verdict, PROBATION};
+pub use probation::{Judged, Probation, PROBATION};
+pub use recorder::{Outcome, Verdict};
 
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
@@ -22,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError};
 use crate::report::LiveStats;
-use crate::store::{now_ms, Completion, Failure, PendingJob, Store, StoreError, WriteMsg};
+use crate::store::{now_ms, AttemptKey, Completion, PendingJob, Store, StoreError, WriteMsg};
 use crate::tune::{Limiter, Permit, Sample, SampleOutcome};
 
 const PAGE: usize = 1024;
@@ -51,18 +54,11 @@ pub enum Ending {
 
 /// Everything a job task needs.
 struct Ctx {
-    backend: Arc<dyn Backend>,
+    attempts: Attempts,
     limiter: Limiter,
-    health: Health,
-    writer: Sender<WriteMsg>,
     outcomes: UnboundedSender<Outcome>,
     samples: Option<UnboundedSender<Sample>>,
-    stats: Arc<LiveStats>,
     config: DispatchConfig,
-    /// Soft stop: no new sends, no more retries.
-    stop: CancellationToken,
-    /// Hard stop: cancel requests in flight.
-    hard: CancellationToken,
 }
 
 /// What the dispatcher works with.
@@ -89,18 +85,9 @@ pub async fn dispatch(reader: &Store, wiring: Wiring, config: DispatchConfig) ->
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let hard = CancellationToken::new();
     let recorder = tokio::spawn(recorder::record(rx, writer.clone(), stats.clone(), [stop.clone(), hard.clone()]));
-    let ctx = Arc::new(Ctx {
-        backend,
-        limiter,
-        health,
-        writer,
-        outcomes: tx,
-        samples,
-        stats,
-        config,
-        stop: stop.clone(),
-        hard,
-    });
+    let attempts =
+        Attempts { backend, health, writer, stats, max_attempts: config.max_attempts, stop: stop.clone(), hard };
+    let ctx = Arc::new(Ctx { attempts, limiter, outcomes: tx, samples, config });
     let mut tasks = JoinSet::new();
     let claimed = claim_loop(reader, &ctx, &mut tasks).await;
     drain(&ctx, &mut tasks).await;
@@ -128,7 +115,7 @@ async fn claim_loop(reader: &Store, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) -> 
                 return Ok(());
             }
             cursor = job.seq;
-            let Some(permit) = acquire(ctx).await else { return Ok(()) };
+            let Some(permit) = ctx.attempts.acquire(&ctx.limiter).await else { return Ok(()) };
             sent += 1;
             tasks.spawn(run_job(ctx.clone(), job, permit));
             while tasks.try_join_next().is_some() {}
@@ -136,33 +123,17 @@ async fn claim_loop(reader: &Store, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) -> 
     }
 }
 
-/// A permit once the server is reachable, or `None` when the run is stopping.
-async fn acquire(ctx: &Ctx) -> Option<Permit> {
-    loop {
-        if !ctx.health.wait_open().await {
-            return None;
-        }
-        let permit = tokio::select! {
-            p = ctx.limiter.acquire() => p,
-            _ = ctx.stop.cancelled() => return None,
-        };
-        if !ctx.health.is_paused() {
-            return Some(permit);
-        }
-    }
-}
-
 async fn drain(ctx: &Ctx, tasks: &mut JoinSet<()>) {
     let stopped = tokio::select! {
         _ = join_all(tasks) => false,
-        _ = ctx.stop.cancelled() => true,
+        _ = ctx.attempts.stop.cancelled() => true,
     };
     if stopped && tokio::time::timeout(ctx.config.drain_timeout, join_all(tasks)).await.is_err() {
         tracing::warn!(
             "{} requests still in flight after the drain timeout: cancelled, they stay pending",
             tasks.len()
         );
-        ctx.hard.cancel();
+        ctx.attempts.hard.cancel();
         tasks.abort_all();
         join_all(tasks).await;
     }
@@ -174,71 +145,33 @@ async fn join_all(tasks: &mut JoinSet<()>) {
 
 /// Sends one job until it succeeds, fails for good, or the run stops (then it stays pending).
 async fn run_job(ctx: Arc<Ctx>, job: PendingJob, permit: Permit) {
-    let mut permit = Some(permit);
-    let mut attempts = job.attempts;
-    loop {
-        let sent_ms = now_ms();
-        let epoch = ctx.health.epoch();
-        let started = Instant::now();
-        let result = tokio::select! {
-            r = ctx.backend.send(job.endpoint, &job.body) => r,
-            _ = ctx.hard.cancelled() => return,
-        };
-        ctx.sample(&result, started.elapsed());
-        let error = match result {
-            Ok(answer) => {
-                let done = Completion {
-                    seq: job.seq,
-                    id: job.id,
-                    attempts: attempts + 1,
-                    sent_ms,
-                    first_byte_ms: answer.first_byte.map(|d| sent_ms + d.as_millis() as i64),
-                    finished_ms: now_ms(),
-                    prompt_tokens: answer.prompt_tokens,
-                    completion_tokens: answer.completion_tokens,
-                    finish_reason: answer.finish_reason,
-                    status_code: answer.status_code,
-                    request_id: answer.request_id.unwrap_or_else(|| format!("inflight-{}", job.seq)),
-                    response: answer.body,
-                };
-                let _ = ctx.outcomes.send(Outcome::Done(Box::new(done)));
-                return;
-            }
-            Err(e) => e,
-        };
-        drop(permit.take());
-        let counts = !error.is_unreachable() || ctx.health.unreachable(epoch).await;
-        if counts {
-            attempts += 1;
+    let key = AttemptKey::Job(job.seq);
+    let lane = Lane { limiter: &ctx.limiter, samples: ctx.samples.as_ref() };
+    let req = Request { key: &key, endpoint: job.endpoint, body: &job.body, attempts: job.attempts };
+    let tried = ctx.attempts.send(&lane, req, permit).await;
+    let outcome = match tried {
+        Tried::Answered { answer, attempts, sent_ms, .. } => Outcome::Done(Box::new(Completion {
+            seq: job.seq,
+            id: job.id,
+            attempts,
+            sent_ms,
+            first_byte_ms: answer.first_byte.map(|d| sent_ms + d.as_millis() as i64),
+            finished_ms: now_ms(),
+            prompt_tokens: answer.prompt_tokens,
+            completion_tokens: answer.completion_tokens,
+            finish_reason: answer.finish_reason,
+            status_code: answer.status_code,
+            request_id: answer.request_id.unwrap_or_else(|| format!("inflight-{}", job.seq)),
+            response: answer.body,
+        })),
+        Tried::Stopped => return,
+        failed => {
+            let work = Work { seq: job.seq, id: &job.id, line: job.line, step: None };
+            let Some((failure, permanent)) = work.failure(&failed) else { return };
+            Outcome::Failed { failure, permanent }
         }
-        if !error.is_retryable() || attempts >= ctx.config.max_attempts {
-            let permanent = !error.is_retryable();
-            let _ = ctx.outcomes.send(Outcome::Failed { failure: failure(&job, attempts, sent_ms, &error), permanent });
-            return;
-        }
-        if counts {
-            ctx.stats.retries.fetch_add(1, Ordering::Relaxed);
-            let _ = ctx.writer.send(WriteMsg::Attempt { seq: job.seq, attempts, error: error.to_string() });
-            tracing::debug!(id = %job.id, attempts, "retrying after: {error}");
-            tokio::select! {
-                _ = tokio::time::sleep(retry::backoff(attempts, error.retry_after())) => {}
-                _ = ctx.stop.cancelled() => return,
-            }
-        }
-        match acquire(&ctx).await {
-            Some(p) => permit = Some(p),
-            None => return,
-        }
-    }
-}
-
-impl Ctx {
-    /// Tells the controller how an attempt ended.
-    fn sample(&self, result: &Result<crate::backend::Answer, BackendError>, latency: Duration) {
-        if let (Some(samples), Some(s)) = (&self.samples, sample_of(result, latency)) {
-            let _ = samples.send(s);
-        }
-    }
+    };
+    let _ = ctx.outcomes.send(outcome);
 }
 
 /// What an attempt tells the controller, if anything. Outages and the request's own faults (permanent errors)
@@ -256,22 +189,4 @@ pub(crate) fn sample_of(result: &Result<crate::backend::Answer, BackendError>, l
         Err(_) => 0,
     };
     Some(Sample { tokens, latency, outcome })
-}
-
-fn failure(job: &PendingJob, attempts: u32, sent_ms: i64, error: &BackendError) -> Box<Failure> {
-    let message =
-        if error.is_retryable() { format!("gave up after {attempts} attempts: {error}") } else { error.to_string() };
-    Box::new(Failure {
-        seq: job.seq,
-        id: job.id.clone(),
-        line: job.line,
-        attempts,
-        sent_ms: Some(sent_ms),
-        finished_ms: now_ms(),
-        status_code: error.status(),
-        response: error.body().map(str::to_owned),
-        code: error.kind().to_owned(),
-        message,
-        step: None,
-    })
 }

@@ -1,9 +1,10 @@
 //! The recorder: the one owner of what finished jobs mean for the run.
 //!
 //! Job tasks send their outcomes here; the recorder updates the live counters and forwards to the store's
-//! writer. It also owns the "probation" rule: while no request has succeeded yet, permanent failures are held
-//! back, and if the first few all fail the same way (model not found, bad key) the run stops at once with the
-//! server's message instead of writing a million identical error lines.
+//! writer. It applies the run's [`Probation`] (the whole plain run is one step of it): while no request has
+//! been answered, identical refusals are held back, and if the first few all fail the same way (model not
+//! found, bad key) the run stops at once with the server's message instead of writing a million identical
+//! error lines.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
@@ -12,11 +13,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
+use super::probation::{Judged, Probation};
 use crate::report::LiveStats;
 use crate::store::{Completion, Failure, WriteMsg};
-
-/// How many identical permanent failures, before any success, stop the run.
-pub const PROBATION: usize = 10;
 
 /// A finished job.
 pub enum Outcome {
@@ -49,11 +48,11 @@ pub async fn record(
 ) -> Option<Verdict> {
     // A verdict stops the run at once: no drain, the requests in flight are cancelled and stay pending.
     let stop_now = || stop.iter().for_each(CancellationToken::cancel);
-    let mut held: Vec<Box<Failure>> = Vec::new();
-    let mut on_probation = true;
+    let probation = Probation::new(1);
     let mut verdict = None;
-    let release =
-        |held: &mut Vec<Box<Failure>>| -> bool { held.drain(..).all(|f| writer.send(WriteMsg::Failed(f)).is_ok()) };
+    let send_all = |msgs: Vec<Box<Failure>>, last: Option<WriteMsg>| -> bool {
+        msgs.into_iter().map(WriteMsg::Failed).chain(last).all(|m| writer.send(m).is_ok())
+    };
     while let Some(outcome) = rx.recv().await {
         if verdict.is_some() {
             continue; // stopping: nothing more is recorded, the jobs stay pending
@@ -63,26 +62,18 @@ pub async fn record(
                 stats.done.fetch_add(1, Ordering::Relaxed);
                 stats.prompt_tokens.fetch_add(c.prompt_tokens.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
                 stats.completion_tokens.fetch_add(c.completion_tokens.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
-                on_probation = false;
-                release(&mut held) && writer.send(WriteMsg::Done(c)).is_ok()
+                send_all(probation.answered(0), Some(WriteMsg::Done(c)))
             }
             Outcome::Failed { failure, permanent } => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
-                let same = held.first().is_none_or(|f| f.code == failure.code && f.message == failure.message);
-                if on_probation && permanent && same {
-                    held.push(failure);
-                    if held.len() >= PROBATION {
-                        let f = &held[0];
-                        verdict = Some(Verdict::SameFailure(format!(
-                            "the first {PROBATION} requests all failed the same way ({}): {}",
-                            f.code, f.message
-                        )));
+                match probation.failed(0, None, failure, permanent) {
+                    Judged::Record(f) => writer.send(WriteMsg::Failed(f)).is_ok(),
+                    Judged::Held => true,
+                    Judged::Stop(why) => {
+                        verdict = Some(Verdict::SameFailure(why));
                         stop_now();
+                        true
                     }
-                    true
-                } else {
-                    on_probation = false;
-                    release(&mut held) && writer.send(WriteMsg::Failed(failure)).is_ok()
                 }
             }
         };
@@ -91,7 +82,7 @@ pub async fn record(
             stop_now();
         }
     }
-    if verdict.is_none() && !release(&mut held) {
+    if verdict.is_none() && !send_all(probation.release(&[0]), None) {
         verdict = Some(Verdict::WriterFailed);
     }
     verdict

@@ -8,7 +8,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use super::{now_ms, StoreError};
 use crate::job::{BadLine, Endpoint, LineReader, Parser, RawLine};
 
-const MIGRATIONS: &[&str] = &[include_str!("sql/001_init.sql"), include_str!("sql/002_workflow.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("sql/001_init.sql"),
+    include_str!("sql/002_workflow.sql"),
+    include_str!("sql/003_step_attempts.sql"),
+];
 /// Lines per ingest transaction: large enough to amortize the commit, small enough to bound a lost tail.
 const INGEST_BATCH: usize = 20_000;
 
@@ -352,6 +356,7 @@ impl Store {
     /// Puts every failed job back to pending (`--retry-failed`) and renumbers the errors file. Returns how many.
     pub fn reopen_failed(&mut self) -> Result<usize, StoreError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(include_str!("sql/reset_step_attempts.sql"), [])?;
         let n = tx.execute(include_str!("sql/reopen_failed.sql"), [])?;
         if n > 0 {
             tx.execute_batch(include_str!("sql/renumber_errors.sql"))?;

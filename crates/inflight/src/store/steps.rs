@@ -53,6 +53,8 @@ pub struct ReadyUnit {
     pub fields: String,
     /// The job's finished steps, `{name: {output, latency_ms}}` (JSON object text).
     pub done: String,
+    /// Attempts this step has spent (in earlier sessions too) under its current fingerprint.
+    pub attempts: u32,
 }
 
 /// Per-step totals, for the summary and `inflight status`.
@@ -110,18 +112,27 @@ fn complete(tx: &Transaction, seq: i64, out_ord: i64, steps: usize) -> Result<Op
 }
 
 impl Store {
-    /// Up to `limit` jobs after `after_seq` whose step `step` can run, given the steps it reads (`deps`).
+    /// Up to `limit` jobs after `after_seq` whose step `step` (with `fingerprint`) can run, given the steps it
+    /// reads (`deps`).
     pub fn ready_units(
         &self,
         step: &str,
+        fingerprint: &str,
         deps: &[&str],
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<ReadyUnit>, StoreError> {
         let deps = Value::from(deps.to_vec()).to_string();
         let mut stmt = self.conn.prepare_cached(include_str!("sql/ready_units.sql"))?;
-        let rows = stmt.query_map(params![step, deps, after_seq, limit as i64], |r| {
-            Ok(ReadyUnit { seq: r.get(0)?, id: r.get(1)?, line: r.get(2)?, fields: r.get(3)?, done: r.get(4)? })
+        let rows = stmt.query_map(params![step, deps, after_seq, limit as i64, fingerprint], |r| {
+            Ok(ReadyUnit {
+                seq: r.get(0)?,
+                id: r.get(1)?,
+                line: r.get(2)?,
+                fields: r.get(3)?,
+                done: r.get(4)?,
+                attempts: r.get(5)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

@@ -2,7 +2,8 @@
 //!
 //! Results arrive over a channel and are committed in groups (every few milliseconds or up to a thousand
 //! messages, whichever comes first); a group's output lines are appended only after its commit, so the files
-//! never hold a result the store does not. Group commit is what lets a durable runner keep up with a fast
+//! never hold a result the store does not. A group that someone waits for (a [`WriteMsg::Flush`], as every
+//! attempt sends before its request goes out) is committed as soon as the queue is empty. Group commit is what lets a durable runner keep up with a fast
 //! server on two cores: one fsync-free WAL commit per group instead of one per job.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -73,6 +74,22 @@ pub struct Failure {
     pub step: Option<String>,
 }
 
+/// What an attempt count belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptKey {
+    /// A plain job, by its sequence number.
+    Job(i64),
+    /// One step of a workflow job, counted under the step's fingerprint.
+    Step {
+        /// The job's sequence number.
+        seq: i64,
+        /// The step's name.
+        step: String,
+        /// The step's fingerprint.
+        fingerprint: String,
+    },
+}
+
 /// What the writer is asked to do.
 #[derive(Debug)]
 pub enum WriteMsg {
@@ -82,14 +99,14 @@ pub enum WriteMsg {
     Failed(Box<Failure>),
     /// Record a finished step of a workflow job (and the job, when it was its last step).
     Step(Box<StepDone>),
-    /// Record a failed attempt that will be retried.
+    /// Record the attempts spent on a job or a step: before each is sent, and after a failure (why it failed).
     Attempt {
-        /// The job.
-        seq: i64,
+        /// The job or step.
+        key: AttemptKey,
         /// Attempts spent so far.
         attempts: u32,
-        /// Why it failed.
-        error: String,
+        /// Why the last one failed, if it did.
+        error: Option<String>,
     },
     /// Replace the live status blob (read by `inflight status`).
     Live(String),
@@ -136,11 +153,22 @@ impl Writer {
     fn run(mut self, rx: Receiver<WriteMsg>) -> Result<(), StoreError> {
         let mut group = Vec::with_capacity(GROUP_MAX);
         while let Ok(first) = rx.recv() {
+            let mut awaited = matches!(first, WriteMsg::Flush(_));
             group.push(first);
             let deadline = Instant::now() + GROUP_WAIT;
             while group.len() < GROUP_MAX {
-                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(msg) => group.push(msg),
+                // Someone waits for this commit (an attempt about to be sent): take what is queued, then commit
+                // at once rather than wait out the group's time.
+                let next = if awaited {
+                    rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
+                } else {
+                    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                };
+                match next {
+                    Ok(msg) => {
+                        awaited |= matches!(msg, WriteMsg::Flush(_));
+                        group.push(msg);
+                    }
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
             }
@@ -158,6 +186,7 @@ impl Writer {
             let mut done = tx.prepare_cached(include_str!("sql/record_done.sql"))?;
             let mut failed = tx.prepare_cached(include_str!("sql/record_failed.sql"))?;
             let mut attempt = tx.prepare_cached(include_str!("sql/record_attempt.sql"))?;
+            let mut step_attempt = tx.prepare_cached(include_str!("sql/record_step_attempt.sql"))?;
             for msg in group.drain(..) {
                 match msg {
                     WriteMsg::Done(c) => {
@@ -227,8 +256,11 @@ impl Writer {
                             done_rows.push(row);
                         }
                     }
-                    WriteMsg::Attempt { seq, attempts, error } => {
+                    WriteMsg::Attempt { key: AttemptKey::Job(seq), attempts, error } => {
                         attempt.execute(params![seq, attempts, error])?;
+                    }
+                    WriteMsg::Attempt { key: AttemptKey::Step { seq, step, fingerprint }, attempts, error } => {
+                        step_attempt.execute(params![seq, step, fingerprint, attempts, error])?;
                     }
                     WriteMsg::Live(blob) => {
                         tx.execute(

@@ -11,7 +11,6 @@
 mod graph;
 mod group;
 mod policy;
-mod probation;
 mod request;
 mod schedule;
 mod shared;
@@ -21,7 +20,6 @@ mod task;
 pub use graph::{Step, Workflow};
 pub use group::GroupConcurrency;
 pub use policy::SwitchPolicy;
-pub use probation::{Judged, Probation};
 pub use request::{output_of, render, Unit};
 pub use schedule::run_servers;
 pub use shared::{FlowStats, ServerPlan, ServerView, Shared};

@@ -24,6 +24,8 @@ pub struct Unit {
     pub fields: String,
     /// The job's finished steps as `{name: {output, usage, latency_ms}}` (JSON text).
     pub done: String,
+    /// Attempts the step has spent so far (in earlier sessions too).
+    pub attempts: u32,
 }
 
 /// Renders the request body for `unit`. `reseed` counts the answers refused so far: each retry after an
@@ -89,7 +91,15 @@ mod tests {
         system: sys\n    template: 'Check {{ steps.a.output }}'\n    schema: {type: object, required: [ok]}\n";
 
     fn unit(step: usize, done: Value) -> Unit {
-        Unit { seq: 1, id: "j".into(), line: 1, step, fields: r#"{"x": "hi"}"#.into(), done: done.to_string() }
+        Unit {
+            seq: 1,
+            id: "j".into(),
+            line: 1,
+            step,
+            fields: r#"{"x": "hi"}"#.into(),
+            done: done.to_string(),
+            attempts: 0,
+        }
     }
 
     #[test]

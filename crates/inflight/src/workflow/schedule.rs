@@ -21,6 +21,7 @@ use super::group::{Group, GroupConcurrency};
 use super::shared::{ServerPlan, Shared};
 use super::task::{self, Event, Lane, TaskCtx};
 use super::{SwitchPolicy, Unit};
+use crate::dispatch::Attempts;
 use crate::store::{Store, StoreError, WriteMsg};
 use crate::tune::TuneStatus;
 
@@ -81,7 +82,16 @@ impl ServerLoop {
         // Latest steps first: finishing jobs keeps results flowing and the pipeline short.
         groups.sort_by_key(|g| std::cmp::Reverse(g.steps[0]));
         let (tx, events) = unbounded_channel();
-        let ctx = Arc::new(TaskCtx { shared: shared.clone(), backend: plan.backend, health: plan.health, events: tx });
+        let attempts = Attempts {
+            backend: plan.backend,
+            health: plan.health,
+            writer: shared.writer.clone(),
+            stats: shared.stats.clone(),
+            max_attempts: shared.max_attempts,
+            stop: shared.stop.clone(),
+            hard: shared.hard.clone(),
+        };
+        let ctx = Arc::new(TaskCtx { shared: shared.clone(), attempts, events: tx });
         let progress = shared.progress.subscribe();
         ServerLoop {
             reader,
@@ -138,7 +148,7 @@ impl ServerLoop {
                 return Ok(());
             }
             for unit in units {
-                let Some(permit) = self.acquire(g).await else { return Ok(()) };
+                let Some(permit) = self.ctx.attempts.acquire(&self.groups[g].limiter).await else { return Ok(()) };
                 // The model's first answer, while this page is sent, makes the rest of it samples (at 1 in
                 // flight a page is 16 answers the controller would otherwise not hear of).
                 if !self.groups[g].warm {
@@ -286,7 +296,7 @@ impl ServerLoop {
             let mut from_start = self.groups[g].cursors[i] == 0;
             while out.len() < want {
                 let cursor = self.groups[g].cursors[i];
-                let page = self.reader.ready_units(&step.name, &deps, cursor, want)?;
+                let page = self.reader.ready_units(&step.name, &step.fingerprint, &deps, cursor, want)?;
                 let end = page.len() < want;
                 self.groups[g].cursors[i] = page.last().map(|u| u.seq).unwrap_or(cursor);
                 // After a wrap the first pass's units come round again: take each once.
@@ -303,6 +313,7 @@ impl ServerLoop {
                     step: s,
                     fields: u.fields,
                     done: u.done,
+                    attempts: u.attempts,
                 }));
                 if end {
                     // Wrap: work before the cursor may have become ready since.
@@ -344,21 +355,6 @@ impl ServerLoop {
         self.groups[g].warm = false;
         self.active = Some(g);
         self.policy.switched(Instant::now());
-    }
-
-    async fn acquire(&mut self, g: usize) -> Option<crate::tune::Permit> {
-        loop {
-            if !self.ctx.health.wait_open().await {
-                return None;
-            }
-            let permit = tokio::select! {
-                p = self.groups[g].limiter.acquire() => p,
-                _ = self.shared.stop.cancelled() => return None,
-            };
-            if !self.ctx.health.is_paused() {
-                return Some(permit);
-            }
-        }
     }
 
     /// Waits for one of this server's tasks to finish, another server's progress, or the stop.

@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Probation, Workflow};
+use super::Workflow;
 use crate::backend::{Backend, ServerKind};
 use crate::dispatch::Health;
+use crate::dispatch::Probation;
 use crate::report::LiveStats;
 use crate::store::WriteMsg;
 

@@ -1,28 +1,28 @@
-//! One step of one job: render, send, check the answer, retry, record. Like the plain run's job task, a
-//! transient failure costs an attempt only while the server answers others, and the permit is given back
-//! while a retry waits; an answer that fails the step's JSON Schema is asked again with another seed.
+//! One step of one job: render, send through the run's one attempt path ([`Attempts`]), check the answer,
+//! record. Like a plain job, its attempts are committed before each is sent and carried across sessions; an
+//! answer that fails the step's JSON Schema is asked again with another seed, under the same permit, and counts
+//! as an attempt.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::request::{output_of, render, Unit};
 use super::shared::Shared;
-use super::Judged;
-use crate::backend::{Answer, Backend, BackendError};
-use crate::dispatch::{retry, sample_of, Health};
+use crate::backend::Answer;
+use crate::dispatch::{self, Attempts, Judged, Request, Tried, Work};
 use crate::job::Endpoint;
-use crate::store::{now_ms, Failure, StepDone, WriteMsg};
+use crate::store::{now_ms, AttemptKey, Failure, StepDone, WriteMsg};
 use crate::tune::{Limiter, Permit, Sample};
 
 /// What a server's loop gives each of its tasks.
 pub(super) struct TaskCtx {
     pub shared: Arc<Shared>,
-    pub backend: Arc<dyn Backend>,
-    pub health: Health,
+    /// The attempt path to this loop's server.
+    pub attempts: Attempts,
     pub events: UnboundedSender<Event>,
 }
 
@@ -48,7 +48,7 @@ pub(super) struct Lane {
 
 enum End {
     Done(Box<StepDone>),
-    Failed { code: String, message: String, error: Option<BackendError> },
+    Failed { failure: Box<Failure>, permanent: bool },
     Stopped,
 }
 
@@ -56,74 +56,46 @@ enum End {
 pub(super) async fn run(ctx: Arc<TaskCtx>, lane: Lane, unit: Unit, permit: Permit) {
     let shared = &ctx.shared;
     let step = &shared.workflow.steps[unit.step];
-    let api = ctx.backend.api();
-    let mut permit = Some(permit);
-    let (mut attempts, mut invalid) = (0u32, 0u32);
-    let mut first = None;
-    let mut sent_ms = now_ms();
+    let key = AttemptKey::Step { seq: unit.seq, step: step.name.clone(), fingerprint: step.fingerprint.clone() };
+    let work = Work { seq: unit.seq, id: &unit.id, line: unit.line, step: Some(&step.name) };
+    let path = dispatch::Lane { limiter: &lane.limiter, samples: lane.samples.as_ref() };
+    let api = ctx.attempts.backend.api();
+    let (mut permit, mut attempts, mut invalid, mut first) = (permit, unit.attempts, 0u32, None);
     let end = loop {
         let body = match render(step, &unit, api, invalid) {
             Ok(b) => b,
-            Err(e) => break End::Failed { code: "template_error".into(), message: e.to_string(), error: None },
+            Err(e) => {
+                let failure = work.record(attempts, None, None, "template_error".into(), e.to_string());
+                break End::Failed { failure, permanent: false };
+            }
         };
-        sent_ms = now_ms();
-        let epoch = ctx.health.epoch();
-        let started = Instant::now();
-        let result = tokio::select! {
-            r = ctx.backend.send(Endpoint::Chat, &body) => r,
-            _ = shared.hard.cancelled() => break End::Stopped,
-        };
-        let latency = started.elapsed();
-        if let (Some(tx), Some(s)) = (&lane.samples, sample_of(&result, latency)) {
-            let _ = tx.send(s);
-        }
-        let error = match result {
-            Ok(answer) => {
-                attempts += 1;
+        let req = Request { key: &key, endpoint: Endpoint::Chat, body: &body, attempts };
+        let (answer, sent_ms) = match ctx.attempts.send(&path, req, permit).await {
+            Tried::Answered { answer, attempts: spent, sent_ms, latency, permit: held } => {
+                attempts = spent;
+                permit = held;
                 first.get_or_insert((latency, load_of(&answer)));
-                match output_of(step, &answer.body) {
-                    Ok(output) => {
-                        break End::Done(Box::new(done(&ctx, &unit, answer, output, attempts, invalid, sent_ms)))
-                    }
-                    Err(reason) if attempts >= shared.max_attempts => {
-                        break End::Failed { code: "invalid_output".into(), message: reason, error: None }
-                    }
-                    Err(reason) => {
-                        invalid += 1;
-                        shared.flow.invalid.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(id = %unit.id, step = %step.name, "answer refused, asking again: {reason}");
-                        continue;
-                    }
-                }
+                (answer, sent_ms)
             }
-            Err(e) => e,
+            Tried::Stopped => break End::Stopped,
+            failed => match work.failure(&failed) {
+                Some((failure, permanent)) => break End::Failed { failure, permanent },
+                None => break End::Stopped,
+            },
         };
-        drop(permit.take());
-        let counts = !error.is_unreachable() || ctx.health.unreachable(epoch).await;
-        if counts {
-            attempts += 1;
-        }
-        if !error.is_retryable() || attempts >= shared.max_attempts {
-            let message = if error.is_retryable() {
-                format!("gave up after {attempts} attempts: {error}")
-            } else {
-                error.to_string()
-            };
-            break End::Failed { code: error.kind().into(), message, error: Some(error) };
-        }
-        if counts {
-            shared.stats.retries.fetch_add(1, Ordering::Relaxed);
-            tokio::select! {
-                _ = tokio::time::sleep(retry::backoff(attempts, error.retry_after())) => {}
-                _ = shared.stop.cancelled() => break End::Stopped,
+        match output_of(step, &answer.body) {
+            Ok(output) => break End::Done(Box::new(done(&ctx, &unit, answer, output, attempts, invalid, sent_ms))),
+            Err(reason) if attempts >= shared.max_attempts => {
+                let failure = work.record(attempts, Some(sent_ms), None, "invalid_output".into(), reason);
+                break End::Failed { failure, permanent: false };
             }
-        }
-        match acquire(&ctx, &lane.limiter).await {
-            Some(p) => permit = Some(p),
-            None => break End::Stopped,
+            Err(reason) => {
+                invalid += 1;
+                shared.flow.invalid.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(id = %unit.id, step = %step.name, "answer refused, asking again: {reason}");
+            }
         }
     };
-    drop(permit);
     let msgs = match end {
         End::Stopped => return,
         End::Done(d) => {
@@ -132,23 +104,9 @@ pub(super) async fn run(ctx: Arc<TaskCtx>, lane: Lane, unit: Unit, permit: Permi
             let held = shared.probation.answered(unit.step);
             held.into_iter().map(WriteMsg::Failed).chain([WriteMsg::Step(d)]).collect()
         }
-        End::Failed { code, message, error } => {
+        End::Failed { failure, permanent } => {
             shared.stats.failed.fetch_add(1, Ordering::Relaxed);
-            let permanent = error.as_ref().is_some_and(|e| !e.is_retryable());
-            let failure = Box::new(Failure {
-                seq: unit.seq,
-                id: unit.id.clone(),
-                line: unit.line,
-                attempts,
-                sent_ms: Some(sent_ms),
-                finished_ms: now_ms(),
-                status_code: error.as_ref().and_then(BackendError::status),
-                response: error.as_ref().and_then(|e| e.body().map(str::to_owned)),
-                code,
-                message,
-                step: Some(step.name.clone()),
-            });
-            match shared.probation.failed(unit.step, &step.name, failure, permanent) {
+            match shared.probation.failed(unit.step, Some(&step.name), failure, permanent) {
                 Judged::Record(f) => vec![WriteMsg::Failed(f)],
                 Judged::Held => Vec::new(),
                 Judged::Stop(why) => {
@@ -199,20 +157,4 @@ fn done(
 fn load_of(answer: &Answer) -> Option<Duration> {
     let body: Value = serde_json::from_str(&answer.body).ok()?;
     body["x_ollama"]["load_duration"].as_u64().map(Duration::from_nanos)
-}
-
-/// A permit once the server is reachable, or `None` when the run is stopping.
-async fn acquire(ctx: &TaskCtx, limiter: &Limiter) -> Option<Permit> {
-    loop {
-        if !ctx.health.wait_open().await {
-            return None;
-        }
-        let permit = tokio::select! {
-            p = limiter.acquire() => p,
-            _ = ctx.shared.stop.cancelled() => return None,
-        };
-        if !ctx.health.is_paused() {
-            return Some(permit);
-        }
-    }
 }

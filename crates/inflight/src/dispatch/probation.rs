@@ -1,24 +1,27 @@
-//! Probation per step: the plain run's rule (see `dispatch::recorder`) applied to each step of a workflow.
+//! Probation: until a piece of work has had an answer, the server's identical refusals of it are held back
+//! rather than recorded, and the first [`PROBATION`] of them stop the run with the server's message. A wrong
+//! model name or a bad key must not turn a million jobs into error lines.
 //!
-//! Until a step has had one answer, the server's refusals of it (a step naming a model the server does not
-//! have, a bad key) are held back rather than recorded. If the first [`PROBATION`] refusals of a step are all
-//! the same, the run stops at once with the server's message and the step's name: a wrong model name in step 2
-//! must not turn a million jobs into error lines. A held unit is not sent again while it is held; held units are
-//! recorded as failures once the step gets an answer (the refusals were those jobs' own), or when nothing else
-//! of the step is left to run.
+//! One rule for both modes: a plain run is on probation as a whole (one "step"), a workflow step by step (a
+//! wrong model name in step 2 stops the run naming step 2). A held piece of work is not sent again while it is
+//! held; held failures are recorded once their step gets an answer (the refusals were those jobs' own), or when
+//! nothing else of the step is left to run. A failure that differs from the held ones, or one that is not a
+//! refusal (out of retries), is recorded at once.
 
 use std::sync::Mutex;
 
-use crate::dispatch::PROBATION;
 use crate::store::Failure;
 
-/// What to do with a step's failure.
+/// How many identical refusals, before any answer, stop the run.
+pub const PROBATION: usize = 10;
+
+/// What to do with a failure.
 pub enum Judged {
     /// Record it.
     Record(Box<Failure>),
     /// Held back; nothing to record now.
     Held,
-    /// The step's first refusals were all the same: stop the run with this message.
+    /// The first refusals were all the same: stop the run with this message.
     Stop(String),
 }
 
@@ -47,8 +50,9 @@ impl Probation {
         steps[step].held.drain(..).map(Box::new).collect()
     }
 
-    /// Judges a failure of step `step` (named `name`); `permanent` when the server refused the request.
-    pub fn failed(&self, step: usize, name: &str, failure: Box<Failure>, permanent: bool) -> Judged {
+    /// Judges a failure of step `step` (named `name`, `None` for a plain run); `permanent` when the server
+    /// refused the request.
+    pub fn failed(&self, step: usize, name: Option<&str>, failure: Box<Failure>, permanent: bool) -> Judged {
         let mut steps = self.steps.lock().expect("probation lock");
         let trial = &mut steps[step];
         let same = trial.held.first().is_none_or(|f| f.code == failure.code && f.message == failure.message);
@@ -60,8 +64,9 @@ impl Probation {
             return Judged::Held;
         }
         let f = &trial.held[0];
+        let which = name.map(|n| format!("step {n}: ")).unwrap_or_default();
         Judged::Stop(format!(
-            "step {name}: the first {PROBATION} requests all failed the same way ({}): {}",
+            "{which}the first {PROBATION} requests all failed the same way ({}): {}",
             f.code, f.message
         ))
     }
@@ -93,7 +98,7 @@ mod tests {
             finished_ms: 0,
             status_code: Some(404),
             response: None,
-            code: "http_404".into(),
+            code: "not_found".into(),
             message: message.into(),
             step: Some("critique".into()),
         })
@@ -103,10 +108,10 @@ mod tests {
     fn ten_identical_refusals_before_an_answer_stop_the_run_naming_the_step() {
         let p = Probation::new(2);
         for seq in 0..PROBATION as i64 - 1 {
-            assert!(matches!(p.failed(1, "critique", failure(seq, "model 'x' not found"), true), Judged::Held));
+            assert!(matches!(p.failed(1, Some("critique"), failure(seq, "model 'x' not found"), true), Judged::Held));
             assert!(p.is_held(1, seq));
         }
-        let Judged::Stop(why) = p.failed(1, "critique", failure(99, "model 'x' not found"), true) else {
+        let Judged::Stop(why) = p.failed(1, Some("critique"), failure(99, "model 'x' not found"), true) else {
             panic!("the tenth stops the run")
         };
         assert!(why.starts_with("step critique: the first 10 requests") && why.contains("model 'x' not found"));
@@ -116,12 +121,12 @@ mod tests {
     #[test]
     fn an_answer_or_a_different_failure_ends_probation_and_held_failures_are_recorded() {
         let p = Probation::new(1);
-        assert!(matches!(p.failed(0, "a", failure(1, "bad"), true), Judged::Held));
-        assert!(matches!(p.failed(0, "a", failure(2, "other"), true), Judged::Record(_)));
-        assert!(matches!(p.failed(0, "a", failure(3, "bad"), false), Judged::Record(_)), "out of retries");
+        assert!(matches!(p.failed(0, Some("a"), failure(1, "bad"), true), Judged::Held));
+        assert!(matches!(p.failed(0, Some("a"), failure(2, "other"), true), Judged::Record(_)));
+        assert!(matches!(p.failed(0, Some("a"), failure(3, "bad"), false), Judged::Record(_)), "out of retries");
         assert_eq!(p.answered(0).len(), 1);
-        assert!(matches!(p.failed(0, "a", failure(4, "bad"), true), Judged::Record(_)));
-        assert!(matches!(p.failed(0, "a", failure(5, "bad"), true), Judged::Record(_)));
+        assert!(matches!(p.failed(0, Some("a"), failure(4, "bad"), true), Judged::Record(_)));
+        assert!(matches!(p.failed(0, Some("a"), failure(5, "bad"), true), Judged::Record(_)));
         assert!(p.release(&[0]).is_empty());
     }
 }
