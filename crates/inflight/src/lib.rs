@@ -12,6 +12,7 @@ pub mod cli;
 pub mod dispatch;
 pub mod doctor;
 pub mod job;
+pub mod live;
 pub mod output;
 pub mod report;
 pub mod store;

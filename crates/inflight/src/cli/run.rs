@@ -14,10 +14,11 @@ use super::parse::Concurrency;
 use super::state::{default_state_path, lock, remove_state};
 use super::{parse, setup_error, CommandError, Exit, ServerArgs};
 use crate::backend::{connect, Api, ConnectOptions, OllamaBackend};
-use crate::dispatch::{dispatch, DispatchConfig, Ending, Health, Verdict, Wiring};
+use crate::dispatch::{dispatch, DispatchConfig, Ending, Verdict, Wiring};
 use crate::job::{LineReader, Parser, RequestDefaults, Template};
+use crate::live::{Health, LiveStats};
 use crate::output::{errors_path, Format, OutputFiles};
-use crate::report::{spawn_progress, Display, LiveStats, ProgressSource, Summary, SummaryInput};
+use crate::report::{spawn_progress, Display, ProgressSource, Summary, SummaryInput};
 use crate::store::{Store, Writer};
 use crate::tune::{spawn_controller, Clock, Controller, ControllerConfig, Limiter, SystemClock};
 
@@ -182,7 +183,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
     let counts = store.counts()?;
     let files = OutputFiles::open(&out, &store, args.format, rebuild)?;
     let reader = store.reopen()?;
-    let writer = Writer::spawn(store, files)?;
+    let writer = Writer::spawn(store, Box::new(files))?;
 
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone(), args.drain_timeout);
@@ -205,7 +206,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
         limiter: Some(limiter.clone()),
         detail: None,
         health: health.clone(),
-        writer: writer.sender(),
+        live: live_sink(writer.sender()),
         finished_before: counts.done + counts.failed,
         total: counts.total(),
         status_every: args.status_every,
@@ -405,4 +406,11 @@ pub(super) fn spawn_signal_handler(stop: CancellationToken, drain: Duration) {
         next_signal(&mut term).await;
         std::process::exit(Exit::Interrupted as i32);
     });
+}
+
+/// Keeps the progress display's `live` blob in the state, where `inflight status` reads it.
+pub(super) fn live_sink(writer: std::sync::mpsc::Sender<crate::store::WriteMsg>) -> Box<dyn Fn(String) + Send + Sync> {
+    Box::new(move |blob| {
+        let _ = writer.send(crate::store::WriteMsg::Live(blob));
+    })
 }

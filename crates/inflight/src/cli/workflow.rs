@@ -11,15 +11,16 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::parse::Concurrency;
-use super::run::{ingest, spawn_signal_handler, RunArgs};
+use super::run::{ingest, live_sink, spawn_signal_handler, RunArgs};
 use super::state::{default_state_path, lock, remove_state};
 use super::{setup_error, CommandError, Exit};
 use crate::backend::{connect, normalize, Api, ConnectOptions, Connection, OllamaBackend};
-use crate::dispatch::Health;
 use crate::dispatch::Probation;
 use crate::job::Parser;
+use crate::live::Health;
+use crate::live::LiveStats;
 use crate::output::{errors_path, Format, OutputFiles};
-use crate::report::{format_duration, spawn_progress, Display, LiveStats, ProgressSource, Summary, SummaryInput};
+use crate::report::{format_duration, spawn_progress, Display, ProgressSource, Summary, SummaryInput};
 use crate::store::{Store, Writer};
 use crate::workflow::{run_servers, FlowStats, GroupConcurrency, ServerPlan, ServerView, Shared, Workflow};
 
@@ -78,7 +79,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
     let before = store.counts()?;
     let files = OutputFiles::open(&out, &store, Format::Workflow, rebuild)?;
     let reader = store.reopen()?;
-    let writer = Writer::spawn(store, files)?;
+    let writer = Writer::spawn(store, Box::new(files))?;
 
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone(), args.drain_timeout);
@@ -119,7 +120,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         limiter: None,
         detail: Some(Arc::new(detail)),
         health,
-        writer: writer.sender(),
+        live: live_sink(writer.sender()),
         finished_before: steps_before,
         total: before.total() * steps.len() as u64,
         status_every: args.status_every,

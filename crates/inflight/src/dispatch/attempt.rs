@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use super::{retry, sample_of, Health};
+use super::{retry, sample_of};
 use crate::backend::{Answer, Backend, BackendError};
 use crate::job::Endpoint;
-use crate::report::LiveStats;
+use crate::live::{Health, LiveStats};
 use crate::store::{now_ms, AttemptKey, Failure, WriteMsg};
 use crate::tune::{Limiter, Permit, Sample};
 

@@ -5,13 +5,11 @@
 //! `drain_timeout` to finish and be recorded; then the rest are cancelled and stay pending for the next run.
 
 mod attempt;
-mod health;
 mod probation;
 mod recorder;
 pub(crate) mod retry;
 
 pub use attempt::{Attempts, Lane, Request, Tried, Work};
-pub use health::Health;
 pub use probation::{Judged, Probation, PROBATION};
 pub use recorder::{Outcome, Verdict};
 
@@ -24,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError};
-use crate::report::LiveStats;
+use crate::live::{Health, LiveStats};
 use crate::store::{now_ms, AttemptKey, Completion, PendingJob, Store, StoreError, WriteMsg};
 use crate::tune::{Limiter, Permit, Sample, SampleOutcome};
 

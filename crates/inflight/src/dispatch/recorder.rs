@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use super::probation::{Judged, Probation};
-use crate::report::LiveStats;
+use crate::live::LiveStats;
 use crate::store::{Completion, Failure, WriteMsg};
 
 /// A finished job.

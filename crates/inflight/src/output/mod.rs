@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::store::{Store, StoreError};
+use crate::store::{CommittedSink, OutcomeRow, Store, StoreError};
 
 /// `OUT.jsonl` → `OUT.errors.jsonl`; any other name gets `.errors.jsonl` appended.
 pub fn errors_path(out: &Path) -> PathBuf {
@@ -47,20 +47,25 @@ impl OutputFiles {
         Ok(files)
     }
 
-    /// Appends one result line (buffered until [`OutputFiles::flush`]).
-    pub fn write_done(&mut self, row: &crate::store::OutcomeRow) -> io::Result<()> {
-        writeln!(self.done, "{}", render_done(row, self.format))
-    }
-
-    /// Appends one error line (buffered until [`OutputFiles::flush`]).
-    pub fn write_error(&mut self, row: &crate::store::OutcomeRow) -> io::Result<()> {
-        writeln!(self.errors, "{}", render_error(row, self.format))
-    }
-
     /// Pushes buffered lines to the OS (a killed process then loses nothing that was written).
     pub fn flush(&mut self) -> io::Result<()> {
         self.done.flush()?;
         self.errors.flush()
+    }
+}
+
+/// The store's writer appends each committed group here.
+impl CommittedSink for OutputFiles {
+    fn write_done(&mut self, row: &OutcomeRow) -> io::Result<()> {
+        writeln!(self.done, "{}", render_done(row, self.format))
+    }
+
+    fn write_error(&mut self, row: &OutcomeRow) -> io::Result<()> {
+        writeln!(self.errors, "{}", render_error(row, self.format))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        OutputFiles::flush(self)
     }
 }
 

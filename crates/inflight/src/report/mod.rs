@@ -1,4 +1,4 @@
-//! Feedback: live counters, the progress display (a bar on a terminal, status lines otherwise), and the
+//! Feedback: the progress display (a bar on a terminal, status lines otherwise), and the
 //! summary that `run` prints at the end and `status` prints at any time.
 
 mod progress;
@@ -6,20 +6,3 @@ mod summary;
 
 pub use progress::{format_duration, spawn_progress, Display, ProgressHandle, ProgressSource};
 pub use summary::{Summary, SummaryInput};
-
-use std::sync::atomic::AtomicU64;
-
-/// Counters of this session, updated by the recorder and read by the progress display.
-#[derive(Debug, Default)]
-pub struct LiveStats {
-    /// Jobs succeeded in this session.
-    pub done: AtomicU64,
-    /// Jobs failed in this session.
-    pub failed: AtomicU64,
-    /// Attempts retried in this session.
-    pub retries: AtomicU64,
-    /// Prompt tokens in this session.
-    pub prompt_tokens: AtomicU64,
-    /// Completion tokens in this session.
-    pub completion_tokens: AtomicU64,
-}

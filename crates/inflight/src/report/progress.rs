@@ -1,9 +1,9 @@
 //! The live display: an indicatif bar on a terminal; one plain status line every `--status-every` otherwise.
-//! Either way it also refreshes the `live` blob in the store that `inflight status` reads from elsewhere.
+//! Either way it also hands the session a `live` blob every second, which the session keeps in the store for
+//! `inflight status` to read from elsewhere; the display itself writes nothing.
 
 use std::io::IsTerminal;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,9 +12,9 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::LiveStats;
-use crate::dispatch::Health;
-use crate::store::{now_ms, WriteMsg};
+use crate::live::Health;
+use crate::live::LiveStats;
+use crate::store::now_ms;
 use crate::tune::{Limiter, RateWindow, TuneStatus};
 
 const TICK: Duration = Duration::from_millis(250);
@@ -44,8 +44,8 @@ pub struct ProgressSource {
     pub detail: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// Health (for the paused state).
     pub health: Health,
-    /// Where the `live` blob goes.
-    pub writer: Sender<WriteMsg>,
+    /// Where the `live` blob goes (the session stores it for `inflight status`).
+    pub live: Box<dyn Fn(String) + Send + Sync>,
     /// Jobs already finished before this session.
     pub finished_before: u64,
     /// Jobs in the run.
@@ -139,7 +139,7 @@ async fn run(src: ProgressSource, stop: CancellationToken) {
             let blob = json!({"pid": std::process::id(), "updated_ms": now_ms(), "line": line,
                               "jobs_per_s": rate, "in_flight": src.limiter.as_ref().map(Limiter::in_flight),
                               "limit": src.limiter.as_ref().map(Limiter::limit), "paused": src.health.is_paused()});
-            let _ = src.writer.send(WriteMsg::Live(blob.to_string()));
+            (src.live)(blob.to_string());
             last_live = now;
         }
         if let Some(bar) = &bar {

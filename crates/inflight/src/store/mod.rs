@@ -10,7 +10,7 @@ mod writer;
 
 pub use sqlite::{Counts, IngestReport, OutcomeRow, PendingJob, Store};
 pub use steps::{ReadyUnit, StepCount, StepDone};
-pub use writer::{AttemptKey, Completion, Failure, WriteMsg, Writer, WriterHandle};
+pub use writer::{AttemptKey, CommittedSink, Completion, Failure, WriteMsg, Writer, WriterHandle};
 
 /// Errors at the store boundary.
 #[derive(Debug, thiserror::Error)]

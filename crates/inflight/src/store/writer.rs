@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, TransactionBehavior};
 
 use super::{OutcomeRow, StepDone, Store, StoreError};
-use crate::output::OutputFiles;
 
 const GROUP_MAX: usize = 1024;
 const GROUP_WAIT: Duration = Duration::from_millis(5);
@@ -133,17 +132,28 @@ impl WriterHandle {
     }
 }
 
+/// Where committed results go once their group is committed: the output files, which live a layer above the
+/// store (`crate::output` implements this), so the store needs to know nothing of their format.
+pub trait CommittedSink: Send {
+    /// A result, in commit order.
+    fn write_done(&mut self, row: &OutcomeRow) -> std::io::Result<()>;
+    /// A failure or bad line, in commit order.
+    fn write_error(&mut self, row: &OutcomeRow) -> std::io::Result<()>;
+    /// Makes the group's lines durable before their senders hear of the commit.
+    fn flush(&mut self) -> std::io::Result<()>;
+}
+
 /// The writer thread's state.
 pub struct Writer {
     store: Store,
-    files: OutputFiles,
+    files: Box<dyn CommittedSink>,
     next_done: i64,
     next_error: i64,
 }
 
 impl Writer {
     /// Starts the writer thread over `store` (whose connection it takes) and the reconciled output files.
-    pub fn spawn(store: Store, files: OutputFiles) -> Result<WriterHandle, StoreError> {
+    pub fn spawn(store: Store, files: Box<dyn CommittedSink>) -> Result<WriterHandle, StoreError> {
         let writer = Writer { next_done: store.next_done_ord()?, next_error: store.next_error_ord()?, store, files };
         let (tx, rx) = mpsc::channel();
         let join = std::thread::Builder::new().name("inflight-writer".into()).spawn(move || writer.run(rx))?;

@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::Workflow;
 use crate::backend::{Backend, ServerKind};
-use crate::dispatch::Health;
 use crate::dispatch::Probation;
-use crate::report::LiveStats;
+use crate::live::Health;
+use crate::live::LiveStats;
 use crate::store::WriteMsg;
 
 /// What every server's loop shares.
