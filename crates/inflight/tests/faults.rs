@@ -111,12 +111,19 @@ fn first_requests_all_failing_the_same_way_stop_the_run_and_record_nothing() {
         "ghost",
         "-c",
         "2",
+        "--json",
     ]);
     assert_exit(&out, 2);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("model 'ghost' not found"), "{stderr}");
     assert!(sim.stats().not_found < 50, "stopped early: {:?}", sim.stats());
     assert!(read_jsonl(&s.errors()).is_empty(), "nothing recorded");
+    // The summary still comes out, and says why the run stopped.
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_matches_schema(&v, "run-summary.schema.json");
+    assert_eq!((&v["exit"]["code"], &v["exit"]["meaning"]), (&serde_json::json!(2), &serde_json::json!("setup_error")));
+    assert!(v["exit"]["message"].as_str().unwrap().contains("model 'ghost' not found"), "{v}");
+    assert_eq!((v["summary"]["failed"].as_u64(), v["summary"]["pending"].as_u64()), (Some(0), Some(1000)));
 }
 
 #[test]

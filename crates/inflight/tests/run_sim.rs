@@ -117,6 +117,44 @@ fn export_and_status_read_the_state() {
 }
 
 #[test]
+fn run_json_prints_one_summary_object_matching_its_schema() {
+    let sim = Sim::start(SimConfig::zero_latency());
+    let s = Scratch::new();
+    let input = s.write_lines("jobs.jsonl", prompt_lines(50).chain(["{bad".to_string()]));
+    let args = ["run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", sim.url(), "-q", "-c", "3", "--json"];
+    let out = run(&args);
+    assert_exit(&out, 1);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    assert_matches_schema(&v, "run-summary.schema.json");
+    let sum = &v["summary"];
+    assert_eq!(sum["jobs"], 50);
+    assert_eq!(
+        (&sum["done"], &sum["failed"], &sum["pending"], &sum["bad_lines"]),
+        (&sum["jobs"], &json!(0), &json!(0), &json!(1))
+    );
+    assert_eq!(sum["rate_over"], "session");
+    assert!(sum["jobs_per_s"].as_f64().unwrap() > 0.0 && sum["wall_s"].as_f64().unwrap() > 0.0, "{sum}");
+    assert_eq!(v["concurrency"]["mode"], "fixed");
+    assert_eq!(v["concurrency"]["held"], 3);
+    assert!(v["workflow"].is_null());
+    assert_eq!((&v["exit"]["code"], &v["exit"]["meaning"]), (&json!(1), &json!("some_failed")));
+    assert_eq!(v["files"]["results"], s.out_arg());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("50 jobs: 50 done, 0 failed, 0 pending; 1 bad input line"),
+        "the text goes to stderr: {text}"
+    );
+
+    // Resumed with nothing left to send: the same counts, and the session's rate is zero.
+    let again = run(&args);
+    assert_exit(&again, 1);
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_matches_schema(&v, "run-summary.schema.json");
+    assert_eq!((v["summary"]["done"].as_u64(), v["summary"]["jobs_per_s"].as_f64()), (Some(50), Some(0.0)));
+}
+
+#[test]
 fn dry_run_renders_templates_and_sends_nothing() {
     let sim = Sim::start(SimConfig::zero_latency());
     let s = Scratch::new();

@@ -293,3 +293,36 @@ fn a_step_naming_a_model_the_server_lacks_stops_the_run_after_ten_identical_refu
     assert_eq!(read_jsonl(&s.out()).len(), 200);
     assert_eq!(sim.stats().requests - before, 200 - extracted + 400, "step 1 is not sent again where it finished");
 }
+
+#[test]
+fn run_json_reports_each_step_and_each_models_concurrency() {
+    let sim = Sim::start(one_model_ollama(100.0));
+    let s = Scratch::new();
+    let input = s.write_lines("jobs.jsonl", text_lines(200));
+    let flow = s.path("flow.yaml");
+    std::fs::write(&flow, ABA).unwrap();
+    let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg()];
+    let out = run(&[&args[..], &["--server", sim.url(), "-q", "--json"]].concat());
+    assert_exit(&out, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    assert_matches_schema(&v, "run-summary.schema.json");
+    assert_eq!((v["summary"]["jobs"].as_u64(), v["summary"]["done"].as_u64()), (Some(200), Some(200)));
+    let steps: Vec<(&str, u64)> = v["summary"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["step"].as_str().unwrap(), c["done"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(steps, [("extract", 200), ("critique", 200), ("judge", 200)], "in the workflow's order");
+    assert!(v["concurrency"].is_null());
+    let w = &v["workflow"];
+    assert_eq!(w["mode"], "auto");
+    let server = &w["servers"][0];
+    assert_eq!(server["switches"].as_u64(), Some(sim.stats().model_loads), "every switch is one load: {w}");
+    let models: Vec<&str> = server["models"].as_array().unwrap().iter().map(|m| m["model"].as_str().unwrap()).collect();
+    assert_eq!(models.len(), 2, "one controller per model: {w}");
+    assert!(models.contains(&"A") && models.contains(&"B"), "{w}");
+    assert_eq!((&v["exit"]["code"], &v["exit"]["meaning"]), (&json!(0), &json!("success")));
+    assert_eq!(switches_in(&out.stderr), server["switches"].as_u64().unwrap(), "the text on stderr says the same");
+}

@@ -84,6 +84,18 @@ pub enum Exit {
     Interrupted = 130,
 }
 
+impl Exit {
+    /// What the code means, as one word for JSON reports.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Exit::Success => "success",
+            Exit::SomeFailed => "some_failed",
+            Exit::Setup => "setup_error",
+            Exit::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// An error that ends the command with a specific exit code (others exit 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]

@@ -18,9 +18,12 @@ use crate::dispatch::{dispatch, DispatchConfig, Ending, Verdict, Wiring};
 use crate::job::{LineReader, Parser, RequestDefaults, Template};
 use crate::live::{Health, LiveStats};
 use crate::output::{errors_path, Format, OutputFiles};
-use crate::report::{spawn_progress, Display, ProgressSource, Summary, SummaryInput};
-use crate::store::{Store, Writer};
-use crate::tune::{spawn_controller, Clock, Controller, ControllerConfig, Limiter, SystemClock};
+use crate::report::{
+    spawn_progress, ConcurrencyMode, ConcurrencyReport, Display, ExitReport, FilesReport, ProgressSource, RunSummary,
+    Summary, SummaryInput, WorkflowReport,
+};
+use crate::store::{Counts, StepCount, Store, Writer};
+use crate::tune::{spawn_controller, Clock, Controller, ControllerConfig, Limiter, SystemClock, TuneStatus};
 
 /// Arguments of `inflight run`.
 #[derive(Debug, Clone, Args)]
@@ -109,6 +112,10 @@ pub struct RunArgs {
     /// No progress display.
     #[arg(short, long)]
     pub quiet: bool,
+    /// At the end, print the summary as one JSON object on stdout (schema: docs/schema/run-summary.schema.json);
+    /// the text summary goes to stderr instead.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub json: bool,
 }
 
 pub(super) fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
@@ -235,54 +242,109 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
     writer.finish().context("recording results")?;
     let ending = ending?;
 
-    let counts = reader.counts()?;
-    let session_jobs =
+    let jobs =
         stats.done.load(std::sync::atomic::Ordering::Relaxed) + stats.failed.load(std::sync::atomic::Ordering::Relaxed);
-    let summary = Summary::new(SummaryInput {
+    let summary = session_summary(&reader, &stats, |_| jobs, wall, Vec::new())?;
+    let outcome = outcome(ending, &summary);
+    let concurrency = concurrency_report(tuned, limiter.limit(), conn.info.kind.lanes());
+    conclude(summary, Some(concurrency), None, files_report(&out, &state_path), outcome, args.json)
+}
+
+/// This session's summary: the store's counts and latencies, rates over the session's `wall` time for the jobs
+/// `session_jobs` says it finished (given the store's counts now).
+pub(super) fn session_summary(
+    reader: &Store,
+    stats: &LiveStats,
+    session_jobs: impl FnOnce(&Counts) -> u64,
+    wall: Duration,
+    steps: Vec<StepCount>,
+) -> anyhow::Result<Summary> {
+    let counts = reader.counts()?;
+    let tokens = stats.completion_tokens.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(Summary::new(SummaryInput {
         counts,
         latency: reader.latency_histogram()?,
-        session: Some((session_jobs, stats.completion_tokens.load(std::sync::atomic::Ordering::Relaxed), wall)),
+        session: Some((session_jobs(&counts), tokens, wall)),
         retries: stats.retries.load(std::sync::atomic::Ordering::Relaxed),
-        steps: Vec::new(),
-    });
-    println!("{}", summary.render());
-    match &tuned {
-        Some(t) => {
-            let held =
-                t.held.map(|h| h.to_string()).unwrap_or_else(|| format!("{} (still searching)", limiter.limit()));
-            // Effective lanes are where throughput stopped growing; beside the slots a server reports they say
-            // whether its queue kept those slots busier (more) or its cores could not feed them all (fewer).
-            let reported = match conn.info.kind.lanes() {
-                Some(1) => " (the server reports 1 slot)".to_owned(),
-                Some(n) => format!(" (the server reports {n} slots)"),
-                None => String::new(),
-            };
-            println!(
-                "  concurrency auto: held {held} in flight (tried up to {}, {} changes); effective lanes seen: {}{reported}",
-                t.max_tried,
-                t.changes,
-                t.lanes.map(|h| h.to_string()).unwrap_or_else(|| "not yet known".into())
-            );
-            for note in &t.notes {
-                println!("  note: {note}");
-            }
-        }
-        None => println!("  concurrency fixed at {}", limiter.limit()),
+        steps,
+    }))
+}
+
+/// Prints a session's summary (text on stdout or, with `--json`, one JSON object on stdout and the text on
+/// stderr) and returns its exit code, or the error that stopped it.
+pub(super) fn conclude(
+    summary: Summary,
+    concurrency: Option<ConcurrencyReport>,
+    workflow: Option<WorkflowReport>,
+    files: FilesReport,
+    outcome: Result<Exit, CommandError>,
+    json: bool,
+) -> anyhow::Result<Exit> {
+    let exit = match &outcome {
+        Ok(exit) => ExitReport { code: *exit as i32, meaning: exit.meaning(), message: None },
+        Err(e) => ExitReport { code: e.exit as i32, meaning: e.exit.meaning(), message: Some(e.message.clone()) },
+    };
+    let report = RunSummary { summary, concurrency, workflow, files, exit };
+    if json {
+        eprintln!("{}", report.render());
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", report.render());
     }
-    println!("  results: {}  errors: {}  state: {}", out.display(), errors_path(&out).display(), state_path.display());
+    if matches!(outcome, Ok(Exit::Interrupted)) {
+        eprintln!("interrupted: run the same command again to resume ({} jobs pending)", report.summary.pending);
+    }
+    outcome.map_err(Into::into)
+}
+
+/// The exit code a dispatch ending means, or the error that stops the command.
+fn outcome(ending: Ending, counts: &Summary) -> Result<Exit, CommandError> {
     match ending {
         Ending::Aborted(Verdict::SameFailure(message)) => Err(CommandError {
             exit: Exit::Setup,
             message: format!("stopped: {message}\nNothing was recorded for those jobs; fix the cause and run again."),
+        }),
+        Ending::Aborted(Verdict::WriterFailed) => {
+            Err(CommandError { exit: Exit::Setup, message: "the state writer failed".into() })
         }
-        .into()),
-        Ending::Aborted(Verdict::WriterFailed) => Err(setup_error("the state writer failed")),
-        Ending::Interrupted => {
-            eprintln!("interrupted: run the same command again to resume ({} jobs pending)", counts.pending);
-            Ok(Exit::Interrupted)
-        }
+        Ending::Interrupted => Ok(Exit::Interrupted),
         Ending::Finished if counts.failed > 0 || counts.bad_lines > 0 => Ok(Exit::SomeFailed),
         Ending::Finished => Ok(Exit::Success),
+    }
+}
+
+/// The concurrency of a one-step run: what auto's controller ended with (`tuned`), or the fixed level.
+fn concurrency_report(tuned: Option<TuneStatus>, limit: usize, server_slots: Option<usize>) -> ConcurrencyReport {
+    match tuned {
+        None => ConcurrencyReport {
+            mode: ConcurrencyMode::Fixed,
+            held: limit,
+            searching: false,
+            max_tried: None,
+            changes: None,
+            effective_lanes: None,
+            server_slots,
+            notes: Vec::new(),
+        },
+        Some(t) => ConcurrencyReport {
+            mode: ConcurrencyMode::Auto,
+            held: t.held.unwrap_or(limit),
+            searching: t.held.is_none(),
+            max_tried: Some(t.max_tried),
+            changes: Some(t.changes),
+            effective_lanes: t.lanes,
+            server_slots,
+            notes: t.notes,
+        },
+    }
+}
+
+/// Where a run's files are.
+pub(super) fn files_report(out: &Path, state: &Path) -> FilesReport {
+    FilesReport {
+        results: out.display().to_string(),
+        errors: errors_path(out).display().to_string(),
+        state: state.display().to_string(),
     }
 }
 

@@ -11,17 +11,18 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::parse::Concurrency;
-use super::run::{ingest, live_sink, spawn_signal_handler, RunArgs};
+use super::run::{conclude, files_report, ingest, live_sink, session_summary, spawn_signal_handler, RunArgs};
 use super::state::{default_state_path, lock, remove_state};
 use super::{setup_error, CommandError, Exit};
 use crate::backend::{connect, normalize, Api, ConnectOptions, Connection, OllamaBackend};
 use crate::dispatch::Probation;
 use crate::job::Parser;
-use crate::live::Health;
-use crate::live::LiveStats;
-use crate::output::{errors_path, Format, OutputFiles};
-use crate::report::{format_duration, spawn_progress, Display, ProgressSource, Summary, SummaryInput};
-use crate::store::{Store, Writer};
+use crate::live::{Health, LiveStats};
+use crate::output::{Format, OutputFiles};
+use crate::report::{
+    spawn_progress, ConcurrencyMode, Display, ModelConcurrency, ProgressSource, ServerReport, Summary, WorkflowReport,
+};
+use crate::store::{Counts, Store, Writer};
 use crate::workflow::{run_servers, FlowStats, GroupConcurrency, ServerPlan, ServerView, Shared, Workflow};
 
 /// Runs `args` through the workflow in `flow`.
@@ -31,12 +32,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
     let workflow = Workflow::parse(&text).map_err(|e| setup_error(format!("{}: {e}", flow.display())))?;
     check_flags(&args)?;
     if args.dry_run {
-        for (i, s) in workflow.steps.iter().enumerate() {
-            let deps = workflow.dep_names(i);
-            println!("step {} (line {}): model {}, reads [{}]", s.name, s.line, s.model, deps.join(", "));
-        }
-        println!("dry run: the workflow is valid; nothing sent");
-        return Ok(Exit::Success);
+        return Ok(dry_run(&workflow));
     }
     let out = args.output.clone().expect("clap requires --output without --dry-run");
     let state_path = args.state.clone().unwrap_or_else(|| default_state_path(&out));
@@ -52,20 +48,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
     }
 
     let mut store = Store::open(&state_path).map_err(|e| setup_error(e.to_string()))?;
-    let fresh = match store.meta("settings")?.as_deref() {
-        None => {
-            store.set_meta("settings", "workflow")?;
-            store.set_meta("input", &args.input.to_string_lossy())?;
-            true
-        }
-        Some("workflow") => false,
-        Some(_) => {
-            return Err(setup_error(format!(
-                "{} belongs to a run without --workflow; pass --restart to start over, or --state for a separate run",
-                state_path.display()
-            )))
-        }
-    };
+    let fresh = check_identity(&store, &args, &state_path)?;
     ingest(&mut store, &args, &Parser::fields_only(), fresh).await?;
     let steps: Vec<(String, String)> = workflow.steps.iter().map(|s| (s.name.clone(), s.fingerprint.clone())).collect();
     let mut rebuild = store.apply_workflow(&steps)?;
@@ -98,16 +81,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         max_attempts: args.max_attempts,
         progress: tokio::sync::watch::channel(0).0,
     });
-    let plans: Vec<ServerPlan> = conns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| ServerPlan {
-            backend: c.backend.clone(),
-            kind: c.info.kind,
-            health: Health::new(c.backend.clone(), stop.clone()),
-            steps: (0..placement.len()).filter(|&s| placement[s] == i).collect(),
-        })
-        .collect();
+    let plans = server_plans(&conns, &placement, &stop);
     let health = plans[0].health.clone();
     let views = flow_stats.clone();
     let detail = move || -> String {
@@ -140,52 +114,91 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
     writer.finish().context("recording results")?;
     ran?;
 
-    let counts = reader.counts()?;
-    let session_jobs = (counts.done + counts.failed).saturating_sub(before.done + before.failed);
     let mut step_counts = reader.step_counts()?;
-    let order = |name: &str| steps.iter().position(|(n, _)| n == name).unwrap_or(usize::MAX);
-    step_counts.sort_by_key(|c| order(&c.step));
-    let summary = Summary::new(SummaryInput {
-        counts,
-        latency: reader.latency_histogram()?,
-        session: Some((session_jobs, stats.completion_tokens.load(Ordering::Relaxed), wall)),
-        retries: stats.retries.load(Ordering::Relaxed),
-        steps: step_counts,
-    });
-    println!("{}", summary.render());
-    let invalid = flow_stats.invalid.load(Ordering::Relaxed);
-    if invalid > 0 {
-        println!(
-            "  {invalid} answers refused by a step's JSON Schema this session, each asked again with another seed"
-        );
-    }
-    for server in &flow_stats.servers {
-        let v = server.lock().expect("server view lock");
-        let tuning: Vec<String> = v.tuning.iter().map(|(m, level, phase)| format!("{m} {level} ({phase})")).collect();
-        println!(
-            "  server {}: {} model switches, {} switching; concurrency per model: {}",
-            v.url,
-            v.switches,
-            format_duration(v.switching),
-            tuning.join(", ")
-        );
-    }
-    println!("  results: {}  errors: {}  state: {}", out.display(), errors_path(&out).display(), state_path.display());
-    if let Some(message) = verdict {
-        return Err(CommandError {
+    step_counts.sort_by_key(|c| steps.iter().position(|(n, _)| *n == c.step).unwrap_or(usize::MAX));
+    let finished_before = before.done + before.failed;
+    let session_jobs = |c: &Counts| (c.done + c.failed).saturating_sub(finished_before);
+    let summary = session_summary(&reader, &stats, session_jobs, wall, step_counts)?;
+    let outcome = outcome(verdict, stop.is_cancelled(), &summary);
+    let report = workflow_report(&flow_stats, &conns, &args.concurrency);
+    conclude(summary, None, Some(report), files_report(&out, &state_path), outcome, args.json)
+}
+
+/// The exit code a workflow run's end means, or the error that stops the command (`verdict`: a step's
+/// probation stopped the run).
+fn outcome(verdict: Option<String>, interrupted: bool, summary: &Summary) -> Result<Exit, CommandError> {
+    match verdict {
+        Some(message) => Err(CommandError {
             exit: Exit::Setup,
             message: format!(
                 "stopped: {message}\nNothing was recorded for those jobs; fix the step and run again (steps that \
                  finished are kept)."
             ),
+        }),
+        None if interrupted && summary.pending > 0 => Ok(Exit::Interrupted),
+        None if summary.failed > 0 || summary.bad_lines > 0 => Ok(Exit::SomeFailed),
+        None => Ok(Exit::Success),
+    }
+}
+
+/// What each server's loop ended with: switches, time switching, each model's concurrency.
+fn workflow_report(flow: &FlowStats, conns: &[Connection], concurrency: &Concurrency) -> WorkflowReport {
+    let servers = flow.servers.iter().zip(conns).map(|(view, conn)| {
+        let v = view.lock().expect("server view lock");
+        let models = v.tuning.iter().map(|(m, held, phase)| ModelConcurrency { model: m.clone(), held: *held, phase });
+        ServerReport {
+            url: v.url.clone(),
+            switches: v.switches,
+            switching_s: v.switching.as_secs_f64(),
+            server_slots: conn.info.kind.lanes(),
+            models: models.collect(),
         }
-        .into());
+    });
+    WorkflowReport {
+        mode: match concurrency {
+            Concurrency::Fixed(_) => ConcurrencyMode::Fixed,
+            Concurrency::Auto => ConcurrencyMode::Auto,
+        },
+        invalid_answers: flow.invalid.load(Ordering::Relaxed),
+        servers: servers.collect(),
     }
-    if stop.is_cancelled() && counts.pending > 0 {
-        eprintln!("interrupted: run the same command again to resume ({} jobs pending)", counts.pending);
-        return Ok(Exit::Interrupted);
+}
+
+/// Refuses a state that a run without `--workflow` began. Returns whether the state is new.
+fn check_identity(store: &Store, args: &RunArgs, state_path: &Path) -> anyhow::Result<bool> {
+    match store.meta("settings")?.as_deref() {
+        None => {
+            store.set_meta("settings", "workflow")?;
+            store.set_meta("input", &args.input.to_string_lossy())?;
+            Ok(true)
+        }
+        Some("workflow") => Ok(false),
+        Some(_) => Err(setup_error(format!(
+            "{} belongs to a run without --workflow; pass --restart to start over, or --state for a separate run",
+            state_path.display()
+        ))),
     }
-    Ok(if counts.failed > 0 || counts.bad_lines > 0 { Exit::SomeFailed } else { Exit::Success })
+}
+
+/// `--dry-run`: the steps, their models and what they read; nothing is sent.
+fn dry_run(workflow: &Workflow) -> Exit {
+    for (i, s) in workflow.steps.iter().enumerate() {
+        let deps = workflow.dep_names(i);
+        println!("step {} (line {}): model {}, reads [{}]", s.name, s.line, s.model, deps.join(", "));
+    }
+    println!("dry run: the workflow is valid; nothing sent");
+    Exit::Success
+}
+
+/// One plan per connection, with the steps `placement` puts on it.
+fn server_plans(conns: &[Connection], placement: &[usize], stop: &CancellationToken) -> Vec<ServerPlan> {
+    let plan = |(i, c): (usize, &Connection)| ServerPlan {
+        backend: c.backend.clone(),
+        kind: c.info.kind,
+        health: Health::new(c.backend.clone(), stop.clone()),
+        steps: (0..placement.len()).filter(|&s| placement[s] == i).collect(),
+    };
+    conns.iter().enumerate().map(plan).collect()
 }
 
 /// Flags of the one-step path that a workflow sets per step instead.

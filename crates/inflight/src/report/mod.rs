@@ -1,8 +1,13 @@
-//! Feedback: the progress display (a bar on a terminal, status lines otherwise), and the
-//! summary that `run` prints at the end and `status` prints at any time.
+//! Feedback: the progress display (a bar on a terminal, status lines otherwise), and the summary that `run`
+//! prints at the end (with what only the session knows: [`RunSummary`]) and `status` prints at any time.
 
 mod progress;
+mod run_summary;
 mod summary;
 
 pub use progress::{format_duration, spawn_progress, Display, ProgressHandle, ProgressSource};
+pub use run_summary::{
+    ConcurrencyMode, ConcurrencyReport, ExitReport, FilesReport, ModelConcurrency, RunSummary, ServerReport,
+    WorkflowReport,
+};
 pub use summary::{Summary, SummaryInput};

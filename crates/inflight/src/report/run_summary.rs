@@ -1,0 +1,272 @@
+//! What `inflight run` says when it ends: the store's [`Summary`] plus what only this session knows (the
+//! concurrency it ran at, a workflow's servers, the files, the exit code). Built once, rendered as text or, with
+//! `--json`, as one JSON object pinned by `docs/schema/run-summary.schema.json`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::progress::format_duration;
+use super::Summary;
+
+/// The end of a run, as text ([`RunSummary::render`]) or JSON (`serde`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Counts, time, rates, latency, tokens and per-step counts (the object `inflight status --json` prints).
+    pub summary: Summary,
+    /// The concurrency of a one-step run; `None` for a workflow, whose models each have their own.
+    pub concurrency: Option<ConcurrencyReport>,
+    /// A workflow's scheduling; `None` for a one-step run.
+    pub workflow: Option<WorkflowReport>,
+    /// Where the results, errors and state are.
+    pub files: FilesReport,
+    /// The exit code and what it means.
+    pub exit: ExitReport,
+}
+
+/// `--concurrency auto` or a fixed number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConcurrencyMode {
+    /// The controller chose the level.
+    Auto,
+    /// `--concurrency N`.
+    Fixed,
+}
+
+/// The concurrency of a one-step run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConcurrencyReport {
+    /// Auto or fixed.
+    pub mode: ConcurrencyMode,
+    /// The level held at the end: the one auto settled on (or, when it was still searching, its limit at the
+    /// end), or the fixed level.
+    pub held: usize,
+    /// Auto had not settled on a level when the run ended.
+    pub searching: bool,
+    /// Highest level auto tried (`None` when fixed).
+    pub max_tried: Option<usize>,
+    /// Level changes auto made (`None` when fixed).
+    pub changes: Option<u64>,
+    /// Where throughput stopped growing, once auto saw it.
+    pub effective_lanes: Option<usize>,
+    /// The slots the server reports (llama-server's `/props`), when it reports any.
+    pub server_slots: Option<usize>,
+    /// Auto's messages for the user, such as that the server runs one request at a time, with its fix.
+    pub notes: Vec<String>,
+}
+
+/// A workflow's scheduling, per server.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkflowReport {
+    /// Auto or fixed, for every model's controller.
+    pub mode: ConcurrencyMode,
+    /// Answers refused by a step's JSON Schema in this session (each asked again with another seed).
+    pub invalid_answers: u64,
+    /// One entry per server, in the order of the `--server` flags.
+    pub servers: Vec<ServerReport>,
+}
+
+/// One server of a workflow.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerReport {
+    /// Its URL.
+    pub url: String,
+    /// Model switches, the first load included.
+    pub switches: u64,
+    /// Seconds spent switching, as measured.
+    pub switching_s: f64,
+    /// The slots the server reports, when it reports any.
+    pub server_slots: Option<usize>,
+    /// Each model's concurrency at the end.
+    pub models: Vec<ModelConcurrency>,
+}
+
+/// One model's concurrency on a workflow's server.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelConcurrency {
+    /// The model.
+    pub model: String,
+    /// The level held (or the limit, while its controller still searched).
+    pub held: usize,
+    /// Its controller's phase (`climbing`, `refining`, `holding`, `probing`), or `fixed`.
+    pub phase: &'static str,
+}
+
+/// Where a run's files are.
+#[derive(Debug, Clone, Serialize)]
+pub struct FilesReport {
+    /// Results.
+    pub results: String,
+    /// Failures and bad lines.
+    pub errors: String,
+    /// The state database.
+    pub state: String,
+}
+
+/// The exit code and its meaning.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExitReport {
+    /// The process's exit code.
+    pub code: i32,
+    /// `success`, `some_failed`, `setup_error` or `interrupted`.
+    pub meaning: &'static str,
+    /// Why the run stopped, when it stopped before the end.
+    pub message: Option<String>,
+}
+
+impl RunSummary {
+    /// The human-readable summary.
+    pub fn render(&self) -> String {
+        let mut s = self.summary.render();
+        if let Some(c) = &self.concurrency {
+            s += &c.render();
+        }
+        if let Some(w) = &self.workflow {
+            s += &w.render();
+        }
+        let f = &self.files;
+        s += &format!("\n  results: {}  errors: {}  state: {}", f.results, f.errors, f.state);
+        s
+    }
+}
+
+impl ConcurrencyReport {
+    fn render(&self) -> String {
+        if self.mode == ConcurrencyMode::Fixed {
+            return format!("\n  concurrency fixed at {}", self.held);
+        }
+        let held = if self.searching { format!("{} (still searching)", self.held) } else { self.held.to_string() };
+        // Effective lanes are where throughput stopped growing; beside the slots a server reports they say
+        // whether its queue kept those slots busier (more) or its cores could not feed them all (fewer).
+        let reported = match self.server_slots {
+            Some(1) => " (the server reports 1 slot)".to_owned(),
+            Some(n) => format!(" (the server reports {n} slots)"),
+            None => String::new(),
+        };
+        let mut s = format!(
+            "\n  concurrency auto: held {held} in flight (tried up to {}, {} changes); effective lanes seen: {}{reported}",
+            self.max_tried.unwrap_or(self.held),
+            self.changes.unwrap_or(0),
+            self.effective_lanes.map(|h| h.to_string()).unwrap_or_else(|| "not yet known".into())
+        );
+        for note in &self.notes {
+            s += &format!("\n  note: {note}");
+        }
+        s
+    }
+}
+
+impl WorkflowReport {
+    fn render(&self) -> String {
+        let mut s = String::new();
+        if self.invalid_answers > 0 {
+            s += &format!(
+                "\n  {} answers refused by a step's JSON Schema this session, each asked again with another seed",
+                self.invalid_answers
+            );
+        }
+        for v in &self.servers {
+            let models: Vec<String> =
+                v.models.iter().map(|m| format!("{} {} ({})", m.model, m.held, m.phase)).collect();
+            s += &format!(
+                "\n  server {}: {} model switches, {} switching; concurrency per model: {}",
+                v.url,
+                v.switches,
+                format_duration(Duration::from_secs_f64(v.switching_s)),
+                models.join(", ")
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::SummaryInput;
+    use crate::store::Counts;
+
+    fn summary() -> Summary {
+        Summary::new(SummaryInput {
+            counts: Counts { done: 4, ..Default::default() },
+            latency: hdrhistogram::Histogram::new(3).unwrap(),
+            session: Some((4, 40, Duration::from_secs(2))),
+            retries: 0,
+            steps: Vec::new(),
+        })
+    }
+
+    fn run_summary(concurrency: Option<ConcurrencyReport>, workflow: Option<WorkflowReport>) -> RunSummary {
+        RunSummary {
+            summary: summary(),
+            concurrency,
+            workflow,
+            files: FilesReport { results: "o.jsonl".into(), errors: "o.errors.jsonl".into(), state: "o.db".into() },
+            exit: ExitReport { code: 0, meaning: "success", message: None },
+        }
+    }
+
+    #[test]
+    fn auto_concurrency_is_rendered_with_lanes_slots_and_notes() {
+        let c = ConcurrencyReport {
+            mode: ConcurrencyMode::Auto,
+            held: 3,
+            searching: true,
+            max_tried: Some(8),
+            changes: Some(5),
+            effective_lanes: Some(1),
+            server_slots: Some(1),
+            notes: vec!["the server runs one request at a time".into()],
+        };
+        let text = run_summary(Some(c), None).render();
+        assert!(text.starts_with("4 jobs: 4 done"), "{text}");
+        assert!(
+            text.contains(
+                "\n  concurrency auto: held 3 (still searching) in flight (tried up to 8, 5 changes); \
+                 effective lanes seen: 1 (the server reports 1 slot)\n  note: the server runs one request at a time"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("\n  results: o.jsonl  errors: o.errors.jsonl  state: o.db"), "{text}");
+    }
+
+    #[test]
+    fn json_has_every_section_with_nulls_where_a_run_has_none() {
+        let c = ConcurrencyReport {
+            mode: ConcurrencyMode::Fixed,
+            held: 4,
+            searching: false,
+            max_tried: None,
+            changes: None,
+            effective_lanes: None,
+            server_slots: Some(4),
+            notes: Vec::new(),
+        };
+        let r = run_summary(Some(c), None);
+        assert!(r.render().contains("\n  concurrency fixed at 4\n"));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["concurrency"]["mode"], "fixed");
+        assert_eq!(v["summary"]["done"], 4);
+        assert!(v["workflow"].is_null() && v["exit"]["message"].is_null(), "{v}");
+    }
+
+    #[test]
+    fn workflow_servers_are_rendered_per_model() {
+        let w = WorkflowReport {
+            mode: ConcurrencyMode::Auto,
+            invalid_answers: 2,
+            servers: vec![ServerReport {
+                url: "http://x".into(),
+                switches: 3,
+                switching_s: 1.5,
+                server_slots: None,
+                models: vec![ModelConcurrency { model: "A".into(), held: 4, phase: "holding" }],
+            }],
+        };
+        let text = run_summary(None, Some(w)).render();
+        assert!(text.contains("\n  2 answers refused by a step's JSON Schema this session"), "{text}");
+        assert!(text.contains("\n  server http://x: 3 model switches, "), "{text}");
+        assert!(text.contains("concurrency per model: A 4 (holding)\n"), "{text}");
+    }
+}
