@@ -272,7 +272,7 @@ impl Controller {
 
     /// The smallest measured level within the noise band of the best measured rate, once anything is measured:
     /// the best guess so far of where it will settle ([`best::best_level`], the rule bench and doctor use too).
-    /// No busy count: the run does not sample the server's, and its probes above the held level test the same.
+    /// No busy count: the run does not sample the server's; its probes above the held level measure instead.
     pub fn best_level(&self) -> Option<usize> {
         let points: Vec<(usize, f64)> = self.measured.iter().map(|(l, m)| (*l, m.rate)).collect();
         best::best_level(&points, Band::new(self.cfg.noise), None)
