@@ -6,6 +6,7 @@
 mod detect;
 mod error;
 mod http;
+mod lanes;
 mod ollama;
 mod openai;
 mod stream;
@@ -13,6 +14,7 @@ mod stream;
 pub(crate) use detect::normalize;
 pub use detect::{connect, ConnectError, ConnectOptions, Connection, DEFAULT_PORTS};
 pub use error::BackendError;
+pub use lanes::{LaneFix, LaneSetting, LLAMA_CONTEXT, LLAMA_SLOTS, SUGGESTED_LANES};
 pub use ollama::OllamaBackend;
 pub use openai::OpenAiBackend;
 pub use stream::{ServerTimings, Streamed, TokenClock};
@@ -87,22 +89,6 @@ impl ServerKind {
         match self {
             ServerKind::LlamaServer { slots: Some(n) } if n > 0 => Some(n as usize),
             _ => None,
-        }
-    }
-
-    /// The server's own setting for running more requests at once, as a line to act on.
-    pub fn parallel_fix(self) -> String {
-        match self {
-            ServerKind::Ollama => "Fix: restart Ollama with more lanes, e.g. `OLLAMA_NUM_PARALLEL=4 ollama serve`".into(),
-            ServerKind::LlamaServer { .. } => {
-                "Fix: start llama-server with more slots, e.g. `--parallel 4` (`-np 4`; the context is split among them)"
-                    .into()
-            }
-            ServerKind::Vllm => "Fix: raise vLLM's `--max-num-seqs`".into(),
-            ServerKind::LmStudio => "Fix: raise LM Studio's \"Max Concurrent Predictions\"".into(),
-            ServerKind::Unknown => "Fix: raise the server's parallel lanes (llama-server `--parallel`, Ollama \
-                `OLLAMA_NUM_PARALLEL`, vLLM `--max-num-seqs`, LM Studio \"Max Concurrent Predictions\")"
-                .into(),
         }
     }
 }

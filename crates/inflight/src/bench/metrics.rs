@@ -28,6 +28,9 @@ pub struct Reading {
 pub struct ServerLoad {
     /// Mean requests processing (lanes in use).
     pub running_mean: f64,
+    /// The most requests processing at any reading: the server's evidence for how many lanes the level used,
+    /// which caps the recommendation (see [`crate::tune::best::pick`]).
+    pub running_max: f64,
     /// Mean requests waiting server-side.
     pub waiting_mean: f64,
     /// Output tokens per second by the server's own counter, when it has one.
@@ -116,6 +119,7 @@ fn summarize(readings: &[(Instant, Reading)]) -> Option<ServerLoad> {
     };
     Some(ServerLoad {
         running_mean: mean(|r| r.running),
+        running_max: during.iter().map(|(_, r)| r.running).fold(0.0, f64::max),
         waiting_mean: mean(|r| r.waiting),
         generated_tokens_per_s: generated,
         samples: n,
@@ -147,6 +151,7 @@ mod tests {
         };
         let load = summarize(&[r(0, 0.0, 100.0), r(1, 4.0, 150.0), r(2, 8.0, 300.0)]).unwrap();
         assert_eq!(load.running_mean, 6.0);
+        assert_eq!(load.running_max, 8.0);
         assert_eq!(load.waiting_mean, 3.0);
         assert_eq!(load.generated_tokens_per_s, Some(100.0));
         assert!(summarize(&[r(0, 1.0, 1.0)]).is_none());

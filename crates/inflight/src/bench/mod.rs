@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::backend::{Backend, ServerKind};
 use crate::job::Endpoint;
+use crate::tune::best::{self, Band};
 
 /// One request of the workload.
 #[derive(Debug, Clone)]
@@ -237,16 +238,28 @@ fn first_answers(records: &[level::Record]) -> Option<FirstAnswers> {
     Some(FirstAnswers { jobs_per_s: jobs as f64 / span, output_tokens_per_s: tokens as f64 / span })
 }
 
-/// The smallest level within 5% of the best measured, the same notion of "best" as the run's controller;
-/// in an embeddings matrix, the cell within 5% with the fewest inputs in flight.
+/// The most requests the server reported running at once in any level (`/metrics`), as evidence for the
+/// cap of [`best::pick`]; none for an embeddings matrix, whose levels count inputs, not requests.
+fn busy_max(levels: &[LevelReport]) -> Option<usize> {
+    if levels.iter().any(|l| l.batch > 1) {
+        return None;
+    }
+    let max = levels.iter().filter_map(|l| l.server.load.map(|load| load.running_max)).reduce(f64::max)?;
+    Some(max.round() as usize)
+}
+
+/// The smallest level within the run's band (5%) of the best measured, capped by the most requests the server
+/// reported running at once unless a level above is clearly faster: the run's controller's rule of "best"
+/// ([`best::pick`]). In an embeddings matrix, the cell within the band with the fewest inputs in flight (then
+/// the fewest requests).
 pub fn recommend(levels: &[LevelReport], kind: ServerKind, for_jobs: Option<u64>) -> Recommendation {
     let best = levels.iter().map(rate).fold(0.0, f64::max);
-    let chosen = levels
-        .iter()
-        .filter(|l| rate(l) >= best * 0.95)
-        .min_by_key(|l| (l.concurrency * l.batch, l.concurrency))
-        .or_else(|| levels.first())
-        .cloned();
+    let mut cells: Vec<&LevelReport> = levels.iter().collect();
+    cells.sort_by_key(|l| (l.concurrency * l.batch, l.concurrency));
+    let points: Vec<(usize, f64)> = cells.iter().map(|l| (l.concurrency * l.batch, rate(l))).collect();
+    let busy = busy_max(levels);
+    let chosen = best::pick(&points, Band::RUN, busy).map(|i| cells[i]).or_else(|| levels.first()).cloned();
+    let capped = busy.filter(|_| best::pick(&points, Band::RUN, None) != best::pick(&points, Band::RUN, busy));
     let Some(c) = chosen else {
         return Recommendation {
             concurrency: 1,
@@ -261,21 +274,26 @@ pub fn recommend(levels: &[LevelReport], kind: ServerKind, for_jobs: Option<u64>
     };
     let unit = if c.output_tokens_per_s > 0.0 { "output tokens/s" } else { "jobs/s" };
     let one = levels.iter().find(|l| l.concurrency == 1 && l.batch == c.batch);
-    let serialized = one.is_some_and(|one| best <= rate(one) * 1.5)
-        && levels.iter().any(|l| {
-            l.concurrency >= 4
-                && l.latency_ms.p50 >= one.map(|o| o.latency_ms.p50).unwrap_or(0.0) * 0.6 * l.concurrency as f64
-        });
+    let at = |l: &LevelReport| best::Measured { level: l.concurrency, rate: rate(l), latency: l.latency_ms.p50 };
+    let serialized = one.is_some_and(|one| {
+        levels
+            .iter()
+            .filter(|l| l.concurrency >= best::SERIAL_EVIDENCE_LEVEL)
+            .any(|l| best::serialized(at(one), best, at(l)))
+    });
     let batch_note = if c.batch > 1 {
         format!(" with {} inputs per request (an embeddings line's `input` may be a list)", c.batch)
     } else {
         String::new()
     };
-    let why = format!(
-        "the smallest level{batch_note} within 5% of the best measured ({best:.1} {unit}); more in flight only \
-         adds waiting (p50 latency {:.0} ms here)",
-        c.latency_ms.p50
-    );
+    let pct = Band::RUN.fraction() * 100.0;
+    let why = match capped {
+        None => format!("the smallest level{batch_note} within {pct:.0}% of the best measured ({best:.1} {unit})"),
+        Some(n) => format!(
+            "the smallest level{batch_note} within {pct:.0}% of the best up to {n} in flight, the most the server \
+             reported running at once; no level above was clearly faster (beyond the noise of both)"
+        ),
+    } + &format!("; more in flight only adds waiting (p50 latency {:.0} ms here)", c.latency_ms.p50);
     let server_setting = serialized.then(|| format!("the server runs one request at a time. {}", kind.parallel_fix()));
     let eta = for_jobs.filter(|_| c.jobs_per_s > 0.0).map(|jobs| {
         let seconds = jobs as f64 / c.jobs_per_s;

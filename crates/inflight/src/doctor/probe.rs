@@ -19,9 +19,6 @@ use crate::job::Endpoint;
 
 /// Levels probed.
 pub const LEVELS: [usize; 4] = [1, 2, 4, 8];
-/// A level within this fraction of the best rate counts as reaching it (the probe is short, so wider than
-/// bench's 5%).
-pub const BAND: f64 = 0.15;
 
 /// What the probe measured.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -32,8 +29,8 @@ pub struct ProbeFacts {
     pub levels: Vec<ProbeLevel>,
     /// Levels skipped or left with too few answers in the time the probe had.
     pub unmeasured: Vec<usize>,
-    /// The smallest level within the band of the best rate: how many requests the server usefully runs at once
-    /// (None unless at least two levels were measured).
+    /// The smallest level within the probe's band of the best rate, never more than the server ran at once: how
+    /// many requests the server usefully runs at once (None unless at least two levels were measured).
     pub effective_lanes: Option<usize>,
     /// Ollama: requests spaced apart, and whether each loaded the model again.
     pub spaced: Option<super::reload::SpacedProbe>,
@@ -193,16 +190,16 @@ pub fn level_of(level: usize, records: &[Record]) -> ProbeLevel {
     }
 }
 
-/// The smallest level whose rate is within [`BAND`] of the best, capped by the most requests the server said
-/// it processed at once; `None` with fewer than two levels (one shows no trend).
+/// The effective lanes by the one rule of "best" ([`crate::tune::best::effective_lanes`]: the probe's band,
+/// capped by the most requests the server said it processed at once), on jobs/s; `None` with fewer than two
+/// levels (one shows no trend).
 pub fn effective_lanes(levels: &[ProbeLevel]) -> Option<usize> {
     if levels.len() < 2 {
         return None;
     }
-    let best = levels.iter().map(|l| l.jobs_per_s).fold(0.0, f64::max);
-    let knee = levels.iter().find(|l| best > 0.0 && l.jobs_per_s * (1.0 + BAND) >= best)?.concurrency;
-    let busy = levels.iter().filter_map(|l| l.server_busy_max).filter(|&n| n > 0).max();
-    Some(busy.map_or(knee, |b| knee.min(b as usize)))
+    let points: Vec<(usize, f64)> = levels.iter().map(|l| (l.concurrency, l.jobs_per_s)).collect();
+    let busy = levels.iter().filter_map(|l| l.server_busy_max).max();
+    crate::tune::best::effective_lanes(&points, busy.map(|n| n as usize))
 }
 
 #[cfg(test)]

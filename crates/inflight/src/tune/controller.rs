@@ -29,6 +29,8 @@ mod tests;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::best::{self, Band};
+
 /// What the controller is told about each finished attempt.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
@@ -77,7 +79,7 @@ impl Default for ControllerConfig {
         ControllerConfig {
             min: 1,
             max: 256,
-            noise: 0.05,
+            noise: Band::RUN.fraction(),
             min_window: Duration::from_millis(500),
             max_window: Duration::from_secs(60),
             max_windows: 5,
@@ -269,10 +271,11 @@ impl Controller {
     }
 
     /// The smallest measured level within the noise band of the best measured rate, once anything is measured:
-    /// the best guess so far of where it will settle.
+    /// the best guess so far of where it will settle ([`best::best_level`], the rule bench and doctor use too).
+    /// No busy count: the run does not sample the server's; its probes above the held level measure instead.
     pub fn best_level(&self) -> Option<usize> {
-        let best = self.best_rate();
-        self.measured.iter().find(|(_, m)| m.rate >= best * (1.0 - self.cfg.noise)).map(|(l, _)| *l)
+        let points: Vec<(usize, f64)> = self.measured.iter().map(|(l, m)| (*l, m.rate)).collect();
+        best::best_level(&points, Band::new(self.cfg.noise), None)
     }
 
     /// The effective parallelism the server showed, once known: 1 for a serialized server, else the level
@@ -484,11 +487,11 @@ impl Controller {
             }
             State::Refine { lo, hi, steps } => {
                 let best = self.best_rate();
-                let (lo, hi) = if m.rate >= best * (1.0 - band) { (lo, self.level) } else { (self.level, hi) };
+                let (lo, hi) = if Band::new(band).within(m.rate, best) { (lo, self.level) } else { (self.level, hi) };
                 self.refine_step(now, lo, hi, steps)
             }
             State::Descend => {
-                if m.rate >= self.best_rate() * (1.0 - band) {
+                if Band::new(band).within(m.rate, self.best_rate()) {
                     let next = (self.level / 2).max(self.cfg.min);
                     if next == self.level {
                         return self.hold(now, next, format!("the lowest level, {next}, is as fast as any"));
@@ -625,11 +628,8 @@ impl Controller {
     /// Throughput flat from 1 in flight while latency grows: the server runs one request at a time. Said once.
     fn check_serialized(&mut self, top: Measured) {
         let Some(one) = self.measured.get(&1).copied() else { return };
-        // Client round trips leave a serial server idle between requests at 1 in flight, so 2 in flight can look
-        // somewhat faster; what gives a serial server away is latency growing in proportion to concurrency.
-        let flat = self.best_rate() <= one.rate * 1.5;
-        let latency_grew = top.latency.as_secs_f64() >= one.latency.as_secs_f64() * 0.6 * self.level as f64;
-        if self.serialized || !flat || !latency_grew {
+        let at = |level: usize, m: Measured| best::Measured { level, rate: m.rate, latency: m.latency.as_secs_f64() };
+        if self.serialized || !best::serialized(at(1, one), self.best_rate(), at(self.level, top)) {
             return;
         }
         self.serialized = true;

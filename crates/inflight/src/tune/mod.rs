@@ -1,6 +1,7 @@
 //! Tuning: how many requests are in flight. The dispatcher never decides that; the [`Limiter`] does, and a
 //! controller sets the limiter (a fixed `--concurrency N` is a controller that never moves).
 
+pub mod best;
 mod controller;
 mod driver;
 mod limiter;

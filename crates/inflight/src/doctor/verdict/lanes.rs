@@ -2,14 +2,12 @@
 //! client's concurrency against the lanes.
 
 use super::{command_fix, known_line, probe_lines, Change, Verdict, VerdictKind};
-use crate::backend::ServerKind;
+use crate::backend::{ServerKind, LLAMA_CONTEXT, LLAMA_SLOTS};
 use crate::doctor::server::Known;
 use crate::doctor::Facts;
 
 /// Client concurrency at least this many times the lanes is "far beyond" them.
 const FAR_BEYOND: usize = 2;
-/// Lanes to suggest for a serialized server: llama-server's own automatic choice.
-const SUGGESTED_LANES: u64 = 4;
 
 /// The lanes the probe measured (it needs two levels for a trend).
 fn measured_lanes(f: &Facts) -> Option<usize> {
@@ -30,31 +28,18 @@ pub fn serialized(f: &Facts) -> Option<Verdict> {
     let mut evidence: Vec<String> = configured_one.map(|k| known_line("lanes", k)).into_iter().collect();
     evidence.extend(measured.map(|n| format!("effective lanes measured: {n}")));
     evidence.extend(probe_lines(f));
-    let n = SUGGESTED_LANES.to_string();
-    let (fix, change) = match f.server.kind {
-        ServerKind::LlamaServer { .. } => (
-            command_fix(f, &[(&["-np", "--parallel"], &n)], format!("llama-server ... --parallel {n}")),
-            Change::new("--parallel", &n),
-        ),
-        ServerKind::Ollama => (format!("OLLAMA_NUM_PARALLEL={n} ollama serve"), Change::new("OLLAMA_NUM_PARALLEL", &n)),
-        ServerKind::Vllm => (
-            command_fix(f, &[(&["--max-num-seqs"], "64")], "vllm serve MODEL --max-num-seqs 64".into()),
-            Change::new("--max-num-seqs", 64),
-        ),
-        ServerKind::LmStudio => (
-            format!(
-                "set \"Max Concurrent Predictions\" to {n} in LM Studio's model load settings, and reload the model"
-            ),
-            Change::new("Max Concurrent Predictions", &n),
-        ),
-        ServerKind::Unknown => (
-            format!(
-                "raise the server's parallel lanes to {n} (llama-server --parallel, Ollama OLLAMA_NUM_PARALLEL, vLLM \
-                 --max-num-seqs, LM Studio \"Max Concurrent Predictions\")"
-            ),
-            None,
-        ),
-    };
+    // The one rule of how to add lanes (`backend::lanes`), written into the server's own command line.
+    let lane_fix = f.server.kind.lane_fix(context_per_slot(f));
+    let values: Vec<String> = lane_fix.settings.iter().map(|s| s.value.to_string()).collect();
+    let changes: Vec<(&[&str], &str)> = lane_fix
+        .settings
+        .iter()
+        .zip(&values)
+        .filter(|(s, _)| !s.flags.is_empty())
+        .map(|(s, v)| (s.flags, v.as_str()))
+        .collect();
+    let fix = if changes.is_empty() { lane_fix.line } else { command_fix(f, &changes, lane_fix.line) };
+    let change = lane_fix.settings.first().and_then(|s| Change::new(s.name, s.value));
     Some(Verdict {
         kind: VerdictKind::Serialized,
         finding: "the server runs one request at a time: more in flight only adds waiting, not throughput".into(),
@@ -62,6 +47,25 @@ pub fn serialized(f: &Facts) -> Option<Verdict> {
         fix,
         change,
     })
+}
+
+/// The context each of a llama-server's slots holds now, so more slots can keep it: `/slots` n_ctx (what the
+/// server runs), else the command line's `-c` over its slots (`-np`, else the slots it reports, else 1). No `-c`
+/// on the command line (or `-c 0`, the model's own) and no `/slots`: unknown, and the fix leaves `-c` alone
+/// rather than guess one smaller than the server's default. With `/slots` and no `-c`, the default total was
+/// n_ctx × slots, so the fix's `-c` is n_ctx × the new slots.
+fn context_per_slot(f: &Facts) -> Option<u64> {
+    if !matches!(f.server.kind, ServerKind::LlamaServer { .. }) {
+        return None;
+    }
+    if let Some(k) = &f.server.context_per_lane {
+        return Some(k.value);
+    }
+    let p = f.server.process.as_ref()?;
+    let total: u64 = p.flag(LLAMA_CONTEXT)?.parse().ok().filter(|&c| c > 0)?;
+    let slots = p.flag(LLAMA_SLOTS).and_then(|n| n.parse::<u64>().ok());
+    let slots = slots.or(f.server.lanes.as_ref().map(|k| k.value)).unwrap_or(1).max(1);
+    Some(total / slots)
 }
 
 /// Generation or batch threads over the physical cores. llama-server's `-t` is one pool shared by all its

@@ -123,6 +123,37 @@ fn one_slot_is_serialized_and_the_fix_adds_parallel() {
     assert_eq!(v[0].fix, "llama-server -np 4 -t 2");
 }
 
+/// The serialized verdict's fix for a one-slot llama-server started with `args`.
+fn lane_fix(args: &[&str], slots_n_ctx: Option<u64>) -> String {
+    let mut f = llama(args, 1);
+    f.server.context_per_lane = slots_n_ctx.map(|n| Known::new(n, "/slots n_ctx"));
+    let v = judge(&f);
+    assert_eq!(v[0].kind, VerdictKind::Serialized, "{v:#?}");
+    assert_eq!(v[0].change, Change::new("--parallel", 4));
+    v[0].fix.clone()
+}
+
+#[test]
+fn more_slots_keep_each_slots_context() {
+    // -c is shared by the slots: -np 4 -c 1024 would leave each request 256 tokens.
+    assert_eq!(lane_fix(&["llama-server", "-np", "1", "-c", "1024"], None), "llama-server -np 4 -c 4096");
+    assert_eq!(
+        lane_fix(&["llama-server", "--parallel=1", "--ctx-size", "2048", "-t", "2"], None),
+        "llama-server --parallel=4 --ctx-size 8192 -t 2"
+    );
+    assert_eq!(lane_fix(&["llama-server", "-c", "1024"], None), "llama-server -c 4096 -np 4", "slots from /props");
+    // What the server runs wins over the command line: /slots n_ctx is each slot's context.
+    assert_eq!(lane_fix(&["llama-server", "-np", "1", "-c", "1024"], Some(2048)), "llama-server -np 4 -c 8192");
+    // No -c: the server's default, n_ctx × its slots by /slots, becomes n_ctx × the new slots.
+    assert_eq!(lane_fix(&["llama-server", "-np", "1"], Some(4096)), "llama-server -np 4 -c 16384");
+    // -c 0 is the model's own context, and nothing says how large: -c is left alone.
+    assert_eq!(lane_fix(&["llama-server", "-np", "1", "-c", "0"], None), "llama-server -np 4 -c 0");
+    let mut unknown = llama(&["llama-server"], 1);
+    unknown.server.process = None;
+    let fix = judge(&unknown)[0].fix.clone();
+    assert!(fix.starts_with("llama-server ... --parallel 4 -c <4 × the context"), "{fix}");
+}
+
 #[test]
 fn a_flat_probe_is_serialized_when_the_server_says_nothing_of_its_lanes() {
     let mut f = llama(&["vllm"], 8);
