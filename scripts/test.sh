@@ -8,4 +8,6 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/inf
 scripts/testbed.sh setup >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The codebase's shape: no import loops, short cli functions, no repeated blocks (installs jscpd from npm once).
+python3 scripts/check-structure.py
 cargo test --workspace -- --include-ignored

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{parse, setup_error, Exit, ServerArgs};
+use super::common::{setup_error, Exit, ServerArgs};
+use super::parse;
 use crate::backend::{connect, ConnectOptions, OllamaBackend};
 use crate::bench::{csv, svg_chart, sweep, table, BenchReport, LevelRule, Request, SweepConfig};
 use crate::job::{LineReader, Parser, RawLine, RequestDefaults, Template};

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{parse, setup_error, Exit, ServerArgs};
+use super::common::{setup_error, Exit, ServerArgs};
+use super::parse;
 use crate::doctor::{examine, report, DoctorConfig};
 
 /// Arguments of `inflight doctor`.

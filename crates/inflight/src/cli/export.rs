@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::common::{setup_error, Exit};
 use super::state::is_live;
-use super::{setup_error, Exit};
 use crate::output::{errors_path, export, Format};
 use crate::store::Store;
 

@@ -1,18 +1,22 @@
 //! The command line: one file per command, clap derive, doc comments as help text.
 
 mod bench;
+mod common;
 mod doctor;
 mod export;
 mod parse;
 mod run;
+mod run_args;
+mod session;
 mod state;
 mod status;
 mod workflow;
 
 pub use bench::BenchArgs;
+pub use common::{setup_error, CommandError, Exit, ServerArgs};
 pub use doctor::DoctorArgs;
 pub use export::ExportArgs;
-pub use run::RunArgs;
+pub use run_args::RunArgs;
 pub use status::StatusArgs;
 
 use clap::{Parser, Subcommand};
@@ -45,76 +49,13 @@ pub enum Command {
     Doctor(Box<DoctorArgs>),
 }
 
-/// The server flags shared by `run`, `bench` and `doctor`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServerArgs {
-    /// The server's base URL. Default: the first of localhost:11434, 8080, 8000, 1234, 30000 that answers.
-    /// `run --workflow` takes several: steps name theirs with `server:`, the others run on the first.
-    #[arg(long, env = "INFLIGHT_SERVER")]
-    pub server: Vec<String>,
-    /// The server's API; detected when not given.
-    #[arg(long, value_enum)]
-    pub api: Option<crate::backend::Api>,
-    /// Bearer token for servers that need one (never printed or logged).
-    #[arg(long, env = "INFLIGHT_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-}
-
-impl ServerArgs {
-    /// The server of a command that talks to one; `None` to look on the usual ports.
-    pub fn single(&self) -> anyhow::Result<Option<&str>> {
-        match self.server.as_slice() {
-            [] => Ok(None),
-            [one] => Ok(Some(one)),
-            _ => Err(setup_error("--server is given more than once; only `run --workflow` uses several servers")),
-        }
-    }
-}
-
-/// Process exit codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// Every job succeeded.
-    Success = 0,
-    /// The run finished, but some jobs failed or some lines were bad (doctor: a verdict says to change something).
-    SomeFailed = 1,
-    /// Usage or setup error (also: the first requests all failed the same way).
-    Setup = 2,
-    /// Interrupted by Ctrl-C or SIGTERM.
-    Interrupted = 130,
-}
-
-impl Exit {
-    /// What the code means, as one word for JSON reports.
-    pub fn meaning(self) -> &'static str {
-        match self {
-            Exit::Success => "success",
-            Exit::SomeFailed => "some_failed",
-            Exit::Setup => "setup_error",
-            Exit::Interrupted => "interrupted",
-        }
-    }
-}
-
-/// An error that ends the command with a specific exit code (others exit 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct CommandError {
-    /// The exit code.
-    pub exit: Exit,
-    /// What to tell the user.
-    pub message: String,
-}
-
-/// Shorthand for a setup error.
-pub fn setup_error(message: impl Into<String>) -> anyhow::Error {
-    CommandError { exit: Exit::Setup, message: message.into() }.into()
-}
-
 /// Runs a parsed command line.
 pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
-        Command::Run(args) => run::execute(*args).await,
+        Command::Run(args) => match args.workflow.clone() {
+            Some(flow) => workflow::execute(*args, &flow).await,
+            None => run::execute(*args).await,
+        },
         Command::Status(args) => status::execute(args),
         Command::Export(args) => export::execute(args),
         Command::Bench(args) => bench::execute(*args).await,

@@ -26,7 +26,7 @@ pub fn lock(state: &Path) -> anyhow::Result<RunLock> {
     let file = OpenOptions::new().create(true).truncate(false).write(true).open(lock_path(state))?;
     match file.try_lock() {
         Ok(()) => Ok(RunLock { _file: file }),
-        Err(TryLockError::WouldBlock) => Err(super::setup_error(format!(
+        Err(TryLockError::WouldBlock) => Err(super::common::setup_error(format!(
             "another inflight run is using {} (wait for it, stop it, or pass another --state)",
             state.display()
         ))),

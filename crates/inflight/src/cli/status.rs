@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
+use super::common::{setup_error, Exit};
 use super::state::is_live;
-use super::{setup_error, Exit};
 use crate::report::{Summary, SummaryInput};
 use crate::store::Store;
 

@@ -1,5 +1,5 @@
-//! `inflight run --workflow FLOW.yaml`: the workflow path of `run`. The same state file, ingest, output
-//! reconciliation and signals as the one-step path; the dispatcher is replaced by the scheduling loops of
+//! `inflight run --workflow FLOW.yaml`: the workflow mode of `run`. The same session (state file, ingest, output
+//! reconciliation, signals, summary: `cli::session`) as the one-step mode; the dispatcher is replaced by the scheduling loops of
 //! [`crate::workflow`], and the run's identity is checked per step instead of as a whole.
 
 use std::path::Path;
@@ -7,22 +7,20 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use super::common::{setup_error, CommandError, Exit};
 use super::parse::Concurrency;
-use super::run::{conclude, files_report, ingest, live_sink, session_summary, spawn_signal_handler, RunArgs};
-use super::state::{default_state_path, lock, remove_state};
-use super::{setup_error, CommandError, Exit};
+use super::run_args::RunArgs;
+use super::session::{Identity, Locked, Ran};
 use crate::backend::{connect, normalize, Api, ConnectOptions, Connection, OllamaBackend};
 use crate::dispatch::Probation;
 use crate::job::Parser;
-use crate::live::{Health, LiveStats};
-use crate::output::{Format, OutputFiles};
+use crate::live::Health;
+use crate::output::Format;
 use crate::report::{
     spawn_progress, ConcurrencyMode, Display, ModelConcurrency, ProgressSource, ServerReport, Summary, WorkflowReport,
 };
-use crate::store::{Counts, Store, Writer};
 use crate::workflow::{run_servers, FlowStats, GroupConcurrency, ServerPlan, ServerView, Shared, Workflow};
 
 /// Runs `args` through the workflow in `flow`.
@@ -34,69 +32,40 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
     if args.dry_run {
         return Ok(dry_run(&workflow));
     }
-    let out = args.output.clone().expect("clap requires --output without --dry-run");
-    let state_path = args.state.clone().unwrap_or_else(|| default_state_path(&out));
-    let _lock = lock(&state_path)?;
-    let opts = ConnectOptions {
-        api_key: args.conn.api_key.clone(),
-        request_timeout: args.request_timeout,
-        runner_options: OllamaBackend::runner_options_of(&args.params),
-    };
+    let locked = Locked::new(&args)?;
+    let opts = args.connect_options();
     let (conns, placement) = connect_servers(&workflow, &args, &opts).await?;
-    if args.restart {
-        remove_state(&state_path).with_context(|| format!("removing {}", state_path.display()))?;
-    }
-
-    let mut store = Store::open(&state_path).map_err(|e| setup_error(e.to_string()))?;
-    let fresh = check_identity(&store, &args, &state_path)?;
-    ingest(&mut store, &args, &Parser::fields_only(), fresh).await?;
     let steps: Vec<(String, String)> = workflow.steps.iter().map(|s| (s.name.clone(), s.fingerprint.clone())).collect();
-    let mut rebuild = store.apply_workflow(&steps)?;
-    store.set_meta("format", Format::Workflow.name())?;
-    store.set_meta("output", &std::path::absolute(&out)?.to_string_lossy())?;
-    if args.retry_failed {
-        let n = store.reopen_failed()?;
-        eprintln!("--retry-failed: {n} failed jobs will be sent again");
-        rebuild |= n > 0;
-    }
-    let before = store.counts()?;
-    let files = OutputFiles::open(&out, &store, Format::Workflow, rebuild)?;
-    let reader = store.reopen()?;
-    let writer = Writer::spawn(store, Box::new(files))?;
+    let session = locked.open(&args, Identity::Workflow(&steps), &Parser::fields_only(), Format::Workflow).await?;
 
-    let stop = CancellationToken::new();
-    spawn_signal_handler(stop.clone(), args.drain_timeout);
-    let stats = Arc::new(LiveStats::default());
     let views = conns.iter().map(|c| Mutex::new(ServerView { url: c.backend.url().to_owned(), ..Default::default() }));
     let flow_stats = Arc::new(FlowStats { servers: views.collect(), ..Default::default() });
     let shared = Arc::new(Shared {
         probation: Probation::new(workflow.steps.len()),
         verdict: Mutex::new(None),
         workflow: Arc::new(workflow),
-        writer: writer.sender(),
-        stats: stats.clone(),
+        writer: session.writer.sender(),
+        stats: session.stats.clone(),
         flow: flow_stats.clone(),
-        stop: stop.clone(),
+        stop: session.stop.clone(),
         hard: CancellationToken::new(),
         max_attempts: args.max_attempts,
         progress: tokio::sync::watch::channel(0).0,
     });
-    let plans = server_plans(&conns, &placement, &stop);
-    let health = plans[0].health.clone();
+    let plans = server_plans(&conns, &placement, &session.stop);
     let views = flow_stats.clone();
     let detail = move || -> String {
         let lines: Vec<String> = views.servers.iter().filter_map(|v| v.lock().ok().map(|v| v.line())).collect();
         lines.join(" || ")
     };
-    let steps_before: u64 = reader.step_counts()?.iter().map(|c| c.done).sum();
     let progress = spawn_progress(ProgressSource {
-        stats: stats.clone(),
+        stats: session.stats.clone(),
         limiter: None,
         detail: Some(Arc::new(detail)),
-        health,
-        live: live_sink(writer.sender()),
-        finished_before: steps_before,
-        total: before.total() * steps.len() as u64,
+        health: plans[0].health.clone(),
+        live: session.live_sink(),
+        finished_before: session.reader.step_counts()?.iter().map(|c| c.done).sum(),
+        total: session.before.total() * steps.len() as u64,
         status_every: args.status_every,
         display: Display::detect(args.quiet),
         tune: None,
@@ -106,22 +75,20 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         Concurrency::Auto => GroupConcurrency::Auto(args.max_concurrency as usize),
     };
     let started = Instant::now();
-    let ran = run_servers(&reader, shared.clone(), plans, concurrency, args.drain_timeout).await;
+    let ran = run_servers(&session.reader, shared.clone(), plans, concurrency, args.drain_timeout).await;
     let wall = started.elapsed();
     progress.finish().await;
     let verdict = shared.verdict.lock().expect("verdict lock").take();
     drop(shared);
-    writer.finish().context("recording results")?;
+    let finished = session.finish_writer()?;
     ran?;
 
-    let mut step_counts = reader.step_counts()?;
+    let mut step_counts = finished.reader.step_counts()?;
     step_counts.sort_by_key(|c| steps.iter().position(|(n, _)| *n == c.step).unwrap_or(usize::MAX));
-    let finished_before = before.done + before.failed;
-    let session_jobs = |c: &Counts| (c.done + c.failed).saturating_sub(finished_before);
-    let summary = session_summary(&reader, &stats, session_jobs, wall, step_counts)?;
-    let outcome = outcome(verdict, stop.is_cancelled(), &summary);
     let report = workflow_report(&flow_stats, &conns, &args.concurrency);
-    conclude(summary, None, Some(report), files_report(&out, &state_path), outcome, args.json)
+    let interrupted = finished.stop.is_cancelled();
+    let ran = Ran { wall, steps: step_counts, concurrency: None, workflow: Some(report) };
+    finished.conclude(ran, |summary| outcome(verdict, interrupted, summary))
 }
 
 /// The exit code a workflow run's end means, or the error that stops the command (`verdict`: a step's
@@ -161,22 +128,6 @@ fn workflow_report(flow: &FlowStats, conns: &[Connection], concurrency: &Concurr
         },
         invalid_answers: flow.invalid.load(Ordering::Relaxed),
         servers: servers.collect(),
-    }
-}
-
-/// Refuses a state that a run without `--workflow` began. Returns whether the state is new.
-fn check_identity(store: &Store, args: &RunArgs, state_path: &Path) -> anyhow::Result<bool> {
-    match store.meta("settings")?.as_deref() {
-        None => {
-            store.set_meta("settings", "workflow")?;
-            store.set_meta("input", &args.input.to_string_lossy())?;
-            Ok(true)
-        }
-        Some("workflow") => Ok(false),
-        Some(_) => Err(setup_error(format!(
-            "{} belongs to a run without --workflow; pass --restart to start over, or --state for a separate run",
-            state_path.display()
-        ))),
     }
 }
 

@@ -88,7 +88,7 @@ pub async fn dispatch(reader: &Store, wiring: Wiring, config: DispatchConfig) ->
     let ctx = Arc::new(Ctx { attempts, limiter, outcomes: tx, samples, config });
     let mut tasks = JoinSet::new();
     let claimed = claim_loop(reader, &ctx, &mut tasks).await;
-    drain(&ctx, &mut tasks).await;
+    drain(&mut tasks, &ctx.attempts.stop, &ctx.attempts.hard, ctx.config.drain_timeout).await;
     let signalled = stop.is_cancelled();
     drop(ctx);
     let verdict = recorder.await.unwrap_or(Some(Verdict::WriterFailed));
@@ -121,17 +121,19 @@ async fn claim_loop(reader: &Store, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) -> 
     }
 }
 
-async fn drain(ctx: &Ctx, tasks: &mut JoinSet<()>) {
+/// Waits for `tasks` to finish; once `stop` is cancelled, for at most `timeout` more, then cancels the rest
+/// (`hard`) and aborts them: their work stays pending for the next run. Every way of sending drains this way.
+pub async fn drain(tasks: &mut JoinSet<()>, stop: &CancellationToken, hard: &CancellationToken, timeout: Duration) {
     let stopped = tokio::select! {
         _ = join_all(tasks) => false,
-        _ = ctx.attempts.stop.cancelled() => true,
+        _ = stop.cancelled() => true,
     };
-    if stopped && tokio::time::timeout(ctx.config.drain_timeout, join_all(tasks)).await.is_err() {
+    if stopped && tokio::time::timeout(timeout, join_all(tasks)).await.is_err() {
         tracing::warn!(
             "{} requests still in flight after the drain timeout: cancelled, they stay pending",
             tasks.len()
         );
-        ctx.attempts.hard.cancel();
+        hard.cancel();
         tasks.abort_all();
         join_all(tasks).await;
     }

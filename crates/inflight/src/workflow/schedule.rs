@@ -112,16 +112,7 @@ impl ServerLoop {
 
     async fn run(mut self, drain: Duration) -> Result<(), StoreError> {
         let result = self.feed().await;
-        let stopped = tokio::select! {
-            _ = join_all(&mut self.tasks) => false,
-            _ = self.shared.stop.cancelled() => true,
-        };
-        if stopped && tokio::time::timeout(drain, join_all(&mut self.tasks)).await.is_err() {
-            tracing::warn!("{} steps still in flight after the drain timeout: they stay pending", self.tasks.len());
-            self.shared.hard.cancel();
-            self.tasks.abort_all();
-            join_all(&mut self.tasks).await;
-        }
+        crate::dispatch::drain(&mut self.tasks, &self.shared.stop, &self.shared.hard, drain).await;
         for g in &mut self.groups {
             g.samples = None;
             if let Some(t) = g.tune.take() {
@@ -392,8 +383,4 @@ impl ServerLoop {
         v.in_flight = mix;
         v.tuning = tuning;
     }
-}
-
-async fn join_all(tasks: &mut JoinSet<()>) {
-    while tasks.join_next().await.is_some() {}
 }

@@ -1,0 +1,116 @@
+//! The flags of `inflight run`, shared by its two modes (one step per line, and `--workflow`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::common::ServerArgs;
+use super::parse;
+use crate::backend::{ConnectOptions, OllamaBackend};
+use crate::output::Format;
+
+/// Arguments of `inflight run`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Input lines: OpenAI Batch request lines ({\"custom_id\", \"method\", \"url\", \"body\"}), \
+simple lines ({\"id\"?, \"prompt\"} | {\"id\"?, \"messages\"} | {\"id\"?, \"input\"}), or any JSON object with \
+--template. Results go to OUT.jsonl, failures and bad lines to OUT.errors.jsonl, state to OUT.inflight.db. \
+Exit codes: 0 all succeeded, 1 some failed or bad lines, 2 usage/setup error, 130 interrupted.")]
+pub struct RunArgs {
+    /// The jobs: a JSONL file, or `-` for standard input.
+    pub input: PathBuf,
+    /// Where results go (one JSON line per successful job); failures go to OUT.errors.jsonl beside it.
+    #[arg(short, long, value_name = "OUT.jsonl", required_unless_present = "dry_run")]
+    pub output: Option<PathBuf>,
+    /// Which server, and how to talk to it.
+    #[command(flatten)]
+    pub conn: ServerArgs,
+    /// Model for lines that name none.
+    #[arg(short, long)]
+    pub model: Option<String>,
+    /// Prompt template (Jinja syntax) rendered over each line's fields, e.g. `Extract claims: {{ segment }}`.
+    #[arg(long, value_name = "FILE", conflicts_with = "workflow")]
+    pub template: Option<PathBuf>,
+    /// Run every line through the steps of a workflow file (each step with its model, template and
+    /// parameters; see the README); the output lines hold every step's output.
+    #[arg(long, value_name = "FLOW.yaml")]
+    pub workflow: Option<PathBuf>,
+    /// System message for prompt and template lines.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Default `max_tokens` for lines that set none.
+    #[arg(long)]
+    pub max_tokens: Option<u64>,
+    /// Default `temperature`.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Default `seed`.
+    #[arg(long)]
+    pub seed: Option<i64>,
+    /// Any other request parameter, `key=value` (value parsed as JSON when it can be); repeatable.
+    /// For Ollama, `num_ctx`/`num_batch`/`num_gpu`/`num_thread` set here are sent with every request.
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse::param)]
+    pub params: Vec<(String, serde_json::Value)>,
+    /// Send `prompt` lines as raw completions (`/v1/completions`, no chat template) instead of chat.
+    #[arg(long)]
+    pub completions: bool,
+    /// Requests in flight: `auto` finds and holds the fastest sustainable level while the run goes (and says
+    /// what limits it); a number fixes it.
+    #[arg(short, long, default_value = "auto", value_parser = parse::concurrency)]
+    pub concurrency: parse::Concurrency,
+    /// Upper bound for `--concurrency auto`.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_concurrency: u64,
+    /// Attempts per job for transient failures (connection errors, timeouts, 429/5xx).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// How long one request may take.
+    #[arg(long, default_value = "10m", value_parser = parse::duration)]
+    pub request_timeout: Duration,
+    /// After Ctrl-C, how long requests in flight may finish.
+    #[arg(long, default_value = "30s", value_parser = parse::duration)]
+    pub drain_timeout: Duration,
+    /// Output line shape.
+    #[arg(long, value_enum, default_value = "batch")]
+    pub format: Format,
+    /// The state database. Default: OUT.inflight.db beside the output.
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    /// Throw away the existing state and start over.
+    #[arg(long)]
+    pub restart: bool,
+    /// Send failed jobs again (their error lines are removed).
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Send at most N jobs in this session (e.g. 100, 10k).
+    #[arg(long, value_parser = parse::count)]
+    pub limit: Option<u64>,
+    /// Parse and render every line and show what would be sent; send nothing, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Longest accepted input line, in bytes.
+    #[arg(long, default_value = "10485760", value_parser = parse::count)]
+    pub max_line_bytes: u64,
+    /// Status line period when stderr is not a terminal.
+    #[arg(long, default_value = "10s", value_parser = parse::duration)]
+    pub status_every: Duration,
+    /// No progress display.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// At the end, print the summary as one JSON object on stdout (schema: docs/schema/run-summary.schema.json);
+    /// the text summary goes to stderr instead.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub json: bool,
+}
+
+impl RunArgs {
+    /// How to talk to the servers: the key, the request timeout, and Ollama's runner options (which every
+    /// request must share).
+    pub fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            api_key: self.conn.api_key.clone(),
+            request_timeout: self.request_timeout,
+            runner_options: OllamaBackend::runner_options_of(&self.params),
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The run session below `inflight run`'s two modes: lock the state, open it and check the run's identity,
+//! ingest, reconcile the output files, start the writer and the signal handler; after the mode's dispatcher
+//! ran, summarize and map the ending to the exit code. A mode (one step per line, `--workflow`, later others)
+//! only connects to its servers, says what identifies its run, and dispatches.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::common::{setup_error, CommandError, Exit};
+use super::run_args::RunArgs;
+use super::state::{default_state_path, lock, remove_state, RunLock};
+use crate::job::{LineReader, Parser};
+use crate::live::LiveStats;
+use crate::output::{errors_path, Format, OutputFiles};
+use crate::report::{ConcurrencyReport, ExitReport, FilesReport, RunSummary, Summary, SummaryInput, WorkflowReport};
+use crate::store::{Counts, StepCount, Store, WriteMsg, Writer, WriterHandle};
+
+/// What identifies a run, besides its input: a state begun one way refuses to go on another.
+pub(super) enum Identity<'a> {
+    /// A one-step run: the parser's fingerprint (model, template, system, generation parameters).
+    Settings(&'a str),
+    /// A workflow run (its steps are checked one by one, `Store::apply_workflow`).
+    Workflow(&'a [(String, String)]),
+}
+
+/// A state locked for this process; nothing is opened yet (a `--restart` against a wrong server must not
+/// cost the old state, so the mode connects before [`Locked::open`]).
+pub(super) struct Locked {
+    out: PathBuf,
+    state: PathBuf,
+    lock: RunLock,
+}
+
+impl Locked {
+    /// Locks the state of the run that writes `args`' output.
+    pub fn new(args: &RunArgs) -> anyhow::Result<Locked> {
+        let out = args.output.clone().expect("clap requires --output without --dry-run");
+        let state = args.state.clone().unwrap_or_else(|| default_state_path(&out));
+        let lock = lock(&state)?;
+        Ok(Locked { out, state, lock })
+    }
+
+    /// Opens the state (anew with `--restart`), checks the run's identity, ingests the input with `parser`,
+    /// reconciles the output files in `format` and starts the writer and the signal handler.
+    pub async fn open(
+        self,
+        args: &RunArgs,
+        identity: Identity<'_>,
+        parser: &Parser,
+        format: Format,
+    ) -> anyhow::Result<Session> {
+        let Locked { out, state, lock } = self;
+        if args.restart {
+            remove_state(&state).with_context(|| format!("removing {}", state.display()))?;
+        }
+        let mut store = Store::open(&state).map_err(|e| setup_error(e.to_string()))?;
+        let fresh = check_identity(&store, &identity, args, &state)?;
+        ingest(&mut store, args, parser, fresh).await?;
+        let mut rebuild = match identity {
+            Identity::Settings(_) => store.meta("format")?.is_some_and(|f| f != format.name()),
+            Identity::Workflow(steps) => store.apply_workflow(steps)?,
+        };
+        store.set_meta("format", format.name())?;
+        store.set_meta("output", &std::path::absolute(&out)?.to_string_lossy())?;
+        if args.retry_failed {
+            let n = store.reopen_failed()?;
+            eprintln!("--retry-failed: {n} failed jobs will be sent again");
+            rebuild |= n > 0;
+        }
+        let before = store.counts()?;
+        let files = OutputFiles::open(&out, &store, format, rebuild)?;
+        let reader = store.reopen()?;
+        let writer = Writer::spawn(store, Box::new(files))?;
+        let stop = CancellationToken::new();
+        spawn_signal_handler(stop.clone(), args.drain_timeout);
+        let stats = Arc::new(LiveStats::default());
+        Ok(Session { reader, writer, stop, stats, before, out, state, json: args.json, _lock: lock })
+    }
+}
+
+/// An open run: the state, its writer, the stop token (signals), this session's counters.
+pub(super) struct Session {
+    /// A read connection to the state (pages of pending work, counts).
+    pub reader: Store,
+    /// The one writer.
+    pub writer: WriterHandle,
+    /// Cancelled by Ctrl-C / SIGTERM, or by a mode's verdict.
+    pub stop: CancellationToken,
+    /// This session's counters.
+    pub stats: Arc<LiveStats>,
+    /// The state's counts before this session sent anything.
+    pub before: Counts,
+    out: PathBuf,
+    state: PathBuf,
+    json: bool,
+    _lock: RunLock,
+}
+
+/// How a mode's dispatch went, for the summary.
+pub(super) struct Ran {
+    /// Wall time of the dispatch.
+    pub wall: Duration,
+    /// Per-step counts (workflows).
+    pub steps: Vec<StepCount>,
+    /// A one-step run's concurrency.
+    pub concurrency: Option<ConcurrencyReport>,
+    /// A workflow run's servers and models.
+    pub workflow: Option<WorkflowReport>,
+}
+
+impl Session {
+    /// A sink for the progress display's `live` blob: the session keeps it in the state, where
+    /// `inflight status` reads it.
+    pub fn live_sink(&self) -> Box<dyn Fn(String) + Send + Sync> {
+        let writer = self.writer.sender();
+        Box::new(move |blob| {
+            let _ = writer.send(WriteMsg::Live(blob));
+        })
+    }
+
+    /// Commits what is left; the error that stopped the writer, if it failed.
+    pub fn finish_writer(self) -> anyhow::Result<Finished> {
+        let Session { reader, writer, stop, stats, before, out, state, json, _lock } = self;
+        writer.finish().context("recording results")?;
+        Ok(Finished { reader, stop, stats, before, out, state, json, _lock })
+    }
+}
+
+/// A session whose writer has committed everything.
+pub(super) struct Finished {
+    /// A read connection to the state.
+    pub reader: Store,
+    /// Whether the run was stopped (signals, a verdict).
+    pub stop: CancellationToken,
+    stats: Arc<LiveStats>,
+    before: Counts,
+    out: PathBuf,
+    state: PathBuf,
+    json: bool,
+    _lock: RunLock,
+}
+
+impl Finished {
+    /// Prints the summary (text on stdout or, with `--json`, one JSON object on stdout and the text on stderr)
+    /// and returns the exit code `outcome` gives for it, or the error that stopped the run.
+    pub fn conclude(
+        self,
+        ran: Ran,
+        outcome: impl FnOnce(&Summary) -> Result<Exit, CommandError>,
+    ) -> anyhow::Result<Exit> {
+        let finished_before = self.before.done + self.before.failed;
+        let counts = self.reader.counts()?;
+        let tokens = self.stats.completion_tokens.load(std::sync::atomic::Ordering::Relaxed);
+        let summary = Summary::new(SummaryInput {
+            counts,
+            latency: self.reader.latency_histogram()?,
+            session: Some(((counts.done + counts.failed).saturating_sub(finished_before), tokens, ran.wall)),
+            retries: self.stats.retries.load(std::sync::atomic::Ordering::Relaxed),
+            steps: ran.steps,
+        });
+        let outcome = outcome(&summary);
+        let exit = match &outcome {
+            Ok(exit) => ExitReport { code: *exit as i32, meaning: exit.meaning(), message: None },
+            Err(e) => ExitReport { code: e.exit as i32, meaning: e.exit.meaning(), message: Some(e.message.clone()) },
+        };
+        let files = FilesReport {
+            results: self.out.display().to_string(),
+            errors: errors_path(&self.out).display().to_string(),
+            state: self.state.display().to_string(),
+        };
+        let report = RunSummary { summary, concurrency: ran.concurrency, workflow: ran.workflow, files, exit };
+        if self.json {
+            eprintln!("{}", report.render());
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{}", report.render());
+        }
+        if matches!(outcome, Ok(Exit::Interrupted)) {
+            eprintln!("interrupted: run the same command again to resume ({} jobs pending)", report.summary.pending);
+        }
+        outcome.map_err(Into::into)
+    }
+}
+
+/// Refuses a state that was begun another way (other settings, or with/without `--workflow`). Returns whether
+/// the state is new.
+fn check_identity(store: &Store, identity: &Identity, args: &RunArgs, state: &Path) -> anyhow::Result<bool> {
+    let settings = match identity {
+        Identity::Settings(fingerprint) => *fingerprint,
+        Identity::Workflow(_) => "workflow",
+    };
+    let refused = match (store.meta("settings")?.as_deref(), identity) {
+        (None, _) => {
+            store.set_meta("settings", settings)?;
+            store.set_meta("input", &args.input.to_string_lossy())?;
+            return Ok(true);
+        }
+        (Some(f), _) if f == settings => return Ok(false),
+        (Some(_), Identity::Settings(_)) => "belongs to a run with other settings (model, template, system or \
+            generation parameters).\nPass --restart to start over with these settings, or --state to start a separate run.",
+        (Some(_), Identity::Workflow(_)) => {
+            "belongs to a run without --workflow; pass --restart to start over, or --state for a separate run"
+        }
+    };
+    Err(setup_error(format!("{} {refused}", state.display())))
+}
+
+/// The input file, or standard input for `-`.
+pub(super) fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())));
+    }
+    let file = std::fs::File::open(path).map_err(|e| setup_error(format!("cannot read {}: {e}", path.display())))?;
+    Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
+}
+
+/// Ingests the input (or the rest of it), or, for a complete ingest, checks the input did not change.
+async fn ingest(store: &mut Store, args: &RunArgs, parser: &Parser, fresh: bool) -> anyhow::Result<()> {
+    let mut reader = LineReader::new(open_input(&args.input)?, args.max_line_bytes as usize);
+    let done_lines: u64 = store.meta("ingest_lines")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let recorded_sha = store.meta("ingest_sha256")?;
+    let changed = || {
+        setup_error(format!(
+            "the input {} changed since this run began; pass --restart to start over with it",
+            args.input.display()
+        ))
+    };
+    if !fresh {
+        reader.skip_lines(done_lines)?;
+        if recorded_sha.is_some_and(|s| s != reader.digest_so_far()) {
+            return Err(changed());
+        }
+    }
+    if store.meta("ingest_done")?.is_some() {
+        // Complete: the rest of the input must be empty.
+        if reader.next_line()?.is_some() {
+            return Err(changed());
+        }
+        return Ok(());
+    }
+    let started = Instant::now();
+    let report = tokio::task::block_in_place(|| {
+        store.ingest(&mut reader, parser, |lines| {
+            if started.elapsed() > Duration::from_secs(2) && !args.quiet {
+                eprintln!("ingesting: {lines} lines");
+            }
+        })
+    })?;
+    tracing::info!(jobs = report.jobs, bad_lines = report.bad_lines, "ingested in {:?}", started.elapsed());
+    Ok(())
+}
+
+async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
+    match term {
+        Some(t) => {
+            tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = t.recv() => {} }
+        }
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// First Ctrl-C or SIGTERM: stop sending and drain. Second: exit at once (the state is safe either way).
+fn spawn_signal_handler(stop: CancellationToken, drain: Duration) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        next_signal(&mut term).await;
+        eprintln!(
+            "\nstopping: waiting up to {}s for requests in flight (Ctrl-C again to quit now; the run resumes either way)",
+            drain.as_secs()
+        );
+        stop.cancel();
+        next_signal(&mut term).await;
+        std::process::exit(Exit::Interrupted as i32);
+    });
+}
