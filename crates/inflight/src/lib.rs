@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod bench;
 pub mod cli;
+pub mod code;
 pub mod dispatch;
 pub mod doctor;
 pub mod job;

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::code::ErrorCode;
+
 /// A failed request.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
@@ -32,27 +34,32 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    /// Short stable name, used in the errors file and in metrics.
-    pub fn kind(&self) -> &'static str {
+    /// The error record's code.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            BackendError::Connect(_) => "connect",
-            BackendError::Reset(_) => "reset",
-            BackendError::Timeout(_) => "timeout",
-            BackendError::Malformed(_) => "malformed",
+            BackendError::Connect(_) => ErrorCode::Connect,
+            BackendError::Reset(_) => ErrorCode::Reset,
+            BackendError::Timeout(_) => ErrorCode::Timeout,
+            BackendError::Malformed(_) => ErrorCode::Malformed,
             BackendError::Status { status, .. } => match status {
-                400 => "bad_request",
-                401 | 403 => "unauthorized",
-                404 => "not_found",
-                408 => "timeout",
-                413 => "too_large",
-                422 => "unprocessable",
-                429 => "rate_limited",
-                501 => "not_implemented",
-                503 => "busy",
-                500..=599 => "server_error",
-                _ => "client_error",
+                400 => ErrorCode::BadRequest,
+                401 | 403 => ErrorCode::Unauthorized,
+                404 => ErrorCode::NotFound,
+                408 => ErrorCode::Timeout,
+                413 => ErrorCode::TooLarge,
+                422 => ErrorCode::Unprocessable,
+                429 => ErrorCode::RateLimited,
+                501 => ErrorCode::NotImplemented,
+                503 => ErrorCode::Busy,
+                500..=599 => ErrorCode::ServerError,
+                _ => ErrorCode::ClientError,
             },
         }
+    }
+
+    /// Short stable name, used in the errors file and in metrics: the code's name.
+    pub fn kind(&self) -> &'static str {
+        self.code().as_str()
     }
 
     /// Whether the same request may succeed later: transport failures, timeouts, malformed bodies and

@@ -174,7 +174,7 @@ fn dry_run(args: &RunArgs, parser: &Parser) -> anyhow::Result<Exit> {
         let parsed = match line {
             crate::job::RawLine::Line(n, bytes) => parser.parse(n, &bytes),
             crate::job::RawLine::TooLong(n, len) => {
-                Err(crate::job::BadLine { line: n, code: "line_too_long", message: format!("{len} bytes") })
+                Err(crate::job::BadLine::new(n, crate::code::ErrorCode::LineTooLong, format!("{len} bytes")))
             }
         };
         match parsed {

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{retry, sample_of};
 use crate::backend::{Answer, Backend, BackendError};
+use crate::code::ErrorCode;
 use crate::job::Endpoint;
 use crate::live::{Health, LiveStats};
 use crate::store::{now_ms, AttemptKey, Failure, WriteMsg};
@@ -211,10 +212,10 @@ impl Work<'_> {
             Tried::Answered { .. } | Tried::Stopped => return None,
         };
         let (code, message) = match error {
-            Some(e) if e.is_retryable() => (e.kind().to_owned(), format!("gave up after {attempts} attempts: {e}")),
-            Some(e) => (e.kind().to_owned(), e.to_string()),
+            Some(e) if e.is_retryable() => (e.code(), format!("gave up after {attempts} attempts: {e}")),
+            Some(e) => (e.code(), e.to_string()),
             None => (
-                "attempts_exhausted".to_owned(),
+                ErrorCode::AttemptsExhausted,
                 format!("gave up after {attempts} attempts: the last was in flight when an earlier run stopped"),
             ),
         };
@@ -228,7 +229,7 @@ impl Work<'_> {
         attempts: u32,
         sent_ms: Option<i64>,
         error: Option<&BackendError>,
-        code: String,
+        code: ErrorCode,
         message: String,
     ) -> Box<Failure> {
         Box::new(Failure {

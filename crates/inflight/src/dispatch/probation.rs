@@ -98,7 +98,7 @@ mod tests {
             finished_ms: 0,
             status_code: Some(404),
             response: None,
-            code: "not_found".into(),
+            code: crate::code::ErrorCode::NotFound,
             message: message.into(),
             step: Some("critique".into()),
         })

@@ -5,6 +5,7 @@
 //! line's own fields override. A line that cannot become a job is a [`BadLine`] with a short code; it never
 //! stops the run.
 
+use crate::code::ErrorCode;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -35,14 +36,15 @@ pub struct RequestDefaults {
 pub struct BadLine {
     /// 1-based input line number.
     pub line: u64,
-    /// Short machine-readable code, e.g. `invalid_json`.
-    pub code: &'static str,
+    /// What kind of bad line it is (`invalid_json`, ...).
+    pub code: ErrorCode,
     /// What is wrong, for a human.
     pub message: String,
 }
 
 impl BadLine {
-    fn new(line: u64, code: &'static str, message: impl Into<String>) -> BadLine {
+    /// A bad line at `line`.
+    pub fn new(line: u64, code: ErrorCode, message: impl Into<String>) -> BadLine {
         BadLine { line, code, message: message.into() }
     }
 }
@@ -80,22 +82,23 @@ impl Parser {
     /// Parses one line. `Ok(None)` for a blank line, which is not a job.
     pub fn parse(&self, line: u64, bytes: &[u8]) -> Result<Option<Job>, BadLine> {
         let text = std::str::from_utf8(bytes)
-            .map_err(|e| BadLine::new(line, "invalid_utf8", format!("line is not valid UTF-8: {e}")))?;
+            .map_err(|e| BadLine::new(line, ErrorCode::InvalidUtf8, format!("line is not valid UTF-8: {e}")))?;
         if text.trim().is_empty() {
             return Ok(None);
         }
         let value: Value = serde_json::from_str(text)
-            .map_err(|e| BadLine::new(line, "invalid_json", format!("line is not valid JSON: {e}")))?;
+            .map_err(|e| BadLine::new(line, ErrorCode::InvalidJson, format!("line is not valid JSON: {e}")))?;
         let Value::Object(obj) = value else {
-            return Err(BadLine::new(line, "not_an_object", "line must be a JSON object"));
+            return Err(BadLine::new(line, ErrorCode::NotAnObject, "line must be a JSON object"));
         };
         let id = job_id(line, &obj)?;
         if self.fields_only {
             return Ok(Some(Job { line, id, endpoint: Endpoint::Chat, body: Value::Object(obj).to_string() }));
         }
         let (endpoint, body) = if let Some((tmpl, _)) = &self.template {
-            let prompt =
-                tmpl.render(&Value::Object(obj)).map_err(|e| BadLine::new(line, "template_error", e.to_string()))?;
+            let prompt = tmpl
+                .render(&Value::Object(obj))
+                .map_err(|e| BadLine::new(line, ErrorCode::TemplateError, e.to_string()))?;
             (Endpoint::Chat, self.chat_body(Map::new(), prompt))
         } else if obj.contains_key("url") || obj.contains_key("body") {
             batch_line(line, obj)?
@@ -121,7 +124,7 @@ impl Parser {
         obj.remove("custom_id");
         if let Some(prompt) = obj.remove("prompt") {
             let Value::String(prompt) = prompt else {
-                return Err(BadLine::new(line, "bad_field", "\"prompt\" must be a string"));
+                return Err(BadLine::new(line, ErrorCode::BadField, "\"prompt\" must be a string"));
             };
             if self.defaults.completions {
                 obj.insert("prompt".into(), Value::String(prompt));
@@ -131,19 +134,19 @@ impl Parser {
         }
         if let Some(messages) = obj.get("messages") {
             if !messages.is_array() {
-                return Err(BadLine::new(line, "bad_field", "\"messages\" must be an array"));
+                return Err(BadLine::new(line, ErrorCode::BadField, "\"messages\" must be an array"));
             }
             return Ok((Endpoint::Chat, obj));
         }
         if let Some(input) = obj.get("input") {
             if !(input.is_string() || input.is_array()) {
-                return Err(BadLine::new(line, "bad_field", "\"input\" must be a string or an array"));
+                return Err(BadLine::new(line, ErrorCode::BadField, "\"input\" must be a string or an array"));
             }
             return Ok((Endpoint::Embedding, obj));
         }
         Err(BadLine::new(
             line,
-            "missing_field",
+            ErrorCode::MissingField,
             "line needs \"prompt\", \"messages\" or \"input\" (or a \"url\" and \"body\"; or use --template)",
         ))
     }
@@ -171,21 +174,21 @@ impl Parser {
 fn batch_line(line: u64, mut obj: Map<String, Value>) -> Result<(Endpoint, Map<String, Value>), BadLine> {
     if let Some(method) = obj.get("method") {
         if method.as_str().map(|m| !m.eq_ignore_ascii_case("POST")).unwrap_or(true) {
-            return Err(BadLine::new(line, "bad_field", "\"method\" must be \"POST\""));
+            return Err(BadLine::new(line, ErrorCode::BadField, "\"method\" must be \"POST\""));
         }
     }
     let url = obj.get("url").and_then(Value::as_str).unwrap_or_default();
     let endpoint = Endpoint::from_path(url).ok_or_else(|| {
         BadLine::new(
             line,
-            "bad_url",
+            ErrorCode::BadUrl,
             format!("unsupported \"url\" {url:?}: use /v1/chat/completions, /v1/completions or /v1/embeddings"),
         )
     })?;
     match obj.remove("body") {
         Some(Value::Object(body)) => Ok((endpoint, body)),
-        Some(_) => Err(BadLine::new(line, "bad_field", "\"body\" must be a JSON object")),
-        None => Err(BadLine::new(line, "missing_field", "batch line has a \"url\" but no \"body\"")),
+        Some(_) => Err(BadLine::new(line, ErrorCode::BadField, "\"body\" must be a JSON object")),
+        None => Err(BadLine::new(line, ErrorCode::MissingField, "batch line has a \"url\" but no \"body\"")),
     }
 }
 
@@ -196,7 +199,11 @@ fn job_id(line: u64, obj: &Map<String, Value>) -> Result<String, BadLine> {
             Some(Value::String(s)) if !s.is_empty() => return Ok(s.clone()),
             Some(Value::Number(n)) => return Ok(n.to_string()),
             Some(_) => {
-                return Err(BadLine::new(line, "bad_id", format!("\"{key}\" must be a non-empty string or a number")))
+                return Err(BadLine::new(
+                    line,
+                    ErrorCode::BadId,
+                    format!("\"{key}\" must be a non-empty string or a number"),
+                ))
             }
         }
     }
@@ -253,12 +260,12 @@ mod tests {
     fn bad_lines_get_codes() {
         let p = parser();
         let code = |l: &[u8]| p.parse(3, l).unwrap_err().code;
-        assert_eq!(code(b"{nope"), "invalid_json");
-        assert_eq!(code(b"[1]"), "not_an_object");
-        assert_eq!(code(b"\xff\xfe"), "invalid_utf8");
-        assert_eq!(code(br#"{"foo": 1}"#), "missing_field");
-        assert_eq!(code(br#"{"url": "/v1/x", "body": {}}"#), "bad_url");
-        assert_eq!(code(br#"{"id": [1], "prompt": "x"}"#), "bad_id");
+        assert_eq!(code(b"{nope"), ErrorCode::InvalidJson);
+        assert_eq!(code(b"[1]"), ErrorCode::NotAnObject);
+        assert_eq!(code(b"\xff\xfe"), ErrorCode::InvalidUtf8);
+        assert_eq!(code(br#"{"foo": 1}"#), ErrorCode::MissingField);
+        assert_eq!(code(br#"{"url": "/v1/x", "body": {}}"#), ErrorCode::BadUrl);
+        assert_eq!(code(br#"{"id": [1], "prompt": "x"}"#), ErrorCode::BadId);
         assert!(p.parse(3, b"  ").unwrap().is_none());
     }
 
@@ -270,7 +277,7 @@ mod tests {
         let job = p.parse(1, br#"{"id": "s1", "segment": "sky is blue"}"#).unwrap().unwrap();
         assert_eq!(body(&job)["messages"][1]["content"], "Claims: sky is blue");
         assert_eq!(body(&job)["messages"][0]["role"], "system");
-        assert_eq!(p.parse(2, br#"{"x": 1}"#).unwrap_err().code, "template_error");
+        assert_eq!(p.parse(2, br#"{"x": 1}"#).unwrap_err().code, ErrorCode::TemplateError);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::{now_ms, StoreError};
+use crate::code::ErrorCode;
 use crate::job::{BadLine, Endpoint, LineReader, Parser, RawLine};
 
 const MIGRATIONS: &[&str] = &[
@@ -208,7 +209,7 @@ impl Store {
                         }
                         Some(RawLine::TooLong(line, len)) => Err(BadLine {
                             line,
-                            code: "line_too_long",
+                            code: ErrorCode::LineTooLong,
                             message: format!("line is {len} bytes, over --max-line-bytes"),
                         }),
                         Some(RawLine::Line(line, bytes)) => parser.parse(line, &bytes),
@@ -227,7 +228,10 @@ impl Store {
                                 tx.query_row("SELECT line FROM jobs WHERE id = ?1", [&job.id], |r| r.get(0))?;
                             if first != line {
                                 let message = format!("duplicate id {:?} (first on line {first})", job.id);
-                                bad(BadLine { line: job.line, code: "duplicate_id", message }, &mut next_err_ord)?;
+                                bad(
+                                    BadLine { line: job.line, code: ErrorCode::DuplicateId, message },
+                                    &mut next_err_ord,
+                                )?;
                             }
                         }
                         Err(b) => bad(b, &mut next_err_ord)?,

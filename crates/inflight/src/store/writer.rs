@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, TransactionBehavior};
 
 use super::{OutcomeRow, StepDone, Store, StoreError};
+use crate::code::ErrorCode;
 
 const GROUP_MAX: usize = 1024;
 const GROUP_WAIT: Duration = Duration::from_millis(5);
@@ -65,8 +66,8 @@ pub struct Failure {
     pub status_code: Option<u16>,
     /// The server's answer body, if it answered with JSON.
     pub response: Option<String>,
-    /// Short error code (`BackendError::kind`).
-    pub code: String,
+    /// The error record's code.
+    pub code: ErrorCode,
     /// The error message, the server's own where it gave one.
     pub message: String,
     /// The step a workflow job failed in.
@@ -254,7 +255,7 @@ impl Writer {
                                 request_id: None,
                                 response: f.response,
                                 latency_ms: latency,
-                                code: Some(f.code),
+                                code: Some(f.code.as_str().to_owned()),
                                 message: Some(f.message),
                                 step: f.step,
                             });

@@ -13,6 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::request::{output_of, render, Unit};
 use super::shared::Shared;
 use crate::backend::Answer;
+use crate::code::ErrorCode;
 use crate::dispatch::{self, Attempts, Judged, Request, Tried, Work};
 use crate::job::Endpoint;
 use crate::store::{now_ms, AttemptKey, Failure, StepDone, WriteMsg};
@@ -65,7 +66,7 @@ pub(super) async fn run(ctx: Arc<TaskCtx>, lane: Lane, unit: Unit, permit: Permi
         let body = match render(step, &unit, api, invalid) {
             Ok(b) => b,
             Err(e) => {
-                let failure = work.record(attempts, None, None, "template_error".into(), e.to_string());
+                let failure = work.record(attempts, None, None, ErrorCode::TemplateError, e.to_string());
                 break End::Failed { failure, permanent: false };
             }
         };
@@ -86,7 +87,7 @@ pub(super) async fn run(ctx: Arc<TaskCtx>, lane: Lane, unit: Unit, permit: Permi
         match output_of(step, &answer.body) {
             Ok(output) => break End::Done(Box::new(done(&ctx, &unit, answer, output, attempts, invalid, sent_ms))),
             Err(reason) if attempts >= shared.max_attempts => {
-                let failure = work.record(attempts, Some(sent_ms), None, "invalid_output".into(), reason);
+                let failure = work.record(attempts, Some(sent_ms), None, ErrorCode::InvalidOutput, reason);
                 break End::Failed { failure, permanent: false };
             }
             Err(reason) => {
