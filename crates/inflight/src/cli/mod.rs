@@ -3,6 +3,7 @@
 mod bench;
 mod doctor;
 mod export;
+mod jobs;
 mod parse;
 mod run;
 mod state;
@@ -12,6 +13,7 @@ mod workflow;
 pub use bench::BenchArgs;
 pub use doctor::DoctorArgs;
 pub use export::ExportArgs;
+pub use jobs::JobArgs;
 pub use run::RunArgs;
 pub use status::StatusArgs;
 

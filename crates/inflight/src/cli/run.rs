@@ -1,7 +1,6 @@
 //! `inflight run`: check the server, ingest the input into the state, reconcile the output files, dispatch,
 //! summarize. Running the same command again resumes.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::parse::Concurrency;
 use super::state::{default_state_path, lock, remove_state};
-use super::{parse, setup_error, CommandError, Exit, ServerArgs};
+use super::{parse, setup_error, CommandError, Exit, JobArgs, ServerArgs};
 use crate::backend::{connect, Api, ConnectOptions, OllamaBackend};
 use crate::dispatch::{dispatch, DispatchConfig, Ending, Verdict, Wiring};
-use crate::job::{LineReader, Parser, RequestDefaults, Template};
+use crate::job::{Entry, Parser, RequestDefaults};
 use crate::live::{Health, LiveStats};
 use crate::output::{errors_path, Format, OutputFiles};
 use crate::report::{
@@ -43,16 +42,13 @@ pub struct RunArgs {
     /// Model for lines that name none.
     #[arg(short, long)]
     pub model: Option<String>,
-    /// Prompt template (Jinja syntax) rendered over each line's fields, e.g. `Extract claims: {{ segment }}`.
-    #[arg(long, value_name = "FILE", conflicts_with = "workflow")]
-    pub template: Option<PathBuf>,
+    /// `--template`, `--system`, `--max-line-bytes`: read as bench and doctor read their `--jobs`.
+    #[command(flatten)]
+    pub job: JobArgs,
     /// Run every line through the steps of a workflow file (each step with its model, template and
     /// parameters; see the README); the output lines hold every step's output.
-    #[arg(long, value_name = "FLOW.yaml")]
+    #[arg(long, value_name = "FLOW.yaml", conflicts_with = "template")]
     pub workflow: Option<PathBuf>,
-    /// System message for prompt and template lines.
-    #[arg(long, value_name = "TEXT")]
-    pub system: Option<String>,
     /// Default `max_tokens` for lines that set none.
     #[arg(long)]
     pub max_tokens: Option<u64>,
@@ -103,9 +99,6 @@ pub struct RunArgs {
     /// Parse and render every line and show what would be sent; send nothing, write nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Longest accepted input line, in bytes.
-    #[arg(long, default_value = "10485760", value_parser = parse::count)]
-    pub max_line_bytes: u64,
     /// Status line period when stderr is not a terminal.
     #[arg(long, default_value = "10s", value_parser = parse::duration)]
     pub status_every: Duration,
@@ -118,35 +111,16 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-pub(super) fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
-    if path == Path::new("-") {
-        return Ok(Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())));
-    }
-    let file = std::fs::File::open(path).map_err(|e| setup_error(format!("cannot read {}: {e}", path.display())))?;
-    Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
-}
-
 fn build_parser(args: &RunArgs) -> anyhow::Result<Parser> {
-    let template = match &args.template {
-        Some(path) => {
-            let src = std::fs::read_to_string(path)
-                .map_err(|e| setup_error(format!("cannot read template {}: {e}", path.display())))?;
-            let t = Template::new(src.clone())
-                .map_err(|e| setup_error(format!("template {} does not compile: {e}", path.display())))?;
-            Some((t, src))
-        }
-        None => None,
-    };
-    let defaults = RequestDefaults {
+    args.job.parser(RequestDefaults {
         model: args.model.clone(),
         max_tokens: args.max_tokens,
         temperature: args.temperature,
         seed: args.seed,
         params: args.params.clone(),
-        system: args.system.clone(),
+        system: None,
         completions: args.completions,
-    };
-    Ok(Parser::new(defaults, template))
+    })
 }
 
 /// Runs the command.
@@ -381,7 +355,7 @@ fn check_identity(store: &Store, parser: &Parser, args: &RunArgs, state: &Path) 
 
 /// Ingests the input (or the rest of it), or, for a complete ingest, checks the input did not change.
 pub(super) async fn ingest(store: &mut Store, args: &RunArgs, parser: &Parser, fresh: bool) -> anyhow::Result<()> {
-    let mut reader = LineReader::new(open_input(&args.input)?, args.max_line_bytes as usize);
+    let mut reader = args.job.open(&args.input, parser)?;
     let done_lines: u64 = store.meta("ingest_lines")?.and_then(|v| v.parse().ok()).unwrap_or(0);
     let recorded_sha = store.meta("ingest_sha256")?;
     let changed = || {
@@ -398,14 +372,14 @@ pub(super) async fn ingest(store: &mut Store, args: &RunArgs, parser: &Parser, f
     }
     if store.meta("ingest_done")?.is_some() {
         // Complete: the rest of the input must be empty.
-        if reader.next_line()?.is_some() {
+        if !reader.at_end()? {
             return Err(changed());
         }
         return Ok(());
     }
     let started = Instant::now();
     let report = tokio::task::block_in_place(|| {
-        store.ingest(&mut reader, parser, |lines| {
+        store.ingest(&mut reader, |lines| {
             if started.elapsed() > Duration::from_secs(2) && !args.quiet {
                 eprintln!("ingesting: {lines} lines");
             }
@@ -416,27 +390,20 @@ pub(super) async fn ingest(store: &mut Store, args: &RunArgs, parser: &Parser, f
 }
 
 fn dry_run(args: &RunArgs, parser: &Parser) -> anyhow::Result<Exit> {
-    let mut reader = LineReader::new(open_input(&args.input)?, args.max_line_bytes as usize);
+    let mut reader = args.job.open(&args.input, parser)?;
     let (mut jobs, mut bad, mut shown) = (0u64, 0u64, 0);
-    while let Some(line) = reader.next_line()? {
-        let parsed = match line {
-            crate::job::RawLine::Line(n, bytes) => parser.parse(n, &bytes),
-            crate::job::RawLine::TooLong(n, len) => {
-                Err(crate::job::BadLine { line: n, code: "line_too_long", message: format!("{len} bytes") })
-            }
-        };
-        match parsed {
-            Ok(Some(job)) => {
+    while let Some(entry) = reader.next_entry()? {
+        match entry {
+            Entry::Job(job) => {
                 jobs += 1;
                 if shown < 3 {
                     println!("{} {} {}", job.id, job.endpoint.path(), job.body);
                     shown += 1;
                 }
             }
-            Ok(None) => {}
-            Err(b) => {
+            Entry::Bad(b) => {
                 bad += 1;
-                println!("line {}: {} ({})", b.line, b.code, b.message);
+                println!("{b}");
             }
         }
     }

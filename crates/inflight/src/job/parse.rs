@@ -41,6 +41,13 @@ pub struct BadLine {
     pub message: String,
 }
 
+/// How every command prints a bad line: `run --dry-run`, and `bench` and `doctor` when they skip one.
+impl std::fmt::Display for BadLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {} ({})", self.line, self.code, self.message)
+    }
+}
+
 impl BadLine {
     fn new(line: u64, code: &'static str, message: impl Into<String>) -> BadLine {
         BadLine { line, code, message: message.into() }
