@@ -135,3 +135,44 @@ fn failed_requests_are_counted_by_kind_with_the_servers_message() {
     assert!(level["error_rate"].as_f64().unwrap() > 0.0);
     assert!(String::from_utf8_lossy(&out.stdout).contains("x server_error"));
 }
+
+#[test]
+fn jobs_lines_over_max_line_bytes_are_reported_as_run_reports_them_and_not_sent() {
+    // The long line names a model the simulator refuses: had it been sent, `not_found` would count it.
+    let sim = Sim::start(SimConfig::zero_latency().with_missing_models(vec!["ghost".into()]));
+    let s = Scratch::new();
+    let long = serde_json::json!({"model": "ghost", "prompt": "x".repeat(300)}).to_string();
+    let lines = [r#"{"prompt": "short one"}"#.to_string(), long.clone(), r#"{"prompt": "short two"}"#.to_string()];
+    let jobs = s.write_lines("jobs.jsonl", lines);
+    let dir = s.path("report");
+    let out = run(&[
+        "bench",
+        "--server",
+        sim.url(),
+        "--jobs",
+        jobs.to_str().unwrap(),
+        "--max-line-bytes",
+        "200",
+        "--levels",
+        "1",
+        "--min-answers",
+        "5",
+        "--max-time-per-level",
+        "5s",
+        "--report-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_exit(&out, 0);
+    let expected = format!("line 2: line_too_long (line is {} bytes, over --max-line-bytes)", long.len());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&expected), "{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
+    assert!(report["workload"].as_str().unwrap().starts_with("2 jobs sampled"), "{}", report["workload"]);
+    let stats = sim.stats();
+    assert!(stats.ok > 0 && stats.not_found == 0, "{stats:?}");
+
+    // `run --dry-run` reads the same file with the same cap into the same words.
+    let dry = run(&["run", jobs.to_str().unwrap(), "--max-line-bytes", "200", "--dry-run"]);
+    assert_exit(&dry, 1);
+    assert!(String::from_utf8_lossy(&dry.stdout).lines().any(|l| l == expected), "{dry:?}");
+}

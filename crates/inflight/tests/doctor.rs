@@ -118,6 +118,34 @@ fn jobs_naming_more_models_than_ollama_keeps_loaded_compete_without_a_probe() {
 }
 
 #[test]
+fn jobs_are_rendered_through_the_template_and_system_message_as_run_renders_them() {
+    let sim = Sim::start(SimConfig::zero_latency());
+    let s = Scratch::new();
+    let template = s.path("t.j2");
+    std::fs::write(&template, "Say: {{ segment }}").unwrap();
+    // Without --template these lines have no prompt, and doctor would find no usable job line.
+    let jobs = s.write_lines("jobs.jsonl", (0..4).map(|i| json!({"id": i, "segment": "x".repeat(40)}).to_string()));
+    let args = ["--server", sim.url(), "--probe-time", "0", "--jobs", jobs.to_str().unwrap()];
+    let templated = [&args[..], &["--template", template.to_str().unwrap(), "--system", "Be terse."]].concat();
+    let (out, report) = doctor(&templated, &[]);
+    assert!(out.status.code() != Some(2), "{out:?}");
+    assert_eq!(report["jobs"]["sampled"], 4, "{:#}", report["jobs"]);
+    // "Be terse." (9 characters) + "Say: " and the segment (45): 54 characters, 14 tokens at 4 each.
+    assert_eq!(report["jobs"]["prompt_tokens_max"], 14, "{:#}", report["jobs"]);
+
+    let plain = bin().arg("doctor").args(args).output().unwrap();
+    assert_exit(&plain, 2);
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(stderr.contains("line 1: missing_field") && stderr.contains("no usable job lines in"), "{stderr}");
+
+    let missing = s.path("missing.j2");
+    let bad = bin().arg("doctor").args(args).args(["--template", missing.to_str().unwrap()]).output().unwrap();
+    assert_exit(&bad, 2);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains(&format!("cannot read template {}", missing.display())), "{stderr}");
+}
+
+#[test]
 fn a_server_that_does_not_answer_is_a_setup_error() {
     let out = run(&["doctor", "--server", "http://127.0.0.1:9", "--probe-time", "1s"]);
     assert_exit(&out, 2);

@@ -6,10 +6,11 @@ use std::time::Duration;
 use clap::Args;
 
 use super::common::{setup_error, Exit, ServerArgs};
+use super::jobs::JobArgs;
 use super::parse;
 use crate::backend::{connect, ConnectOptions, OllamaBackend};
 use crate::bench::{csv, svg_chart, sweep, table, BenchReport, LevelRule, Request, SweepConfig};
-use crate::job::{LineReader, Parser, RawLine, RequestDefaults, Template};
+use crate::job::{Parser, RequestDefaults};
 
 /// Arguments of `inflight bench`.
 #[derive(Debug, Clone, Args)]
@@ -30,12 +31,9 @@ pub struct BenchArgs {
     /// How many lines of --jobs to sample (the first N that parse).
     #[arg(long, default_value_t = 500)]
     pub sample: usize,
-    /// Prompt template for --jobs lines (as in `run`).
-    #[arg(long, value_name = "FILE")]
-    pub template: Option<PathBuf>,
-    /// System message (as in `run`).
-    #[arg(long)]
-    pub system: Option<String>,
+    /// `--template`, `--system`, `--max-line-bytes`: --jobs lines are read as `run` reads its input.
+    #[command(flatten)]
+    pub job: JobArgs,
     /// Synthetic workload: prompt length in words (about tokens), mean over the requests.
     #[arg(long, default_value_t = 64)]
     pub prompt_tokens: usize,
@@ -83,8 +81,9 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Exit> {
         request_timeout: Duration::from_secs(600),
         runner_options: OllamaBackend::runner_options_of(&[]),
     };
-    let conn = connect(args.conn.single()?, args.conn.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
+    // The jobs file first: a missing file or a bad template is refused before the server is contacted.
     let (requests, workload) = workload(&args)?;
+    let conn = connect(args.conn.single()?, args.conn.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
     let cfg = SweepConfig {
         batch_sizes: args.batch_sizes.iter().map(|&b| b.max(1)).collect(),
         levels: args.levels.clone(),
@@ -151,7 +150,7 @@ fn workload(args: &BenchArgs) -> anyhow::Result<(Vec<Request>, String)> {
     let defaults = RequestDefaults {
         model: args.model.clone(),
         max_tokens: Some(args.output_tokens),
-        system: args.system.clone(),
+        system: args.job.system.clone(),
         ..Default::default()
     };
     let Some(path) = &args.jobs else {
@@ -175,32 +174,14 @@ fn workload(args: &BenchArgs) -> anyhow::Result<(Vec<Request>, String)> {
         );
         return Ok((requests, what));
     };
-    let template = match &args.template {
-        Some(t) => {
-            let src =
-                std::fs::read_to_string(t).map_err(|e| setup_error(format!("cannot read {}: {e}", t.display())))?;
-            Some((Template::new(src.clone()).map_err(|e| setup_error(e.to_string()))?, src))
-        }
-        None => None,
-    };
-    let parser = Parser::new(defaults, template);
-    let file = std::fs::File::open(path).map_err(|e| setup_error(format!("cannot read {}: {e}", path.display())))?;
-    let mut reader = LineReader::new(std::io::BufReader::new(file), 10 << 20);
-    let mut requests = Vec::new();
-    while requests.len() < args.sample {
-        match reader.next_line()? {
-            None => break,
-            Some(RawLine::Line(n, bytes)) => {
-                if let Ok(Some(job)) = parser.parse(n, &bytes) {
-                    requests.push(Request { endpoint: job.endpoint, body: job.body, inputs: 1 });
-                }
-            }
-            Some(RawLine::TooLong(..)) => {}
-        }
-    }
-    if requests.is_empty() {
-        return Err(setup_error(format!("no usable job lines in {}", path.display())));
-    }
+    // A bad line is printed as `run --dry-run` prints it, and left out of the sample: never sent.
+    let parser = args.job.parser(defaults)?;
+    let requests: Vec<Request> = args
+        .job
+        .sample(path, &parser, args.sample)?
+        .into_iter()
+        .map(|job| Request { endpoint: job.endpoint, body: job.body, inputs: 1 })
+        .collect();
     let what = format!("{} jobs sampled from {}", requests.len(), path.display());
     Ok((requests, what))
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::common::{setup_error, Exit, ServerArgs};
+use super::jobs::JobArgs;
 use super::parse;
 use crate::doctor::{examine, report, DoctorConfig};
 
@@ -31,6 +32,9 @@ pub struct DoctorArgs {
     /// How many lines of --jobs to sample (the first N that parse).
     #[arg(long, default_value_t = 200)]
     pub sample: usize,
+    /// `--template`, `--system`, `--max-line-bytes`: --jobs lines are read as `run` reads its input.
+    #[command(flatten)]
+    pub job: JobArgs,
     /// The concurrency your own client uses (e.g. your script's worker count), to compare with the lanes.
     #[arg(short, long)]
     pub concurrency: Option<usize>,
@@ -54,6 +58,9 @@ pub async fn execute(args: DoctorArgs) -> anyhow::Result<Exit> {
         model: args.model,
         jobs: args.jobs,
         sample: args.sample.max(1),
+        template: args.job.template_file()?,
+        system: args.job.system,
+        max_line_bytes: args.job.max_line_bytes,
         probe_time: args.probe_time,
         output_tokens: args.output_tokens,
         client_concurrency: args.concurrency,

@@ -4,6 +4,7 @@ mod bench;
 mod common;
 mod doctor;
 mod export;
+mod jobs;
 mod parse;
 mod run;
 mod run_args;
@@ -16,6 +17,7 @@ pub use bench::BenchArgs;
 pub use common::{setup_error, CommandError, Exit, ServerArgs};
 pub use doctor::DoctorArgs;
 pub use export::ExportArgs;
+pub use jobs::JobArgs;
 pub use run_args::RunArgs;
 pub use status::StatusArgs;
 

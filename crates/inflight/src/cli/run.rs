@@ -9,10 +9,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::common::{setup_error, CommandError, Exit};
 use super::parse::Concurrency;
 use super::run_args::RunArgs;
-use super::session::{open_input, Identity, Locked, Ran};
+use super::session::{Identity, Locked, Ran};
 use crate::backend::{connect, Api, Connection};
 use crate::dispatch::{dispatch, DispatchConfig, Ending, Verdict, Wiring};
-use crate::job::{LineReader, Parser, RequestDefaults, Template};
+use crate::job::{Entry, Parser, RequestDefaults};
 use crate::live::Health;
 use crate::report::{spawn_progress, ConcurrencyMode, ConcurrencyReport, Display, ProgressSource, Summary};
 use crate::tune::{
@@ -20,26 +20,15 @@ use crate::tune::{
 };
 
 fn build_parser(args: &RunArgs) -> anyhow::Result<Parser> {
-    let template = match &args.template {
-        Some(path) => {
-            let src = std::fs::read_to_string(path)
-                .map_err(|e| setup_error(format!("cannot read template {}: {e}", path.display())))?;
-            let t = Template::new(src.clone())
-                .map_err(|e| setup_error(format!("template {} does not compile: {e}", path.display())))?;
-            Some((t, src))
-        }
-        None => None,
-    };
-    let defaults = RequestDefaults {
+    args.job.parser(RequestDefaults {
         model: args.model.clone(),
         max_tokens: args.max_tokens,
         temperature: args.temperature,
         seed: args.seed,
         params: args.params.clone(),
-        system: args.system.clone(),
+        system: None,
         completions: args.completions,
-    };
-    Ok(Parser::new(defaults, template))
+    })
 }
 
 /// Runs the command (one step per line; `--workflow` runs go to `cli::workflow`).
@@ -168,27 +157,20 @@ fn check_model(args: &RunArgs, conn: &crate::backend::Connection) -> anyhow::Res
 }
 
 fn dry_run(args: &RunArgs, parser: &Parser) -> anyhow::Result<Exit> {
-    let mut reader = LineReader::new(open_input(&args.input)?, args.max_line_bytes as usize);
+    let mut reader = args.job.open(&args.input, parser)?;
     let (mut jobs, mut bad, mut shown) = (0u64, 0u64, 0);
-    while let Some(line) = reader.next_line()? {
-        let parsed = match line {
-            crate::job::RawLine::Line(n, bytes) => parser.parse(n, &bytes),
-            crate::job::RawLine::TooLong(n, len) => {
-                Err(crate::job::BadLine::new(n, crate::code::ErrorCode::LineTooLong, format!("{len} bytes")))
-            }
-        };
-        match parsed {
-            Ok(Some(job)) => {
+    while let Some(entry) = reader.next_entry()? {
+        match entry {
+            Entry::Job(job) => {
                 jobs += 1;
                 if shown < 3 {
                     println!("{} {} {}", job.id, job.endpoint.path(), job.body);
                     shown += 1;
                 }
             }
-            Ok(None) => {}
-            Err(b) => {
+            Entry::Bad(b) => {
                 bad += 1;
-                println!("line {}: {} ({})", b.line, b.code, b.message);
+                println!("{b}");
             }
         }
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::common::ServerArgs;
+use super::jobs::JobArgs;
 use super::parse;
 use crate::backend::{ConnectOptions, OllamaBackend};
 use crate::output::Format;
@@ -28,16 +29,13 @@ pub struct RunArgs {
     /// Model for lines that name none.
     #[arg(short, long)]
     pub model: Option<String>,
-    /// Prompt template (Jinja syntax) rendered over each line's fields, e.g. `Extract claims: {{ segment }}`.
-    #[arg(long, value_name = "FILE", conflicts_with = "workflow")]
-    pub template: Option<PathBuf>,
+    /// `--template`, `--system`, `--max-line-bytes`: read as bench and doctor read their `--jobs`.
+    #[command(flatten)]
+    pub job: JobArgs,
     /// Run every line through the steps of a workflow file (each step with its model, template and
     /// parameters; see the README); the output lines hold every step's output.
-    #[arg(long, value_name = "FLOW.yaml")]
+    #[arg(long, value_name = "FLOW.yaml", conflicts_with = "template")]
     pub workflow: Option<PathBuf>,
-    /// System message for prompt and template lines.
-    #[arg(long, value_name = "TEXT")]
-    pub system: Option<String>,
     /// Default `max_tokens` for lines that set none.
     #[arg(long)]
     pub max_tokens: Option<u64>,
@@ -88,9 +86,6 @@ pub struct RunArgs {
     /// Parse and render every line and show what would be sent; send nothing, write nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Longest accepted input line, in bytes.
-    #[arg(long, default_value = "10485760", value_parser = parse::count)]
-    pub max_line_bytes: u64,
     /// Status line period when stderr is not a terminal.
     #[arg(long, default_value = "10s", value_parser = parse::duration)]
     pub status_every: Duration,

@@ -3,7 +3,6 @@
 //! ran, summarize and map the ending to the exit code. A mode (one step per line, `--workflow`, later others)
 //! only connects to its servers, says what identifies its run, and dispatches.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::common::{setup_error, CommandError, Exit};
 use super::run_args::RunArgs;
 use super::state::{default_state_path, lock, remove_state, RunLock};
-use crate::job::{LineReader, Parser};
+use crate::job::Parser;
 use crate::live::LiveStats;
 use crate::output::{errors_path, Format, OutputFiles};
 use crate::report::{ConcurrencyReport, ExitReport, FilesReport, RunSummary, Summary, SummaryInput, WorkflowReport};
@@ -210,18 +209,9 @@ fn check_identity(store: &Store, identity: &Identity, args: &RunArgs, state: &Pa
     Err(setup_error(format!("{} {refused}", state.display())))
 }
 
-/// The input file, or standard input for `-`.
-pub(super) fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
-    if path == Path::new("-") {
-        return Ok(Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())));
-    }
-    let file = std::fs::File::open(path).map_err(|e| setup_error(format!("cannot read {}: {e}", path.display())))?;
-    Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
-}
-
 /// Ingests the input (or the rest of it), or, for a complete ingest, checks the input did not change.
 async fn ingest(store: &mut Store, args: &RunArgs, parser: &Parser, fresh: bool) -> anyhow::Result<()> {
-    let mut reader = LineReader::new(open_input(&args.input)?, args.max_line_bytes as usize);
+    let mut reader = args.job.open(&args.input, parser)?;
     let done_lines: u64 = store.meta("ingest_lines")?.and_then(|v| v.parse().ok()).unwrap_or(0);
     let recorded_sha = store.meta("ingest_sha256")?;
     let changed = || {
@@ -238,14 +228,14 @@ async fn ingest(store: &mut Store, args: &RunArgs, parser: &Parser, fresh: bool)
     }
     if store.meta("ingest_done")?.is_some() {
         // Complete: the rest of the input must be empty.
-        if reader.next_line()?.is_some() {
+        if !reader.at_end()? {
             return Err(changed());
         }
         return Ok(());
     }
     let started = Instant::now();
     let report = tokio::task::block_in_place(|| {
-        store.ingest(&mut reader, parser, |lines| {
+        store.ingest(&mut reader, |lines| {
             if started.elapsed() > Duration::from_secs(2) && !args.quiet {
                 eprintln!("ingesting: {lines} lines");
             }

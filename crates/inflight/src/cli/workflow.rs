@@ -156,7 +156,7 @@ fn server_plans(conns: &[Connection], placement: &[usize], stop: &CancellationTo
 fn check_flags(args: &RunArgs) -> anyhow::Result<()> {
     let per_step = [
         ("--model", args.model.is_some()),
-        ("--system", args.system.is_some()),
+        ("--system", args.job.system.is_some()),
         ("--max-tokens", args.max_tokens.is_some()),
         ("--temperature", args.temperature.is_some()),
         ("--seed", args.seed.is_some()),

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::DoctorError;
-use crate::job::{Endpoint, LineReader, Parser, RawLine, RequestDefaults};
+use crate::job::{Endpoint, JobReader, Parser, SampleError};
 
 /// Characters per token of the estimate.
 const CHARS_PER_TOKEN: usize = 4;
@@ -36,32 +36,24 @@ pub struct JobsFacts {
     pub token_estimate: String,
 }
 
-/// Reads up to `limit` jobs of `path` (as `run` would render them) for the probe and for their sizes.
+/// Reads up to `limit` jobs of `path` with `parser` (the lines `run` would send, read by the reader `run` uses)
+/// for the probe and for their sizes. Each bad line on the way goes to `progress`, printed as `run --dry-run`
+/// prints it.
 pub fn sample(
     path: &Path,
-    defaults: RequestDefaults,
+    parser: &Parser,
+    max_line_bytes: u64,
     limit: usize,
+    progress: &mut impl FnMut(String),
 ) -> Result<(Vec<(Endpoint, String)>, JobsFacts), DoctorError> {
-    let unreadable = |e: std::io::Error| DoctorError::Jobs { path: path.display().to_string(), reason: e.to_string() };
-    let file = std::fs::File::open(path).map_err(unreadable)?;
-    let parser = Parser::new(defaults, None);
-    let mut reader = LineReader::new(std::io::BufReader::new(file), 10 << 20);
-    let mut requests = Vec::new();
-    while requests.len() < limit {
-        match reader.next_line().map_err(unreadable)? {
-            None => break,
-            Some(RawLine::Line(n, bytes)) => {
-                if let Ok(Some(job)) = parser.parse(n, &bytes) {
-                    requests.push((job.endpoint, job.body));
-                }
-            }
-            Some(RawLine::TooLong(..)) => {}
-        }
-    }
-    let bodies: Vec<Value> = requests.iter().filter_map(|(_, b)| serde_json::from_str(b).ok()).collect();
-    let facts = facts_of(&path.display().to_string(), &bodies)
-        .ok_or_else(|| DoctorError::Jobs { path: path.display().to_string(), reason: "no usable job lines".into() })?;
-    Ok((requests, facts))
+    let jobs = JobReader::open(path, max_line_bytes, parser)?.sample_some(limit, |bad| progress(bad.to_string()));
+    let jobs = jobs.map_err(|e| match e {
+        SampleError::Empty(e) => DoctorError::Jobs(e),
+        SampleError::Read(e) => DoctorError::JobsRead(e),
+    })?;
+    let bodies: Vec<Value> = jobs.iter().filter_map(|j| serde_json::from_str(&j.body).ok()).collect();
+    let facts = facts_of(&path.display().to_string(), &bodies).expect("a non-empty sample has facts");
+    Ok((jobs.into_iter().map(|j| (j.endpoint, j.body)).collect(), facts))
 }
 
 /// The sizes of rendered request bodies; `None` for an empty sample.

@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::backend::{connect, Api, ConnectError, ConnectOptions, OllamaBackend, ServerKind};
-use crate::job::{Endpoint, Parser, RequestDefaults};
+use crate::job::{Endpoint, JobFileError, Parser, RequestDefaults, TemplateFile};
 pub use verdict::{Change, Verdict, VerdictKind};
 
 /// Everything doctor learnt, the input of the rules.
@@ -72,6 +72,12 @@ pub struct DoctorConfig {
     pub jobs: Option<PathBuf>,
     /// Lines of `jobs` to sample.
     pub sample: usize,
+    /// `--template` for the jobs' lines, loaded.
+    pub template: Option<TemplateFile>,
+    /// `--system`, for the jobs and the synthetic probe alike.
+    pub system: Option<String>,
+    /// `--max-line-bytes` for the jobs' lines.
+    pub max_line_bytes: u64,
     /// Total probe time; zero skips the probe.
     pub probe_time: Duration,
     /// Output tokens per probe request.
@@ -86,14 +92,12 @@ pub enum DoctorError {
     /// No usable server.
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// The jobs file cannot be sampled.
-    #[error("cannot sample {path}: {reason}")]
-    Jobs {
-        /// The file.
-        path: String,
-        /// What went wrong.
-        reason: String,
-    },
+    /// The jobs file cannot be opened, or has no usable line.
+    #[error(transparent)]
+    Jobs(#[from] JobFileError),
+    /// The jobs file failed mid-read (the message names it).
+    #[error(transparent)]
+    JobsRead(#[from] std::io::Error),
 }
 
 /// Gathers the facts (probing the server for up to `probe_time`) and judges them.
@@ -108,10 +112,16 @@ pub async fn examine(cfg: &DoctorConfig, mut progress: impl FnMut(String)) -> Re
     progress(format!("doctor: {} at {}", conn.info.description, conn.backend.url()));
     let server = server::gather(&conn, cfg.api_key.as_deref()).await;
     let model = cfg.model.clone().or_else(|| conn.info.models.first().cloned());
-    let defaults = RequestDefaults { model: model.clone(), max_tokens: Some(cfg.output_tokens), ..Default::default() };
+    let defaults = RequestDefaults {
+        model: model.clone(),
+        max_tokens: Some(cfg.output_tokens),
+        system: cfg.system.clone(),
+        ..Default::default()
+    };
     let (requests, jobs) = match &cfg.jobs {
         Some(path) => {
-            let (requests, facts) = jobs::sample(path, defaults, cfg.sample)?;
+            let parser = Parser::new(defaults, cfg.template.as_ref().map(TemplateFile::parts));
+            let (requests, facts) = jobs::sample(path, &parser, cfg.max_line_bytes, cfg.sample, &mut progress)?;
             (requests, Some(facts))
         }
         None => (synthetic(defaults), None),

@@ -1,12 +1,15 @@
-//! Jobs: what one input line becomes, and how lines are read and parsed.
+//! Jobs: what one input line becomes, and how a job file is opened, read and parsed (one reader for every
+//! command).
 //!
 //! A job is stored fully rendered — the endpoint and the exact JSON body to send — so that a resumed run
 //! sends byte-for-byte what the first run would have, whatever the backend's wire format.
 
+mod file;
 mod input;
 mod parse;
 mod template;
 
+pub use file::{Entry, JobFileError, JobReader, SampleError, TemplateFile};
 pub use input::{LineReader, RawLine};
 pub use parse::{hex, BadLine, Parser, RequestDefaults};
 pub use template::{Template, TemplateError};

@@ -42,6 +42,13 @@ pub struct BadLine {
     pub message: String,
 }
 
+/// How every command prints a bad line: `run --dry-run`, and `bench` and `doctor` when they skip one.
+impl std::fmt::Display for BadLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {} ({})", self.line, self.code, self.message)
+    }
+}
+
 impl BadLine {
     /// A bad line at `line`.
     pub fn new(line: u64, code: ErrorCode, message: impl Into<String>) -> BadLine {

@@ -6,6 +6,7 @@
 use minijinja::{Environment, UndefinedBehavior};
 
 /// A compiled prompt template.
+#[derive(Clone)]
 pub struct Template {
     env: Environment<'static>,
 }

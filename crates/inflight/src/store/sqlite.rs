@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 
 use super::{now_ms, StoreError};
 use crate::code::ErrorCode;
-use crate::job::{BadLine, Endpoint, LineReader, Parser, RawLine};
+use crate::job::{BadLine, Endpoint, Entry, JobReader};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("sql/001_init.sql"),
@@ -176,13 +176,12 @@ impl Store {
         Ok(())
     }
 
-    /// Streams lines from `reader` into the store in large transactions. Progress (lines read, digest of the
-    /// bytes read) is committed with each batch under `ingest_lines`/`ingest_sha256`, so an interrupted ingest
-    /// resumes where it stopped. Returns once the input is exhausted.
+    /// Streams jobs and bad lines from `jobs` into the store in large transactions. Progress (lines read, digest
+    /// of the bytes read) is committed with each batch under `ingest_lines`/`ingest_sha256`, so an interrupted
+    /// ingest resumes where it stopped. Returns once the input is exhausted.
     pub fn ingest<R: BufRead>(
         &mut self,
-        reader: &mut LineReader<R>,
-        parser: &Parser,
+        jobs: &mut JobReader<'_, R>,
         mut on_batch: impl FnMut(u64),
     ) -> Result<IngestReport, StoreError> {
         let mut report = IngestReport::default();
@@ -202,21 +201,12 @@ impl Store {
                     Ok(())
                 };
                 for _ in 0..INGEST_BATCH {
-                    let parsed = match reader.next_line()? {
+                    match jobs.next_entry()? {
                         None => {
                             exhausted = true;
                             break;
                         }
-                        Some(RawLine::TooLong(line, len)) => Err(BadLine {
-                            line,
-                            code: ErrorCode::LineTooLong,
-                            message: format!("line is {len} bytes, over --max-line-bytes"),
-                        }),
-                        Some(RawLine::Line(line, bytes)) => parser.parse(line, &bytes),
-                    };
-                    match parsed {
-                        Ok(None) => {}
-                        Ok(Some(job)) => {
+                        Some(Entry::Job(job)) => {
                             let line = job.line as i64;
                             let inserted =
                                 insert_job.execute(params![line, job.id, job.endpoint.code(), job.body, queued_at])?;
@@ -234,12 +224,12 @@ impl Store {
                                 )?;
                             }
                         }
-                        Err(b) => bad(b, &mut next_err_ord)?,
+                        Some(Entry::Bad(b)) => bad(b, &mut next_err_ord)?,
                     }
                 }
             }
-            let lines = reader.lines_read().to_string();
-            let digest = reader.digest_so_far();
+            let lines = jobs.lines_read().to_string();
+            let digest = jobs.digest_so_far();
             for (k, v) in [("ingest_lines", lines.as_str()), ("ingest_sha256", digest.as_str())] {
                 tx.execute(
                     "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
@@ -250,7 +240,7 @@ impl Store {
                 tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('ingest_done', '1')", [])?;
             }
             tx.commit()?;
-            on_batch(reader.lines_read());
+            on_batch(jobs.lines_read());
             if exhausted {
                 return Ok(report);
             }
