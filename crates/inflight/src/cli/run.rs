@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::parse::Concurrency;
 use super::state::{default_state_path, lock, remove_state};
 use super::{parse, setup_error, CommandError, Exit, ServerArgs};
-use crate::backend::{connect, Api, ConnectOptions, OllamaBackend};
+use crate::backend::{connect, Api, BusySampler, ConnectOptions, OllamaBackend};
 use crate::dispatch::{dispatch, DispatchConfig, Ending, Verdict, Wiring};
 use crate::job::{LineReader, Parser, RequestDefaults, Template};
 use crate::live::{Health, LiveStats};
@@ -23,7 +23,7 @@ use crate::report::{
     Summary, SummaryInput, WorkflowReport,
 };
 use crate::store::{Counts, StepCount, Store, Writer};
-use crate::tune::{spawn_controller, Clock, Controller, ControllerConfig, Limiter, SystemClock, TuneStatus};
+use crate::tune::{spawn_controller_with, Clock, Controller, ControllerConfig, Limiter, SystemClock, TuneStatus};
 
 /// Arguments of `inflight run`.
 #[derive(Debug, Clone, Args)]
@@ -204,7 +204,9 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
             let cfg = ControllerConfig { max: args.max_concurrency as usize, ..Default::default() };
             let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
             let controller = Controller::for_lanes(cfg, clock.now(), conn.info.kind.lanes());
-            let handle = spawn_controller(controller, limiter.clone(), rx, clock, conn.info.kind.parallel_fix());
+            let (kind, api_key) = (conn.info.kind, args.conn.api_key.as_deref());
+            let busy = BusySampler::new(kind, conn.backend.url(), api_key, BusySampler::RUN_EVERY);
+            let handle = spawn_controller_with(controller, limiter.clone(), rx, busy, clock, kind.parallel_fix());
             (limiter, Some(tx), Some(handle))
         }
     };
@@ -324,6 +326,7 @@ fn concurrency_report(tuned: Option<TuneStatus>, limit: usize, server_slots: Opt
             changes: None,
             effective_lanes: None,
             server_slots,
+            server_busy_max: None,
             notes: Vec::new(),
         },
         Some(t) => ConcurrencyReport {
@@ -334,6 +337,7 @@ fn concurrency_report(tuned: Option<TuneStatus>, limit: usize, server_slots: Opt
             changes: Some(t.changes),
             effective_lanes: t.lanes,
             server_slots,
+            server_busy_max: t.busy_max,
             notes: t.notes,
         },
     }
