@@ -48,8 +48,10 @@ if np == 1:
         rate, in_flight, wall, s = go("auto", jobs, f"np1-auto-{i}")
         c = s["concurrency"]
         fixed = any("one request at a time" in n and "--parallel" in n for n in c["notes"])
-        print(f"{i + 1:>4}{c['held']:>6}{in_flight:>16.2f}{rate:>10.1f}{str(c['server_busy_max']):>10}"
+        held = f"{c['held']}{'*' if c['searching'] else ''}"
+        print(f"{i + 1:>4}{held:>6}{in_flight:>16.2f}{rate:>10.1f}{str(c['server_busy_max']):>10}"
               f"{str(c['effective_lanes']):>7}{wall:>6.0f}s  {'yes' if fixed else 'no'}", flush=True)
+    print("  (* auto was still searching when the jobs ran out: held is its limit at the end)")
 else:
     print(f"-np 8 -t 2: screens of {screen_jobs} jobs at {screen_levels}, then the best fixed and auto, {jobs} jobs")
     screens = {}
@@ -61,7 +63,8 @@ else:
     print(f"  fixed {best} over {jobs} jobs: {fixed_rate:.1f} tokens/s", flush=True)
     rate, in_flight, wall, s = go("auto", jobs, "np8-auto")
     c = s["concurrency"]
-    print(f"  auto over {jobs} jobs: {rate:.1f} tokens/s, held {c['held']}, mean in flight {in_flight:.2f}, "
+    searching = " (still searching: its limit at the end)" if c["searching"] else ""
+    print(f"  auto over {jobs} jobs: {rate:.1f} tokens/s, held {c['held']}{searching}, mean in flight {in_flight:.2f}, "
           f"server busy max {c['server_busy_max']}, effective lanes {c['effective_lanes']}, {wall:.0f}s")
     print(f"  auto / best fixed ({best}): {rate / fixed_rate:.3f}")
     for n in c["notes"]:
