@@ -3,17 +3,21 @@
 //! Jobs are stored OpenAI-shaped; each backend translates to its server's wire format and translates answers
 //! back, so the dispatcher, the store and the output files see one shape whatever the server.
 
+mod busy;
 mod detect;
 mod error;
+mod getter;
 mod http;
 mod lanes;
 mod ollama;
 mod openai;
 mod stream;
 
+pub use busy::{metric, BusyCount, BusySampler};
 pub(crate) use detect::normalize;
 pub use detect::{connect, ConnectError, ConnectOptions, Connection, DEFAULT_PORTS};
 pub use error::BackendError;
+pub use getter::Getter;
 pub use lanes::{LaneFix, LaneSetting, LLAMA_CONTEXT, LLAMA_SLOTS, SUGGESTED_LANES};
 pub use ollama::OllamaBackend;
 pub use openai::OpenAiBackend;

@@ -279,7 +279,7 @@ pub fn recommend(levels: &[LevelReport], kind: ServerKind, for_jobs: Option<u64>
         levels
             .iter()
             .filter(|l| l.concurrency >= best::SERIAL_EVIDENCE_LEVEL)
-            .any(|l| best::serialized(at(one), best, at(l)))
+            .any(|l| best::serialized_with(at(one), best, at(l), busy))
     });
     let batch_note = if c.batch > 1 {
         format!(" with {} inputs per request (an embeddings line's `input` may be a list)", c.batch)

@@ -10,13 +10,13 @@ use super::common::{setup_error, CommandError, Exit};
 use super::parse::Concurrency;
 use super::run_args::RunArgs;
 use super::session::{Identity, Locked, Ran};
-use crate::backend::{connect, Api, Connection};
+use crate::backend::{connect, Api, BusySampler, Connection};
 use crate::dispatch::{dispatch, DispatchConfig, Ending, Verdict, Wiring};
 use crate::job::{Entry, Parser, RequestDefaults};
 use crate::live::Health;
 use crate::report::{spawn_progress, ConcurrencyMode, ConcurrencyReport, Display, ProgressSource, Summary};
 use crate::tune::{
-    spawn_controller, Clock, Controller, ControllerConfig, Limiter, Sample, SystemClock, TuneHandle, TuneStatus,
+    spawn_controller_with, Clock, Controller, ControllerConfig, Limiter, Sample, SystemClock, TuneHandle, TuneStatus,
 };
 
 fn build_parser(args: &RunArgs) -> anyhow::Result<Parser> {
@@ -95,7 +95,9 @@ fn concurrency(args: &RunArgs, conn: &Connection) -> (Limiter, Option<UnboundedS
             let cfg = ControllerConfig { max: args.max_concurrency as usize, ..Default::default() };
             let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
             let controller = Controller::for_lanes(cfg, clock.now(), conn.info.kind.lanes());
-            let handle = spawn_controller(controller, limiter.clone(), rx, clock, conn.info.kind.parallel_fix());
+            let (kind, api_key) = (conn.info.kind, args.conn.api_key.as_deref());
+            let busy = BusySampler::new(kind, conn.backend.url(), api_key, BusySampler::RUN_EVERY);
+            let handle = spawn_controller_with(controller, limiter.clone(), rx, busy, clock, kind.parallel_fix());
             (limiter, Some(tx), Some(handle))
         }
     }
@@ -128,6 +130,7 @@ fn concurrency_report(tuned: Option<TuneStatus>, limit: usize, server_slots: Opt
             changes: None,
             effective_lanes: None,
             server_slots,
+            server_busy_max: None,
             notes: Vec::new(),
         },
         Some(t) => ConcurrencyReport {
@@ -138,6 +141,7 @@ fn concurrency_report(tuned: Option<TuneStatus>, limit: usize, server_slots: Opt
             changes: Some(t.changes),
             effective_lanes: t.lanes,
             server_slots,
+            server_busy_max: t.busy_max,
             notes: t.notes,
         },
     }

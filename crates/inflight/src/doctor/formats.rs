@@ -1,19 +1,6 @@
-//! Parsers for what servers send that doctor reads: Prometheus text (`/metrics`) and RFC 3339 times
-//! (Ollama's `expires_at`). Small enough to keep here rather than add a dependency for each.
-
-/// Sum of a Prometheus metric's samples over its label sets.
-pub fn metric(text: &str, name: &str) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let rest = if rest.starts_with('{') { &rest[rest.find('}')? + 1..] } else { rest };
-            rest.strip_prefix(' ')?.split_whitespace().next()?.parse().ok()
-        })
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
+//! Parsers for what servers send that doctor reads: RFC 3339 times (Ollama's `expires_at`); Prometheus text is
+//! read by [`crate::backend::metric`], which the run's busy sampler shares. Small enough to keep here rather than
+//! add a dependency.
 
 /// Seconds since the Unix epoch of an RFC 3339 time (`2026-11-23T20:45:00.5+01:00`).
 pub fn rfc3339_secs(s: &str) -> Option<f64> {
@@ -49,16 +36,6 @@ pub fn rfc3339_secs(s: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_prometheus_samples_with_and_without_labels() {
-        let text = "# HELP x\nllamacpp:requests_processing 4\nllamacpp:requests_deferred 12\n\
-                    vllm:num_requests_waiting{model_name=\"a\"} 3.0\nvllm:num_requests_waiting{model_name=\"b\"} 2\n";
-        assert_eq!(metric(text, "llamacpp:requests_processing"), Some(4.0));
-        assert_eq!(metric(text, "llamacpp:requests_deferred"), Some(12.0));
-        assert_eq!(metric(text, "vllm:num_requests_waiting"), Some(5.0));
-        assert_eq!(metric(text, "vllm:num_requests_running"), None);
-    }
 
     #[test]
     fn parses_rfc3339_with_offsets() {

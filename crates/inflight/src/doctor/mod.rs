@@ -8,7 +8,6 @@
 
 mod formats;
 pub mod host;
-mod http;
 pub mod jobs;
 pub mod probe;
 pub mod process;
@@ -22,7 +21,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::backend::{connect, Api, ConnectError, ConnectOptions, OllamaBackend, ServerKind};
+use crate::backend::{connect, Api, BusySampler, ConnectError, ConnectOptions, OllamaBackend, ServerKind};
 use crate::job::{Endpoint, JobFileError, Parser, RequestDefaults, TemplateFile};
 pub use verdict::{Change, Verdict, VerdictKind};
 
@@ -140,16 +139,12 @@ pub async fn examine(cfg: &DoctorConfig, mut progress: impl FnMut(String)) -> Re
             // (which carry inflight's own keep_alive) can keep the model loaded.
             let gap = cfg.probe_time / 8;
             progress(format!("probe: 3 requests {:.1}s apart, to see whether the model unloads", gap.as_secs_f64()));
-            let get = http::Getter::new(conn.backend.url(), cfg.api_key.as_deref(), cfg.probe_time);
+            let get = crate::backend::Getter::new(conn.backend.url(), cfg.api_key.as_deref(), cfg.probe_time);
             spaced = reload::spaced(&get, model, 3, gap).await;
             sweep_time = cfg.probe_time * 3 / 4;
         }
-        let get = http::Getter::new(conn.backend.url(), cfg.api_key.as_deref(), Duration::from_secs(5));
-        let busy = match conn.info.kind {
-            ServerKind::LlamaServer { .. } => Some((get, probe::BusyCount::LlamaSlots)),
-            ServerKind::Vllm => Some((get, probe::BusyCount::VllmMetrics)),
-            _ => None,
-        };
+        let url = conn.backend.url();
+        let busy = BusySampler::new(conn.info.kind, url, cfg.api_key.as_deref(), probe::SAMPLE_EVERY);
         let mut p = probe::sweep(conn.backend.clone(), requests, sweep_time, busy, &mut progress).await;
         p.spaced = spaced;
         Some(p)

@@ -6,14 +6,13 @@
 //! work shares the machine, so where the server counts its busy slots (llama-server `/slots`, vLLM `/metrics`)
 //! that count caps the effective lanes: a server never runs more at once than it says it is running.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::http::Getter;
-use crate::backend::Backend;
+use crate::backend::{Backend, BusySampler};
 use crate::bench::{measure, LevelRule, Record, Request};
 use crate::job::Endpoint;
 
@@ -55,32 +54,8 @@ pub struct ProbeLevel {
     pub server_busy_max: Option<u64>,
 }
 
-/// Where a server counts the requests it is processing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BusyCount {
-    /// llama-server `/slots`: slots with `is_processing`.
-    LlamaSlots,
-    /// vLLM `/metrics`: `vllm:num_requests_running`.
-    VllmMetrics,
-}
-
 /// How often the busy count is sampled during a level.
-const SAMPLE_EVERY: Duration = Duration::from_millis(200);
-
-impl BusyCount {
-    async fn read(self, get: &Getter) -> Option<u64> {
-        match self {
-            BusyCount::LlamaSlots => {
-                let slots = get.json("/slots").await?;
-                Some(slots.as_array()?.iter().filter(|s| s["is_processing"].as_bool() == Some(true)).count() as u64)
-            }
-            BusyCount::VllmMetrics => {
-                let text = get.text("/metrics").await?;
-                super::formats::metric(&text, "vllm:num_requests_running").map(|n| n.round() as u64)
-            }
-        }
-    }
-}
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
 /// Runs the sweep within `budget`: one warm-up request, then each level for as long as
 /// [`level_time`] gives it.
@@ -88,7 +63,7 @@ pub async fn sweep(
     backend: Arc<dyn Backend>,
     requests: Vec<(Endpoint, String)>,
     budget: Duration,
-    busy: Option<(Getter, BusyCount)>,
+    busy: Option<BusySampler>,
     mut progress: impl FnMut(String),
 ) -> ProbeFacts {
     let requests: Arc<Vec<Request>> =
@@ -110,24 +85,24 @@ pub async fn sweep(
         };
         progress(format!("probe: {level} in flight for up to {:.0}s", time.as_secs_f64()));
         let rule = LevelRule { min_answers: 40, ci: 0.05, max_time: time };
-        // The most seen plus one, so that 0 means "no reading" (a server without /slots) rather than "idle".
-        let busiest = Arc::new(AtomicU64::new(0));
-        let sampler = busy.clone().map(|(get, count)| {
-            let busiest = busiest.clone();
-            tokio::spawn(async move {
-                loop {
-                    if let Some(n) = count.read(&get).await {
-                        busiest.fetch_max(n + 1, Ordering::Relaxed);
-                    }
-                    tokio::time::sleep(SAMPLE_EVERY).await;
+        // The sampler's readings are folded as they come, so none is dropped for want of room.
+        let sampler = busy.clone().map(|s| {
+            let (mut readings, task) = s.spawn();
+            let busiest = tokio::spawn(async move {
+                let mut most = None;
+                while let Some(n) = readings.recv().await {
+                    most = most.max(Some(n as u64));
                 }
-            })
+                most
+            });
+            (task, busiest)
         });
         let (_, records) = measure(backend.clone(), requests.clone(), next.clone(), level, &rule, |_| {}).await;
         let mut l = level_of(level, &records);
-        if let Some(s) = sampler {
-            s.abort();
-            l.server_busy_max = busiest.load(Ordering::Relaxed).checked_sub(1);
+        if let Some((task, busiest)) = sampler {
+            // Ending the sampler closes its channel, so the fold returns what it saw.
+            task.abort();
+            l.server_busy_max = busiest.await.ok().flatten();
         }
         // Little's law holds only once every requester has had an answer, and a rate needs a few.
         if l.answers < level.max(MIN_ANSWERS) {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::formats::rfc3339_secs;
-use super::http::Getter;
+use crate::backend::Getter;
 
 /// Requests sent one at a time with a pause between them (Ollama).
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -6,9 +6,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::formats::{metric, rfc3339_secs};
-use super::http::Getter;
+use super::formats::rfc3339_secs;
 use super::process::{self, ProcessFacts};
+use crate::backend::{metric, Getter};
 use crate::backend::{Connection, ServerKind};
 use serde::{Serialize, Serializer};
 

@@ -52,6 +52,9 @@ pub struct ConcurrencyReport {
     pub effective_lanes: Option<usize>,
     /// The slots the server reports (llama-server's `/props`), when it reports any.
     pub server_slots: Option<usize>,
+    /// The most requests the server reported processing at once while auto ran (llama-server `/slots`, vLLM
+    /// `/metrics`), when it reports a count: the evidence auto's best level is capped by.
+    pub server_busy_max: Option<usize>,
     /// Auto's messages for the user, such as that the server runs one request at a time, with its fix.
     pub notes: Vec<String>,
 }
@@ -144,8 +147,10 @@ impl ConcurrencyReport {
             Some(n) => format!(" (the server reports {n} slots)"),
             None => String::new(),
         };
+        let busy = self.server_busy_max.map_or(String::new(), |n| format!("; server busy <= {n}"));
         let mut s = format!(
-            "\n  concurrency auto: held {held} in flight (tried up to {}, {} changes); effective lanes seen: {}{reported}",
+            "\n  concurrency auto: held {held} in flight (tried up to {}, {} changes); effective lanes seen: {}{reported}\
+             {busy}",
             self.max_tried.unwrap_or(self.held),
             self.changes.unwrap_or(0),
             self.effective_lanes.map(|h| h.to_string()).unwrap_or_else(|| "not yet known".into())
@@ -217,6 +222,7 @@ mod tests {
             changes: Some(5),
             effective_lanes: Some(1),
             server_slots: Some(1),
+            server_busy_max: None,
             notes: vec!["the server runs one request at a time".into()],
         };
         let text = run_summary(Some(c), None).render();
@@ -241,6 +247,7 @@ mod tests {
             changes: None,
             effective_lanes: None,
             server_slots: Some(4),
+            server_busy_max: None,
             notes: Vec::new(),
         };
         let r = run_summary(Some(c), None);

@@ -28,6 +28,21 @@ impl Band {
         self.0
     }
 
+    /// The run's band measured from its own levels: the median of their windows' [`spread`]s, never below
+    /// `floor` (noise too small to measure still moves a rate between runs) nor above [`Band::PROBE`] (wider, and
+    /// every level would be "the same rate"). A server whose windows move more than the fixed band between one
+    /// another would otherwise have noise read as gains; the median, so that one disturbed level does not widen
+    /// the band for all.
+    pub fn measured(floor: Band, spreads: impl IntoIterator<Item = f64>) -> Band {
+        let mut spreads: Vec<f64> = spreads.into_iter().filter(|s| s.is_finite()).collect();
+        if spreads.is_empty() {
+            return floor;
+        }
+        spreads.sort_by(f64::total_cmp);
+        let median = spreads[spreads.len() / 2];
+        Band(median.clamp(floor.0, Band::PROBE.0.max(floor.0)))
+    }
+
     /// Whether `rate` is within the band below `best`: as good as it, as far as the noise lets one tell.
     pub fn within(self, rate: f64, best: f64) -> bool {
         rate >= best * (1.0 - self.0)
@@ -38,6 +53,16 @@ impl Band {
     pub fn clearly_above(self, rate: f64, than: f64) -> bool {
         rate * (1.0 - self.0) > than * (1.0 + self.0)
     }
+}
+
+/// How far one level's window rates stray from their middle, as a fraction of it: `(max - min) / (max + min)`,
+/// half the range over the mid-range. 0 for fewer than two windows (one window shows no spread).
+pub fn spread(rates: &[f64]) -> f64 {
+    let (lo, hi) = rates.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    if rates.len() < 2 || hi + lo <= 0.0 {
+        return 0.0;
+    }
+    (hi - lo) / (hi + lo)
 }
 
 /// A busy count of 0 says nothing: the server was sampled between requests, not seen running none.
@@ -124,9 +149,19 @@ pub struct Measured {
 /// grows roughly in proportion to its level. What gives a serial server away is the latency: each request
 /// waits for all those ahead of it.
 pub fn serialized(one: Measured, best_rate: f64, top: Measured) -> bool {
+    serialized_with(one, best_rate, top, None)
+}
+
+/// [`serialized`], with the most requests the server reported busy at once while the levels ran (`busy`): a
+/// server seen with two or more in flight (`top`) and never running two is serialized by its own count,
+/// whatever the rates say. Noise on a shared machine, or a slow first level, can hide the flat rate or the
+/// latency's growth; neither makes one slot two, and a second request in flight that hid the client's round
+/// trip (so rates were not flat) still ran one at a time.
+pub fn serialized_with(one: Measured, best_rate: f64, top: Measured, busy: Option<usize>) -> bool {
     let flat = best_rate <= one.rate * SERIAL_FLAT;
     let latency_grew = top.latency >= one.latency * SERIAL_LATENCY_SHARE * top.level as f64;
-    flat && latency_grew
+    let ran_one = top.level >= 2 && evidence(busy) == Some(1);
+    (flat && latency_grew) || ran_one
 }
 
 #[cfg(test)]

@@ -143,3 +143,26 @@ fn equal_levels_go_to_the_first_in_the_slice() {
     let p = [(8, 99.0), (8, 100.0), (4, 80.0)];
     assert_eq!(pick(&p, Band::RUN, None), Some(0));
 }
+
+#[test]
+fn the_band_is_the_median_spread_of_the_levels_windows_between_5_and_15_percent() {
+    assert_eq!(spread(&[90.0, 110.0]), 0.1);
+    assert_eq!(spread(&[100.0]), 0.0, "one window shows no spread");
+    assert_eq!(Band::measured(Band::RUN, []), Band::RUN, "nothing measured: the floor");
+    assert_eq!(Band::measured(Band::RUN, [0.01, 0.02, 0.03]), Band::RUN, "steady windows: the floor");
+    assert_eq!(Band::measured(Band::RUN, [0.02, 0.08, 0.09]).fraction(), 0.08);
+    assert_eq!(Band::measured(Band::RUN, [0.02, 0.03, 0.5]), Band::RUN, "one disturbed level widens nothing");
+    assert_eq!(Band::measured(Band::RUN, [0.4, 0.5]), Band::PROBE, "never wider than the probe's band");
+}
+
+#[test]
+fn a_server_that_never_ran_two_at_once_is_serialized_without_the_latency_growth() {
+    // Latency at 8 grew only 3× (client-side queueing hides part of it on a busy machine): not enough alone.
+    let one = Measured { level: 1, rate: 10.0, latency: 1.0 };
+    let top = Measured { level: 8, rate: 10.5, latency: 3.0 };
+    assert!(!serialized(one, 10.5, top));
+    assert!(!serialized_with(one, 10.5, top, Some(2)), "the server ran two at once");
+    assert!(!serialized_with(one, 10.5, top, Some(0)), "a reading of 0 is no evidence");
+    assert!(serialized_with(one, 10.5, top, Some(1)));
+    assert!(serialized_with(one, 20.0, top, Some(1)), "its own count, though a second request hid the round trip");
+}

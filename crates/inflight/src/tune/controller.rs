@@ -19,6 +19,11 @@
 //!   after the probe so slow drift cancels; move only when the difference is clear of the noise.
 //! - Backpressure (429, 503, timeouts) or an error burst: cut by a quarter at once and remember that ceiling
 //!   for a while.
+//! - Where the server counts its busy lanes ([`Controller::on_busy`], sampled by the run), the most it ran at
+//!   once is evidence: a doubling the server ran no more requests for counts as a gain only when clearly beyond
+//!   the noise, the best level is capped by it ([`best::pick`]), and a server never seen running two is
+//!   serialized. The noise band is the median spread of the levels' own windows, the configured band its floor
+//!   ([`Band::measured`]).
 //!
 //! The core is synchronous and reads time only from its arguments, so unit tests drive it with synthetic time.
 
@@ -189,6 +194,10 @@ pub struct Controller {
     notes: Vec<String>,
     /// Doublings in a row that gain nothing clear of the noise before the climb stops.
     patience: u8,
+    /// The most requests the server reported processing at once, per level (settling excluded).
+    busy: BTreeMap<usize, usize>,
+    /// The spread of each measured level's windows ([`best::spread`]), for the measured noise band.
+    spreads: BTreeMap<usize, f64>,
 }
 
 impl Controller {
@@ -216,6 +225,8 @@ impl Controller {
             serialized: false,
             notes: Vec::new(),
             patience: 2,
+            busy: BTreeMap::new(),
+            spreads: BTreeMap::new(),
         }
     }
 
@@ -271,20 +282,52 @@ impl Controller {
     }
 
     /// The smallest measured level within the noise band of the best measured rate, once anything is measured:
-    /// the best guess so far of where it will settle ([`best::best_level`], the rule bench and doctor use too).
-    /// No busy count: the run does not sample the server's; its probes above the held level measure instead.
+    /// the best guess so far of where it will settle ([`best::best_level`], the rule bench and doctor use too),
+    /// in the measured band and capped by the most requests the server reported busy at once, where it reports.
     pub fn best_level(&self) -> Option<usize> {
         let points: Vec<(usize, f64)> = self.measured.iter().map(|(l, m)| (*l, m.rate)).collect();
-        best::best_level(&points, Band::new(self.cfg.noise), None)
+        best::best_level(&points, self.band(), self.server_busy_max())
+    }
+
+    /// The most requests the server reported processing at once at any level, once it reported a busy one.
+    pub fn server_busy_max(&self) -> Option<usize> {
+        self.busy.values().copied().max().filter(|&n| n > 0)
+    }
+
+    /// The noise band: the median spread of the measured levels' windows, at least the configured band.
+    pub fn band(&self) -> Band {
+        Band::measured(Band::new(self.cfg.noise), self.spreads.values().copied())
+    }
+
+    /// Records the server's own count of requests it is processing at time `now`. Readings while requests sent
+    /// at an old level drain are left out, as their answers are: they tell of the old level.
+    pub fn on_busy(&mut self, now: Duration, processing: usize) {
+        if self.settling_until(now) {
+            return;
+        }
+        let most = self.busy.entry(self.level).or_default();
+        *most = (*most).max(processing);
+    }
+
+    /// Whether the server ran no more requests at once at this level than at the level below it: then more in
+    /// flight only waited in its queue, and a higher rate is the client's round trips hidden, or noise.
+    fn busy_did_not_grow(&self) -> bool {
+        let below = self.busy.range(..self.level).next_back().map(|(_, &n)| n);
+        match (self.busy.get(&self.level).copied(), below) {
+            (Some(here), Some(below)) => here > 0 && here <= below,
+            _ => false,
+        }
     }
 
     /// The effective parallelism the server showed, once known: 1 for a serialized server, else the level
-    /// where throughput stopped growing.
+    /// where throughput stopped growing, never more than the server reported processing at once (a level above
+    /// that may be held for hiding the client's round trips, but the server's lanes are its own count).
     pub fn effective_lanes(&self) -> Option<usize> {
         if self.serialized {
             return Some(1);
         }
-        self.held_level()
+        let held = self.held_level()?;
+        Some(self.server_busy_max().map_or(held, |busy| held.min(busy)))
     }
 
     fn held(&self) -> usize {
@@ -362,6 +405,7 @@ impl Controller {
         }
         let m = self.level_measured()?;
         self.measured.insert(self.level, m);
+        self.note_spread();
         self.decide(now, m)
     }
 
@@ -387,6 +431,20 @@ impl Controller {
         self.latencies.clear();
     }
 
+    /// Keeps the spread of the windows the current level was measured on; a held level's windows, many and
+    /// from a long stretch, are drift as much as noise, and a single window shows none.
+    fn note_spread(&mut self) {
+        if matches!(self.state, State::Hold { .. }) || self.windows.len() < 2 {
+            return;
+        }
+        let n = self.windows.len();
+        let rates: Vec<f64> = self.windows.iter().map(|w| w.0).collect();
+        // The windows level_measured used: the last two when they agree, else all of them.
+        let last = &rates[n - 2..];
+        let used = if best::spread(last) <= STEADY_SPREAD { last } else { &rates[..] };
+        self.spreads.insert(self.level, best::spread(used));
+    }
+
     /// The current level's measurement once its windows are steady (or there are enough of them).
     fn level_measured(&self) -> Option<Measured> {
         let n = self.windows.len();
@@ -409,7 +467,7 @@ impl Controller {
         }
         let last = &self.windows[n - need..];
         let (lo, hi) = last.iter().fold((f64::MAX, 0f64), |(lo, hi), w| (lo.min(w.0), hi.max(w.0)));
-        let steady = hi <= lo * 1.10;
+        let steady = hi <= lo * STEADY_RATIO;
         if !steady && n < self.cfg.max_windows {
             return None;
         }
@@ -438,53 +496,9 @@ impl Controller {
     }
 
     fn decide(&mut self, now: Duration, m: Measured) -> Option<Decision> {
-        let band = self.cfg.noise;
+        let band = self.band().fraction();
         match self.state {
-            State::Climb { flat } => {
-                let prev = self.level / 2;
-                let best_before =
-                    self.measured.iter().filter(|(l, _)| **l < self.level).map(|(_, m)| m.rate).fold(0.0, f64::max);
-                // A doubling that gains nothing clear of the noise may still be followed by one that does (a CPU
-                // server can be flat from 1 to 2 in flight and gain at 4 and 8), so stop after two in a row. One
-                // that clearly loses, past a doubling that paid, ends the climb at once: the server is past its
-                // knee, and the next doubling would only queue twice as much.
-                let paid = flat == 0 && self.level > 2;
-                let flat = if paid && best_before > 0.0 && m.rate < best_before * (1.0 - band) {
-                    self.patience
-                } else if best_before > 0.0 && m.rate <= best_before * (1.0 + band) {
-                    flat + 1
-                } else {
-                    0
-                };
-                let next = (self.level * 2).min(self.cap(now));
-                let at_limit = next <= self.level;
-                // Started at the limit (a server's lanes at --max-concurrency): nothing above to try, so go down.
-                let nothing_below = self.measured.range(..self.level).next().is_none();
-                if flat >= self.patience || (at_limit && (flat == 1 || nothing_below)) {
-                    self.check_serialized(m);
-                    if self.serialized {
-                        // One lane: a second request in flight only hides the client's round trip.
-                        let one = self.measured.get(&1).map_or(0.0, |m| m.rate);
-                        let two_pays = self.measured.get(&2).is_some_and(|m| m.rate > one * (1.0 + band));
-                        let level = if two_pays { 2 } else { 1 };
-                        return self.hold(now, level, "the server runs one request at a time".into());
-                    }
-                    return self.start_refine(now);
-                }
-                if at_limit {
-                    return self.hold(now, self.level, format!("at the limit {}", self.level));
-                }
-                let reason = match self.measured.get(&prev).filter(|_| prev < self.level) {
-                    Some(p) => format!(
-                        "{:+.0}% {} from {prev} to {}, trying {next}",
-                        pct(m.rate, p.rate),
-                        self.unit(),
-                        self.level
-                    ),
-                    None => format!("{:.1} {} at {}, trying {next}", m.rate, self.unit(), self.level),
-                };
-                Some(self.set(now, next, State::Climb { flat }, reason))
-            }
+            State::Climb { flat } => self.climb(now, m, flat, band),
             State::Refine { lo, hi, steps } => {
                 let best = self.best_rate();
                 let (lo, hi) = if Band::new(band).within(m.rate, best) { (lo, self.level) } else { (self.level, hi) };
@@ -559,6 +573,56 @@ impl Controller {
         }
     }
 
+    /// A climbing level measured: double again, or end the climb (serialized, refine, or at the limit).
+    fn climb(&mut self, now: Duration, m: Measured, flat: u8, band: f64) -> Option<Decision> {
+        let prev = self.level / 2;
+        let best_before =
+            self.measured.iter().filter(|(l, _)| **l < self.level).map(|(_, m)| m.rate).fold(0.0, f64::max);
+        // A doubling that gains nothing clear of the noise may still be followed by one that does (a CPU
+        // server can be flat from 1 to 2 in flight and gain at 4 and 8), so stop after two in a row. One
+        // that clearly loses, past a doubling that paid, ends the climb at once: the server is past its
+        // knee, and the next doubling would only queue twice as much.
+        let paid = flat == 0 && self.level > 2;
+        // The server ran no more at once than below: only a gain clear of both levels' noise counts.
+        let gained = if self.busy_did_not_grow() {
+            Band::new(band).clearly_above(m.rate, best_before)
+        } else {
+            m.rate > best_before * (1.0 + band)
+        };
+        let flat = if paid && best_before > 0.0 && m.rate < best_before * (1.0 - band) {
+            self.patience
+        } else if best_before > 0.0 && !gained {
+            flat + 1
+        } else {
+            0
+        };
+        let next = (self.level * 2).min(self.cap(now));
+        let at_limit = next <= self.level;
+        // Started at the limit (a server's lanes at --max-concurrency): nothing above to try, so go down.
+        let nothing_below = self.measured.range(..self.level).next().is_none();
+        if flat >= self.patience || (at_limit && (flat == 1 || nothing_below)) {
+            self.check_serialized(m);
+            if self.serialized {
+                // One lane: a second request in flight only hides the client's round trip.
+                let one = self.measured.get(&1).map_or(0.0, |m| m.rate);
+                let two_pays = self.measured.get(&2).is_some_and(|m| m.rate > one * (1.0 + band));
+                let level = if two_pays { 2 } else { 1 };
+                return self.hold(now, level, "the server runs one request at a time".into());
+            }
+            return self.start_refine(now);
+        }
+        if at_limit {
+            return self.hold(now, self.level, format!("at the limit {}", self.level));
+        }
+        let reason = match self.measured.get(&prev).filter(|_| prev < self.level) {
+            Some(p) => {
+                format!("{:+.0}% {} from {prev} to {}, trying {next}", pct(m.rate, p.rate), self.unit(), self.level)
+            }
+            None => format!("{:.1} {} at {}, trying {next}", m.rate, self.unit(), self.level),
+        };
+        Some(self.set(now, next, State::Climb { flat }, reason))
+    }
+
     fn best_rate(&self) -> f64 {
         self.measured.values().map(|m| m.rate).fold(0.0, f64::max)
     }
@@ -587,7 +651,7 @@ impl Controller {
                 "{} {} at {hi} is within {:.0}% of the best measured ({:.1})",
                 self.measured.get(&hi).map(|m| format!("{:.1}", m.rate)).unwrap_or_default(),
                 self.unit(),
-                self.cfg.noise * 100.0,
+                self.band().fraction() * 100.0,
                 best
             );
             return self.hold(now, hi, reason);
@@ -621,6 +685,8 @@ impl Controller {
         let to = (from * 3 / 4).max(self.cfg.min);
         self.ceiling = Some((from, now + self.cfg.ceiling_ttl));
         self.measured.retain(|&l, _| l < from);
+        self.busy.retain(|&l, _| l < from);
+        self.spreads.retain(|&l, _| l < from);
         let reason = format!("{why}: cut by a quarter, staying below {from} for {}s", self.cfg.ceiling_ttl.as_secs());
         self.set(now, to, State::Hold { windows: 0, up_next: false, gap: self.cfg.probe_every }, reason)
     }
@@ -629,13 +695,16 @@ impl Controller {
     fn check_serialized(&mut self, top: Measured) {
         let Some(one) = self.measured.get(&1).copied() else { return };
         let at = |level: usize, m: Measured| best::Measured { level, rate: m.rate, latency: m.latency.as_secs_f64() };
-        if self.serialized || !best::serialized(at(1, one), self.best_rate(), at(self.level, top)) {
+        let busy = self.server_busy_max();
+        if self.serialized || !best::serialized_with(at(1, one), self.best_rate(), at(self.level, top), busy) {
             return;
         }
         self.serialized = true;
+        let never_two =
+            if busy == Some(1) { "; the server never reported more than one request processing" } else { "" };
         self.notes.push(format!(
             "the server runs one request at a time: {:.1} {unit} at 1 in flight and {:.1} at {}, while latency \
-             grew from {} ms to {} ms",
+             grew from {} ms to {} ms{never_two}",
             one.rate,
             top.rate,
             self.level,
@@ -645,6 +714,11 @@ impl Controller {
         ));
     }
 }
+
+/// The last two windows of a level agree when the higher is at most this many times the lower.
+const STEADY_RATIO: f64 = 1.10;
+/// [`STEADY_RATIO`] as a [`best::spread`]: `(r - 1) / (r + 1)`.
+const STEADY_SPREAD: f64 = (STEADY_RATIO - 1.0) / (STEADY_RATIO + 1.0);
 
 fn pct(a: f64, b: f64) -> f64 {
     (a / b - 1.0) * 100.0

@@ -9,13 +9,24 @@ struct Synth {
     rate: Box<dyn Fn(usize, f64, u64) -> f64>,
     backpressure: Box<dyn Fn(usize) -> f64>,
     noise: f64,
+    /// The busy count the server reports at a level (sampled every [`BUSY_EVERY`] s); `None`: it reports none.
+    busy: Box<dyn Fn(usize) -> Option<usize>>,
 }
 
 impl Synth {
     fn new(rate: impl Fn(usize, f64, u64) -> f64 + 'static) -> Synth {
-        Synth { rate: Box::new(rate), backpressure: Box::new(|_| 0.0), noise: 0.0 }
+        Synth { rate: Box::new(rate), backpressure: Box::new(|_| 0.0), noise: 0.0, busy: Box::new(|_| None) }
+    }
+
+    /// This server, reporting `slots` busy whenever that many or more are in flight (llama-server `/slots`).
+    fn reporting_slots(mut self, slots: usize) -> Synth {
+        self.busy = Box::new(move |level| Some(level.min(slots)));
+        self
     }
 }
+
+/// Seconds between busy readings, as the run samples them.
+const BUSY_EVERY: f64 = 0.25;
 
 struct Trace {
     /// (time s, level) after every decision.
@@ -37,6 +48,7 @@ fn drive_from(mut c: Controller, synth: &Synth, seconds: f64) -> Trace {
     let (mut t, mut acc, mut done) = (0.0f64, 0.0f64, 0u64);
     let mut factor = 1.0;
     let mut next_noise = 0.0;
+    let mut next_busy = 0.0;
     let mut trace =
         Trace { levels: vec![(0.0, c.level())], decisions: vec![], notes: vec![], final_level: 0, late_mean: 0.0 };
     let mut weighted = 0.0;
@@ -65,6 +77,12 @@ fn drive_from(mut c: Controller, synth: &Synth, seconds: f64) -> Trace {
             if let Some(d) = c.on_sample(now, Sample { tokens: 64, latency, outcome }) {
                 trace.levels.push((t, d.to));
                 trace.decisions.push(d);
+            }
+        }
+        if t >= next_busy {
+            next_busy = t + BUSY_EVERY;
+            if let Some(n) = (synth.busy)(level) {
+                c.on_busy(now, n);
             }
         }
         if let Some(d) = c.tick(now, level) {
@@ -218,4 +236,78 @@ fn a_doubling_that_clearly_loses_ends_the_climb() {
     let highest = trace.levels.iter().map(|(_, l)| *l).max().unwrap();
     assert_eq!(highest, 64, "{:?}", trace.decisions);
     assert!((24..=32).contains(&trace.final_level), "{} {:?}", trace.final_level, trace.decisions);
+}
+
+/// Flat from 1 to `top` in flight (the one slot is always busy), 7.6 jobs/s give or take the synth's noise.
+fn one_slot(level: usize, _: f64, _: u64) -> f64 {
+    // One request in flight leaves the slot idle for the client's round trip; two or more keep it fed.
+    if level == 1 {
+        7.2
+    } else {
+        7.6
+    }
+}
+
+#[test]
+fn a_one_slot_server_reporting_busy_1_is_held_at_most_2_and_called_serialized_through_noise() {
+    // The test bed's `-np 1 -t 2` on two shared cores: windows move ±15%, three times the fixed band, so noise
+    // alone reads as a gain now and then; the server's /slots says one request at a time throughout.
+    let mut synth = Synth::new(one_slot).reporting_slots(1);
+    synth.noise = 0.15;
+    let cfg = ControllerConfig { max: 16, ..Default::default() };
+    let trace = drive(cfg, &synth, 300.0);
+    assert!(trace.final_level <= 2, "{} {:?}", trace.final_level, trace.decisions);
+    assert!(trace.late_mean <= 2.5, "not held above the slot: mean {}", trace.late_mean);
+    assert_eq!(trace.notes.len(), 1, "said once: {:?}", trace.notes);
+    assert!(trace.notes[0].contains("one request at a time"), "{:?}", trace.notes);
+}
+
+#[test]
+fn an_8_slot_server_reporting_busy_8_holds_8_when_16_is_within_the_noise() {
+    // 16 in flight measures 7% above 8 (the client's round trips hidden, or noise): beyond the fixed band, so
+    // without the server's count the climb would go on and the best be 16; the server never ran more than 8,
+    // and 7% is not clear of both levels' noise.
+    let shape = |level: usize, _: f64, _: u64| 2.0 * level.min(8) as f64 * if level > 8 { 1.07 } else { 1.0 };
+    let synth = Synth::new(shape).reporting_slots(8);
+    let c = Controller::for_lanes(ControllerConfig::default(), Duration::ZERO, Some(8));
+    let trace = drive_from(c, &synth, 300.0);
+    assert_eq!(trace.final_level, 8, "{:?}", trace.decisions);
+    assert!(trace.notes.is_empty(), "not serialized: {:?}", trace.notes);
+    let unguided = drive_from(
+        Controller::for_lanes(ControllerConfig::default(), Duration::ZERO, Some(8)),
+        &Synth::new(shape),
+        300.0,
+    );
+    assert!(unguided.final_level > 8, "the server's count is what holds 8: {:?}", unguided.decisions);
+}
+
+#[test]
+fn a_server_reporting_busy_8_may_be_held_above_8_when_more_is_clearly_faster() {
+    // Its 8 slots are all it runs, but each doubling to 32 gains 20% (requests queued server-side start the
+    // moment a slot frees, hiding the client's round trips): clearly beyond the noise, so the cap gives way.
+    let shape = |level: usize, _: f64, _: u64| match level {
+        0..=8 => 2.0 * level as f64,
+        9..=16 => 16.0 * 1.2,
+        _ => 16.0 * 1.44,
+    };
+    let synth = Synth::new(shape).reporting_slots(8);
+    let c = Controller::for_lanes(ControllerConfig::default(), Duration::ZERO, Some(8));
+    let trace = drive_from(c, &synth, 300.0);
+    assert!((17..=48).contains(&trace.final_level), "{} {:?}", trace.final_level, trace.decisions);
+}
+
+#[test]
+fn a_one_slot_server_is_called_serialized_by_its_count_when_the_rates_are_not_flat() {
+    // A fast one-slot server behind a slow client: at 1 in flight the slot idles through each round trip, so 2
+    // in flight runs 1.7× faster and the rates alone do not look flat; /slots still never shows two at once.
+    let shape = |level: usize, _: f64, _: u64| if level == 1 { 4.5 } else { 7.6 };
+    let mut synth = Synth::new(shape).reporting_slots(1);
+    synth.noise = 0.10;
+    let trace = drive(ControllerConfig::default(), &synth, 300.0);
+    assert!(trace.final_level <= 2, "{} {:?}", trace.final_level, trace.decisions);
+    assert_eq!(trace.notes.len(), 1, "said once: {:?}", trace.notes);
+    assert!(trace.notes[0].contains("never reported more than one"), "{:?}", trace.notes);
+    let mut unguided = Synth::new(shape);
+    unguided.noise = 0.10;
+    assert!(drive(ControllerConfig::default(), &unguided, 300.0).notes.is_empty(), "without the count: not seen");
 }

@@ -1,14 +1,16 @@
 //! The controller's task: the one owner of the [`Controller`]. It receives a [`Sample`] for every finished
-//! attempt, ticks on a clock it is given, applies decisions to the [`Limiter`], logs each with its reason, and
-//! publishes its state for the progress display and the summary.
+//! attempt and, where the server counts its busy lanes, the readings of a [`BusySampler`]; ticks on a clock it
+//! is given, applies decisions to the [`Limiter`], logs each with its reason, and publishes its state for the
+//! progress display and the summary.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
 use tokio::task::JoinHandle;
 
 use super::{Controller, Limiter, Sample};
+use crate::backend::BusySampler;
 
 /// Where the controller reads time from (tests give it synthetic time through the core's arguments).
 pub trait Clock: Send + Sync {
@@ -55,6 +57,8 @@ pub struct TuneStatus {
     pub max_tried: usize,
     /// Level changes so far.
     pub changes: u64,
+    /// The most requests the server reported processing at once, where it reports a count.
+    pub busy_max: Option<usize>,
 }
 
 /// A running controller task.
@@ -75,12 +79,29 @@ impl TuneHandle {
 
 /// Starts the controller task: `samples` feed it, `limiter` obeys it.
 pub fn spawn_controller(
-    mut controller: Controller,
+    controller: Controller,
     limiter: Limiter,
-    mut samples: UnboundedReceiver<Sample>,
+    samples: UnboundedReceiver<Sample>,
     clock: Arc<dyn Clock>,
     fix: String,
 ) -> TuneHandle {
+    spawn_controller_with(controller, limiter, samples, None, clock, fix)
+}
+
+/// [`spawn_controller`], with the server's busy count sampled by `busy` (where it reports one) fed to
+/// [`Controller::on_busy`]; the sampler stops with the controller.
+pub fn spawn_controller_with(
+    mut controller: Controller,
+    limiter: Limiter,
+    mut samples: UnboundedReceiver<Sample>,
+    busy: Option<BusySampler>,
+    clock: Arc<dyn Clock>,
+    fix: String,
+) -> TuneHandle {
+    let (mut readings, sampler) = match busy.map(BusySampler::spawn) {
+        Some((rx, task)) => (Some(rx), Some(task)),
+        None => (None, None),
+    };
     let status = Arc::new(Mutex::new(TuneStatus { phase: controller.phase().name(), ..Default::default() }));
     let shared = status.clone();
     limiter.set_limit(controller.level());
@@ -95,6 +116,14 @@ pub fn spawn_controller(
                     None => break,
                 },
                 _ = tick.tick() => controller.tick(clock.now(), limiter.in_flight()),
+                n = next_reading(&mut readings) => {
+                    match n {
+                        Some(n) => controller.on_busy(clock.now(), n),
+                        // The server reports no count (or stopped answering): the controller goes on without.
+                        None => readings = None,
+                    }
+                    None
+                }
             };
             if let Some(d) = decision {
                 tracing::info!("concurrency {} → {}: {}", d.from, d.to, d.reason);
@@ -113,8 +142,20 @@ pub fn spawn_controller(
             st.lanes = controller.effective_lanes();
             st.max_tried = max_tried;
             st.changes = changes;
+            st.busy_max = controller.server_busy_max();
             st.notes.extend(notes.into_iter().map(|n| format!("{n}. {fix}")));
+        }
+        if let Some(task) = sampler {
+            task.abort();
         }
     });
     TuneHandle { status, task }
+}
+
+/// The next busy reading, or never when there is no sampler (so `select!` waits on the other inputs).
+async fn next_reading(readings: &mut Option<Receiver<usize>>) -> Option<usize> {
+    match readings {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }

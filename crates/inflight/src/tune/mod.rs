@@ -8,6 +8,6 @@ mod limiter;
 mod window;
 
 pub use controller::{Controller, ControllerConfig, Decision, Phase, Sample, SampleOutcome};
-pub use driver::{spawn_controller, Clock, SystemClock, TuneHandle, TuneStatus};
+pub use driver::{spawn_controller, spawn_controller_with, Clock, SystemClock, TuneHandle, TuneStatus};
 pub use limiter::{Limiter, Permit};
 pub use window::RateWindow;

@@ -1,5 +1,6 @@
-//! Plain HTTP for doctor's questions to the server: short GETs of its self-description, and raw Ollama
-//! requests whose answers doctor needs whole (`load_duration`), outside the backends' translation.
+//! Plain HTTP for questions to the server outside the backends' translation: short GETs of what it says about
+//! itself (doctor's facts, the busy-count sampler of [`super::busy`]), and raw Ollama requests whose answers
+//! doctor needs whole (`load_duration`).
 
 use std::time::Duration;
 
