@@ -121,7 +121,7 @@ async fn run(src: ProgressSource, stop: CancellationToken) {
         let eta = (rate > 0.0).then(|| Duration::from_secs_f64(src.total.saturating_sub(finished) as f64 / rate));
         let state = if src.health.is_paused() { " PAUSED: server unreachable, probing" } else { "" };
         let tuning = match &src.tune {
-            Some(t) => format!(" (auto: {})", t.lock().map(|t| t.phase).unwrap_or("?")),
+            Some(t) => format!(" (auto: {})", t.lock().map(|t| t.phase.name()).unwrap_or("?")),
             None => String::new(),
         };
         let flight = match (&src.detail, &src.limiter) {

@@ -106,9 +106,10 @@ pub struct Decision {
 }
 
 /// What the controller is doing, for the progress display.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Phase {
     /// Doubling while it pays.
+    #[default]
     Climbing,
     /// Searching between the last two levels.
     Refining,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
 use tokio::task::JoinHandle;
 
-use super::{Controller, Limiter, Sample};
+use super::{Controller, Limiter, Phase, Sample};
 use crate::backend::BusySampler;
 
 /// Where the controller reads time from (tests give it synthetic time through the core's arguments).
@@ -43,8 +43,8 @@ impl Clock for SystemClock {
 /// What the controller is doing, shared with the display.
 #[derive(Debug, Clone, Default)]
 pub struct TuneStatus {
-    /// `climbing`, `refining`, `holding`, `probing`; empty for a fixed level.
-    pub phase: &'static str,
+    /// What the controller is doing (`climbing`, `refining`, `holding`, `probing`).
+    pub phase: Phase,
     /// The level held once known.
     pub held: Option<usize>,
     /// The smallest level within the noise of the best measured so far, once anything is measured.
@@ -102,7 +102,7 @@ pub fn spawn_controller_with(
         Some((rx, task)) => (Some(rx), Some(task)),
         None => (None, None),
     };
-    let status = Arc::new(Mutex::new(TuneStatus { phase: controller.phase().name(), ..Default::default() }));
+    let status = Arc::new(Mutex::new(TuneStatus { phase: controller.phase(), ..Default::default() }));
     let shared = status.clone();
     limiter.set_limit(controller.level());
     let task = tokio::spawn(async move {
@@ -136,7 +136,7 @@ pub fn spawn_controller_with(
                 tracing::warn!("{note}. {fix}");
             }
             let mut st = shared.lock().expect("tune status lock");
-            st.phase = controller.phase().name();
+            st.phase = controller.phase();
             st.held = controller.held_level();
             st.best = controller.best_level();
             st.lanes = controller.effective_lanes();

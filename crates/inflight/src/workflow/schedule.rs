@@ -372,7 +372,7 @@ impl ServerLoop {
             .iter()
             .map(|g| {
                 let st: Option<TuneStatus> = g.tune.as_ref().and_then(|t| t.status.lock().ok().map(|s| s.clone()));
-                let phase = st.as_ref().map(|s| s.phase).unwrap_or("fixed");
+                let phase = st.as_ref().map(|s| s.phase.name()).unwrap_or("fixed");
                 (g.model.clone(), st.and_then(|s| s.held).unwrap_or(g.limiter.limit()), phase)
             })
             .collect();
