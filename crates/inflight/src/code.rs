@@ -57,6 +57,8 @@ pub enum ErrorCode {
     ServerError,
     /// Another HTTP 4xx.
     ClientError,
+    /// The job needs more tokens (prompt plus `max_tokens`) than the engine's context holds.
+    ContextLengthExceeded,
     // The run's own verdicts.
     /// A workflow step's answers kept failing its JSON Schema.
     InvalidOutput,
@@ -66,7 +68,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidUtf8,
         ErrorCode::NotAnObject,
@@ -91,6 +93,7 @@ impl ErrorCode {
         ErrorCode::Busy,
         ErrorCode::ServerError,
         ErrorCode::ClientError,
+        ErrorCode::ContextLengthExceeded,
         ErrorCode::InvalidOutput,
         ErrorCode::AttemptsExhausted,
     ];
@@ -122,6 +125,7 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::ServerError => "server_error",
             ErrorCode::ClientError => "client_error",
+            ErrorCode::ContextLengthExceeded => "context_length_exceeded",
             ErrorCode::InvalidOutput => "invalid_output",
             ErrorCode::AttemptsExhausted => "attempts_exhausted",
         }

@@ -12,11 +12,26 @@ use crate::util::*;
 /// One real server at a time: on a 2-core machine two at once would slow each other, and measure each other.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// A turn on the machine for a test that runs a real model (a server or the engine).
+pub fn turn() -> MutexGuard<'static, ()> {
+    // A test that failed while holding the lock leaves nothing behind that matters: its server is killed.
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The test bed's model file (`scripts/testbed.sh setup`, cached after the first call).
+pub fn testbed_model() -> PathBuf {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/testbed.sh");
+    let out = Command::new("bash").arg(script).arg("setup").output().expect("testbed.sh runs");
+    assert!(out.status.success(), "testbed.sh setup failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8(out.stdout).unwrap();
+    PathBuf::from(line.split_whitespace().nth(1).expect("SERVER MODEL"))
+}
+
 /// A llama-server started by the test bed, killed on drop.
 pub struct LlamaServer {
     pub url: String,
     pid: u32,
-    _turn: MutexGuard<'static, ()>,
+    turn: Option<MutexGuard<'static, ()>>,
 }
 
 impl LlamaServer {
@@ -26,20 +41,28 @@ impl LlamaServer {
 
     /// `mode` is `start` (one model) or `router` (two model copies, one loaded at a time).
     pub fn start_mode(mode: &str, args: &[&str]) -> LlamaServer {
-        // A test that failed while holding the lock leaves nothing behind that matters: its server is killed.
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let turn = turn();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/testbed.sh");
         let out = Command::new("bash").arg(script).arg(mode).args(args).output().expect("testbed.sh runs");
         assert!(out.status.success(), "testbed.sh start failed:\n{}", String::from_utf8_lossy(&out.stderr));
         let line = String::from_utf8(out.stdout).unwrap();
         let (url, pid) = line.trim().split_once(' ').expect("URL PID");
-        LlamaServer { url: url.to_owned(), pid: pid.parse().unwrap(), _turn: turn }
+        LlamaServer { url: url.to_owned(), pid: pid.parse().unwrap(), turn: Some(turn) }
+    }
+
+    /// Stops the server but keeps the machine's turn (for a test that goes on with the engine).
+    pub fn stop(mut self) -> MutexGuard<'static, ()> {
+        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+        self.pid = 0;
+        self.turn.take().expect("held until dropped")
     }
 }
 
 impl Drop for LlamaServer {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+        if self.pid != 0 {
+            let _ = Command::new("kill").arg(self.pid.to_string()).status();
+        }
     }
 }
 

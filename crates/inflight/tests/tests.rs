@@ -16,6 +16,9 @@ mod bench;
 mod crash;
 /// `inflight doctor`: verdicts against the simulator, and against the real llama-server (ignored).
 mod doctor;
+/// The embedded engine on the test bed's model: llama-server's answers, embeddings, context, prefix, resume.
+#[cfg(feature = "engine")]
+mod engine;
 /// Transient faults are retried to success; permanent ones fail at once; outages pause the run.
 mod faults;
 /// The Ollama API, against the simulator's Ollama-compatible mode.

@@ -31,6 +31,15 @@ pub enum BackendError {
     /// A 2xx answer whose body is not the JSON we expect (truncated, or not JSON).
     #[error("malformed answer: {0}")]
     Malformed(String),
+    /// The backend refused the request itself, before decoding anything (the embedded engine: the job does
+    /// not fit its context, or asks what the model cannot do). The request's own fault: never retried.
+    #[error("{message}")]
+    Refused {
+        /// The record's code.
+        code: ErrorCode,
+        /// What is wrong, with the numbers.
+        message: String,
+    },
 }
 
 impl BackendError {
@@ -41,6 +50,7 @@ impl BackendError {
             BackendError::Reset(_) => ErrorCode::Reset,
             BackendError::Timeout(_) => ErrorCode::Timeout,
             BackendError::Malformed(_) => ErrorCode::Malformed,
+            BackendError::Refused { code, .. } => *code,
             BackendError::Status { status, .. } => match status {
                 400 => ErrorCode::BadRequest,
                 401 | 403 => ErrorCode::Unauthorized,
@@ -67,6 +77,7 @@ impl BackendError {
     pub fn is_retryable(&self) -> bool {
         match self {
             BackendError::Status { status, .. } => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
+            BackendError::Refused { .. } => false,
             _ => true,
         }
     }
@@ -122,5 +133,8 @@ mod tests {
         assert!(BackendError::Connect("x".into()).is_unreachable());
         assert!(!BackendError::Timeout(Duration::from_secs(1)).is_unreachable());
         assert_eq!(status(404).kind(), "not_found");
+        let refused = BackendError::Refused { code: ErrorCode::ContextLengthExceeded, message: "x".into() };
+        assert!(!refused.is_retryable() && !refused.is_unreachable());
+        assert_eq!(refused.kind(), "context_length_exceeded");
     }
 }

@@ -72,6 +72,12 @@ impl ServerKind {
                     "set \"Max Concurrent Predictions\" to {n} in LM Studio's model load settings, and reload the model"
                 ),
             ),
+            ServerKind::Engine { .. } => one(
+                "--engine-sequences",
+                &["--engine-sequences"],
+                n * 4,
+                format!("inflight run ... --engine-sequences {}", n * 4),
+            ),
             ServerKind::Unknown => LaneFix {
                 settings: Vec::new(),
                 line: format!(
@@ -93,7 +99,7 @@ impl ServerKind {
                  among the slots, so -c must grow with them for each request to keep its context)"
             ),
             ServerKind::Vllm => format!("Fix: raise vLLM's `--max-num-seqs`, e.g. `{line}`"),
-            ServerKind::LmStudio | ServerKind::Unknown => format!("Fix: {line}"),
+            ServerKind::LmStudio | ServerKind::Unknown | ServerKind::Engine { .. } => format!("Fix: {line}"),
         }
     }
 }

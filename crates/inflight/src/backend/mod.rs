@@ -5,6 +5,8 @@
 
 mod busy;
 mod detect;
+#[cfg(feature = "engine")]
+mod engine;
 mod error;
 mod getter;
 mod http;
@@ -16,6 +18,8 @@ mod stream;
 pub use busy::{metric, BusyCount, BusySampler};
 pub(crate) use detect::normalize;
 pub use detect::{connect, ConnectError, ConnectOptions, Connection, DEFAULT_PORTS};
+#[cfg(feature = "engine")]
+pub use engine::{EngineBackend, EngineOptions};
 pub use error::BackendError;
 pub use getter::Getter;
 pub use lanes::{LaneFix, LaneSetting, LLAMA_CONTEXT, LLAMA_SLOTS, SUGGESTED_LANES};
@@ -82,12 +86,25 @@ pub enum ServerKind {
     Vllm,
     /// LM Studio.
     LmStudio,
+    /// inflight's embedded llama.cpp engine (`--engine`), with the sequences it can decode together.
+    Engine {
+        /// Sequences that can decode together.
+        sequences: usize,
+    },
     /// An OpenAI-compatible server we cannot tell apart.
     #[default]
     Unknown,
 }
 
 impl ServerKind {
+    /// The most requests worth sending at once, where more could only queue: the engine's sequences.
+    pub fn capacity(self) -> Option<usize> {
+        match self {
+            ServerKind::Engine { sequences } => Some(sequences),
+            _ => None,
+        }
+    }
+
     /// The requests the server says it runs at once, where it says so (llama-server's slots).
     pub fn lanes(self) -> Option<usize> {
         match self {

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::common::{setup_error, Exit, ServerArgs};
+use super::common::{Exit, ServerArgs};
+use super::engine::{self, EngineArgs};
 use super::jobs::JobArgs;
 use super::parse;
-use crate::backend::{connect, ConnectOptions, OllamaBackend};
+use crate::backend::{ConnectOptions, OllamaBackend};
 use crate::bench::{csv, svg_chart, sweep, table, BenchReport, LevelRule, Request, SweepConfig};
 use crate::job::{Parser, RequestDefaults};
 
@@ -22,6 +23,9 @@ pub struct BenchArgs {
     /// Which server, and how to talk to it.
     #[command(flatten)]
     pub conn: ServerArgs,
+    /// Or no server: the embedded engine on a GGUF file (the sweep's levels are its sequences).
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Model to benchmark.
     #[arg(short, long)]
     pub model: Option<String>,
@@ -83,7 +87,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Exit> {
     };
     // The jobs file first: a missing file or a bad template is refused before the server is contacted.
     let (requests, workload) = workload(&args)?;
-    let conn = connect(args.conn.single()?, args.conn.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
+    let (conn, _engine) = engine::open(&args.conn, &args.engine, &opts, args.max_concurrency as u64).await?;
     let cfg = SweepConfig {
         batch_sizes: args.batch_sizes.iter().map(|&b| b.max(1)).collect(),
         levels: args.levels.clone(),

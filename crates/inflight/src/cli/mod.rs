@@ -3,6 +3,7 @@
 mod bench;
 mod common;
 mod doctor;
+mod engine;
 mod export;
 mod jobs;
 mod parse;

@@ -7,10 +7,11 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::common::{setup_error, CommandError, Exit};
+use super::engine;
 use super::parse::Concurrency;
 use super::run_args::RunArgs;
 use super::session::{Identity, Locked, Ran};
-use crate::backend::{connect, Api, BusySampler, Connection};
+use crate::backend::{Api, BusySampler, Connection};
 use crate::dispatch::{dispatch, DispatchConfig, Ending, Verdict, Wiring};
 use crate::job::{Entry, Parser, RequestDefaults};
 use crate::live::Health;
@@ -39,11 +40,14 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
     }
     let locked = Locked::new(&args)?;
     let opts = args.connect_options();
-    let conn = connect(args.conn.single()?, args.conn.api, &opts).await.map_err(|e| setup_error(e.to_string()))?;
+    let (conn, engine) = engine::open(&args.conn, &args.engine, &opts, args.max_concurrency).await?;
     check_model(&args, &conn)?;
     tracing::info!(server = conn.backend.url(), "{}", conn.info.description);
     let fingerprint = parser.fingerprint();
     let session = locked.open(&args, Identity::Settings(&fingerprint), &parser, args.format).await?;
+    if let Some(engine) = &engine {
+        engine::plan(engine, &session.reader)?;
+    }
 
     let health = Health::new(conn.backend.clone(), session.stop.clone());
     let (limiter, samples, tune) = concurrency(&args, &conn);
@@ -81,7 +85,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
     let finished = session.finish_writer()?;
     let ending = ending?;
     let concurrency = concurrency_report(tuned, limiter.limit(), conn.info.kind.lanes());
-    let ran = Ran { wall, steps: Vec::new(), concurrency: Some(concurrency), workflow: None };
+    let engine = engine.as_ref().map(engine::report);
+    let ran = Ran { wall, steps: Vec::new(), concurrency: Some(concurrency), workflow: None, engine };
     finished.conclude(ran, |summary| outcome(ending, summary))
 }
 
@@ -92,7 +97,12 @@ fn concurrency(args: &RunArgs, conn: &Connection) -> (Limiter, Option<UnboundedS
         Concurrency::Auto => {
             let limiter = Limiter::new(1);
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let cfg = ControllerConfig { max: args.max_concurrency as usize, ..Default::default() };
+            let max = conn
+                .info
+                .kind
+                .capacity()
+                .map_or(args.max_concurrency as usize, |c| c.min(args.max_concurrency as usize));
+            let cfg = ControllerConfig { max, ..Default::default() };
             let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
             let controller = Controller::for_lanes(cfg, clock.now(), conn.info.kind.lanes());
             let (kind, api_key) = (conn.info.kind, args.conn.api_key.as_deref());

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::common::ServerArgs;
+use super::engine::EngineArgs;
 use super::jobs::JobArgs;
 use super::parse;
 use crate::backend::{ConnectOptions, OllamaBackend};
@@ -26,6 +27,9 @@ pub struct RunArgs {
     /// Which server, and how to talk to it.
     #[command(flatten)]
     pub conn: ServerArgs,
+    /// Or no server: the embedded engine on a GGUF file.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Model for lines that name none.
     #[arg(short, long)]
     pub model: Option<String>,

@@ -16,7 +16,9 @@ use super::state::{default_state_path, lock, remove_state, RunLock};
 use crate::job::Parser;
 use crate::live::LiveStats;
 use crate::output::{errors_path, Format, OutputFiles};
-use crate::report::{ConcurrencyReport, ExitReport, FilesReport, RunSummary, Summary, SummaryInput, WorkflowReport};
+use crate::report::{
+    ConcurrencyReport, EngineReport, ExitReport, FilesReport, RunSummary, Summary, SummaryInput, WorkflowReport,
+};
 use crate::store::{Counts, StepCount, Store, WriteMsg, Writer, WriterHandle};
 
 /// What identifies a run, besides its input: a state begun one way refuses to go on another.
@@ -110,6 +112,8 @@ pub(super) struct Ran {
     pub concurrency: Option<ConcurrencyReport>,
     /// A workflow run's servers and models.
     pub workflow: Option<WorkflowReport>,
+    /// What the embedded engine chose and measured (`--engine` runs).
+    pub engine: Option<EngineReport>,
 }
 
 impl Session {
@@ -172,7 +176,14 @@ impl Finished {
             errors: errors_path(&self.out).display().to_string(),
             state: self.state.display().to_string(),
         };
-        let report = RunSummary { summary, concurrency: ran.concurrency, workflow: ran.workflow, files, exit };
+        let report = RunSummary {
+            engine: ran.engine,
+            summary,
+            concurrency: ran.concurrency,
+            workflow: ran.workflow,
+            files,
+            exit,
+        };
         if self.json {
             eprintln!("{}", report.render());
             println!("{}", serde_json::to_string(&report)?);

@@ -85,6 +85,7 @@ fn kind_name<S: Serializer>(kind: &ServerKind, s: S) -> Result<S::Ok, S::Error> 
         ServerKind::Vllm => "vllm",
         ServerKind::LmStudio => "lm-studio",
         ServerKind::Unknown => "unknown",
+        ServerKind::Engine { .. } => "engine",
     })
 }
 
@@ -128,7 +129,7 @@ pub async fn gather(conn: &Connection, api_key: Option<&str>) -> ServerFacts {
             });
         }
         ServerKind::Ollama => f.loaded = loaded_models(&get).await,
-        ServerKind::LmStudio | ServerKind::Unknown => {}
+        ServerKind::LmStudio | ServerKind::Unknown | ServerKind::Engine { .. } => {}
     }
     if let Some(p) = f.process.clone() {
         settings_from_process(&mut f, &p);
@@ -145,7 +146,7 @@ pub fn runs(kind: ServerKind, p: &ProcessFacts) -> bool {
         ServerKind::Ollama => &["ollama"],
         ServerKind::Vllm => &["vllm"],
         ServerKind::LmStudio => &["lm-studio", "lmstudio", "lm studio"],
-        ServerKind::Unknown => &[],
+        ServerKind::Unknown | ServerKind::Engine { .. } => &[],
     };
     words.into_iter().any(|w| names.iter().any(|n| w.contains(n)))
 }
@@ -172,7 +173,7 @@ pub fn settings_from_process(f: &mut ServerFacts, p: &ProcessFacts) {
             f.context_per_lane = number(&[], "OLLAMA_CONTEXT_LENGTH");
         }
         ServerKind::Vllm => f.lanes = number(&["--max-num-seqs"], "VLLM_MAX_NUM_SEQS"),
-        ServerKind::LmStudio | ServerKind::Unknown => {}
+        ServerKind::LmStudio | ServerKind::Unknown | ServerKind::Engine { .. } => {}
     }
 }
 

@@ -7,7 +7,7 @@ mod summary;
 
 pub use progress::{format_duration, spawn_progress, Display, ProgressHandle, ProgressSource};
 pub use run_summary::{
-    ConcurrencyMode, ConcurrencyReport, ExitReport, FilesReport, ModelConcurrency, RunSummary, ServerReport,
-    WorkflowReport,
+    ConcurrencyMode, ConcurrencyReport, EngineReport, ExitReport, FilesReport, ModelConcurrency, RunSummary,
+    ServerReport, ThreadRateReport, WorkflowReport,
 };
 pub use summary::{Summary, SummaryInput};

@@ -12,6 +12,8 @@ use super::Summary;
 /// The end of a run, as text ([`RunSummary::render`]) or JSON (`serde`).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
+    /// What the embedded engine chose and measured; `None` for a server run.
+    pub engine: Option<EngineReport>,
     /// Counts, time, rates, latency, tokens and per-step counts (the object `inflight status --json` prints).
     pub summary: Summary,
     /// The concurrency of a one-step run; `None` for a workflow, whose models each have their own.
@@ -57,6 +59,88 @@ pub struct ConcurrencyReport {
     pub server_busy_max: Option<usize>,
     /// Auto's messages for the user, such as that the server runs one request at a time, with its fix.
     pub notes: Vec<String>,
+}
+
+/// What the embedded engine (`--engine`) chose and measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EngineReport {
+    /// Decode threads in use.
+    pub threads: usize,
+    /// The physical cores seen: the ceiling for `threads`.
+    pub physical_cores: usize,
+    /// Each thread count measured at start (empty when fixed).
+    pub thread_rates: Vec<ThreadRateReport>,
+    /// Sequences that can decode together.
+    pub sequences: usize,
+    /// The most sequences one decode call carried.
+    pub max_batch_sequences: usize,
+    /// Tokens per decode call.
+    pub batch: u32,
+    /// KV cache cells shared by the sequences.
+    pub kv_tokens: u32,
+    /// The most tokens one job may use.
+    pub context: u32,
+    /// Layers on a GPU.
+    pub gpu_layers: u32,
+    /// Jobs the engine answered in this session.
+    pub jobs: u64,
+    /// Tokens of the longest shared prompt prefix it found.
+    pub prefix_tokens: u32,
+    /// Prompt tokens computed.
+    pub prefill_tokens: u64,
+    /// Prompt tokens copied from the shared prefix instead of computed.
+    pub prefix_saved_tokens: u64,
+    /// Tokens generated.
+    pub decode_tokens: u64,
+    /// Tokens embedded.
+    pub embed_tokens: u64,
+    /// Seconds in decode calls, the prompt tokens' share.
+    pub prefill_s: f64,
+    /// Seconds in decode calls, the generated tokens' share.
+    pub decode_s: f64,
+    /// Seconds in embedding decode calls.
+    pub embed_s: f64,
+    /// Seconds sampling.
+    pub sampling_s: f64,
+    /// Seconds the engine waited for jobs.
+    pub waiting_s: f64,
+}
+
+/// One measured thread count.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ThreadRateReport {
+    /// Threads.
+    pub threads: usize,
+    /// Tokens per second of the calibration decode call.
+    pub tokens_per_s: f64,
+}
+
+impl EngineReport {
+    /// `engine: 2 threads of 2 physical cores (1: 95 tok/s, 2: 160 tok/s), 24 sequences, batch 512, ...`
+    fn render(&self) -> String {
+        let rates: Vec<String> =
+            self.thread_rates.iter().map(|r| format!("{}: {:.0} tok/s", r.threads, r.tokens_per_s)).collect();
+        let threads = if rates.is_empty() {
+            format!("{} threads (fixed)", self.threads)
+        } else {
+            format!("{} threads of {} physical cores ({})", self.threads, self.physical_cores, rates.join(", "))
+        };
+        let mut s = format!(
+            "\n  engine: {threads}, {} sequences (at most {} decoded together), batch {}, KV cache {} tokens",
+            self.sequences, self.max_batch_sequences, self.batch, self.kv_tokens
+        );
+        if self.prefill_tokens + self.prefix_saved_tokens > 0 {
+            s += &format!(
+                "\n  engine prefill: {} prompt tokens computed, {} copied from a shared prefix ({} tokens)",
+                self.prefill_tokens, self.prefix_saved_tokens, self.prefix_tokens
+            );
+        }
+        s += &format!(
+            "\n  engine time: prefill {:.1}s, decode {:.1}s, embed {:.1}s, sampling {:.1}s, waiting {:.1}s",
+            self.prefill_s, self.decode_s, self.embed_s, self.sampling_s, self.waiting_s
+        );
+        s
+    }
 }
 
 /// A workflow's scheduling, per server.
@@ -127,6 +211,9 @@ impl RunSummary {
         }
         if let Some(w) = &self.workflow {
             s += &w.render();
+        }
+        if let Some(e) = &self.engine {
+            s += &e.render();
         }
         let f = &self.files;
         s += &format!("\n  results: {}  errors: {}  state: {}", f.results, f.errors, f.state);
@@ -204,6 +291,7 @@ mod tests {
 
     fn run_summary(concurrency: Option<ConcurrencyReport>, workflow: Option<WorkflowReport>) -> RunSummary {
         RunSummary {
+            engine: None,
             summary: summary(),
             concurrency,
             workflow,

@@ -1,0 +1,263 @@
+//! The embedded engine (`--engine MODEL.gguf`) on the test bed's model: real llama.cpp decoding in-process.
+//! Answers equal llama-server's at temperature 0, embeddings match its, and the engine's own duties (the
+//! context check, the shared prefix, errors before anything runs, kill -9 and resume) hold. Ignored by a plain
+//! `cargo test` because it needs the test bed; `scripts/test.sh` runs it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::real_server::{testbed_model, turn, LlamaServer};
+use crate::util::*;
+
+const TOPICS: [&str; 20] = [
+    "the sea",
+    "a red apple",
+    "winter mornings",
+    "old trains",
+    "a small dog",
+    "the moon",
+    "city parks",
+    "rainy days",
+    "honey bees",
+    "mountain lakes",
+    "a paper boat",
+    "fresh bread",
+    "the desert",
+    "a quiet library",
+    "autumn leaves",
+    "a lighthouse",
+    "summer storms",
+    "a violin",
+    "green tea",
+    "the night sky",
+];
+
+fn chat_lines() -> Vec<String> {
+    TOPICS
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            json!({"id": format!("q{i}"), "messages": [{"role": "user", "content": format!("Write one sentence about {t}.")}],
+                   "max_tokens": 32, "temperature": 0})
+            .to_string()
+        })
+        .collect()
+}
+
+/// id -> the answer's body.
+fn answers(s: &Scratch) -> HashMap<String, Value> {
+    read_jsonl(&s.out())
+        .into_iter()
+        .map(|r| (r["custom_id"].as_str().unwrap().to_owned(), r["response"]["body"].clone()))
+        .collect()
+}
+
+fn engine_run(s: &Scratch, input: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let model = testbed_model();
+    let mut args =
+        vec!["run", input.to_str().unwrap(), "-o", s.out_arg(), "--engine", model.to_str().unwrap(), "-q", "--json"];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn summary_json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("run --json prints JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn at_temperature_0_the_engine_answers_as_llama_server_does_alone_and_among_16_sequences() {
+    let server = LlamaServer::start(&["-np", "1", "-t", "2", "-c", "4096"]);
+    let reference = Scratch::new();
+    let input = reference.write_lines("jobs.jsonl", chat_lines());
+    let out =
+        run(&["run", input.to_str().unwrap(), "-o", reference.out_arg(), "--server", &server.url, "-q", "-c", "1"]);
+    assert_exit(&out, 0);
+    let _turn = server.stop();
+    let expected = answers(&reference);
+    assert_eq!(expected.len(), 20);
+
+    for (level, sequences) in [("1", "1"), ("16", "16")] {
+        let s = Scratch::new();
+        let out = engine_run(&s, &input, &["-c", level, "--engine-sequences", sequences]);
+        assert_exit(&out, 0);
+        let report = summary_json(&out);
+        assert_matches_schema(&report, "run-summary.schema.json");
+        if level == "16" {
+            assert!(
+                report["engine"]["max_batch_sequences"].as_u64().unwrap() > 1,
+                "sequences decoded together: {report}"
+            );
+        }
+        for (id, want) in &expected {
+            let got = &answers(&s)[id];
+            let text = |b: &Value| b["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+            assert_eq!(text(got), text(want), "{id} at -c {level}: the engine's answer differs from llama-server's");
+            assert_eq!(
+                got["usage"]["prompt_tokens"], want["usage"]["prompt_tokens"],
+                "{id}: same chat template and tokens"
+            );
+            assert_eq!(got["usage"]["completion_tokens"], want["usage"]["completion_tokens"], "{id}");
+            assert_eq!(got["choices"][0]["finish_reason"], want["choices"][0]["finish_reason"], "{id}");
+        }
+    }
+}
+
+fn cosine(a: &[Value], b: &[Value]) -> f64 {
+    let (a, b): (Vec<f64>, Vec<f64>) =
+        (a.iter().map(|x| x.as_f64().unwrap()).collect(), b.iter().map(|x| x.as_f64().unwrap()).collect());
+    assert_eq!(a.len(), b.len());
+    let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(&a) * norm(&b))
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn embeddings_match_llama_servers_mean_pooling() {
+    let server = LlamaServer::start(&["-np", "4", "-t", "2", "-c", "4096", "--embeddings", "--pooling", "mean"]);
+    let reference = Scratch::new();
+    let lines: Vec<String> = TOPICS
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"id": format!("e{i}"), "input": format!("A note about {t}.")}).to_string())
+        .collect();
+    let input = reference.write_lines("jobs.jsonl", lines);
+    assert_exit(
+        &run(&["run", input.to_str().unwrap(), "-o", reference.out_arg(), "--server", &server.url, "-q", "-c", "4"]),
+        0,
+    );
+    let _turn = server.stop();
+    let s = Scratch::new();
+    let out = engine_run(&s, &input, &["--pooling", "mean"]);
+    assert_exit(&out, 0);
+    assert!(summary_json(&out)["engine"]["embed_tokens"].as_u64().unwrap() > 0);
+    let (want, got) = (answers(&reference), answers(&s));
+    assert_eq!(got.len(), 20);
+    for (id, w) in &want {
+        let c =
+            cosine(got[id]["data"][0]["embedding"].as_array().unwrap(), w["data"][0]["embedding"].as_array().unwrap());
+        assert!(c >= 0.999, "{id}: cosine {c:.5} to llama-server's embedding");
+    }
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn a_job_longer_than_the_context_is_one_error_record_with_the_numbers() {
+    let _turn = turn();
+    let s = Scratch::new();
+    let mut lines: Vec<String> = (0..5)
+        .map(|i| json!({"id": format!("ok{i}"), "prompt": format!("Say {i}."), "max_tokens": 8}).to_string())
+        .collect();
+    lines.push(json!({"id": "long", "prompt": "word ".repeat(400), "max_tokens": 8}).to_string());
+    let input = s.write_lines("jobs.jsonl", lines);
+    let out = engine_run(&s, &input, &["--engine-context", "256"]);
+    assert_exit(&out, 1);
+    assert_eq!(read_jsonl(&s.out()).len(), 5, "the other jobs finish");
+    let errors = read_jsonl(&s.errors());
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = &errors[0];
+    assert_eq!(e["custom_id"], "long");
+    assert_eq!(e["error"]["code"], "context_length_exceeded", "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_tokens 8") && message.contains("holds 256"), "the numbers: {message}");
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn a_missing_or_corrupt_model_or_a_model_that_cannot_pool_stops_before_anything_runs() {
+    let _turn = turn();
+    let s = Scratch::new();
+    let input = s.write_lines("jobs.jsonl", [json!({"id": "e", "input": "x"}).to_string()]);
+    let missing = s.path("nope.gguf");
+    std::fs::write(s.path("bad.gguf"), b"this is not a model").unwrap();
+    let model = testbed_model();
+    let cases: [(&str, &std::path::Path, &str); 3] = [
+        ("missing", &missing, "no such file"),
+        ("corrupt", &s.path("bad.gguf"), "not a usable GGUF"),
+        ("no pooling", &model, "--pooling mean"),
+    ];
+    for (what, path, says) in cases {
+        let out = run(&["run", input.to_str().unwrap(), "-o", s.out_arg(), "--engine", path.to_str().unwrap(), "-q"]);
+        assert_exit(&out, 2);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{what}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{what}: one line, no loader log: {err}");
+        assert!(read_jsonl(&s.out()).is_empty() && read_jsonl(&s.errors()).is_empty(), "{what}: nothing ran");
+    }
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn a_shared_preamble_is_prefilled_once() {
+    let _turn = turn();
+    let s = Scratch::new();
+    // A 300-token preamble (the same word repeated: one token each), then each job's own question.
+    let preamble = format!("Read the rules.{}", " apple".repeat(300));
+    let n = 40;
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            json!({"id": format!("p{i}"), "messages": [{"role": "system", "content": preamble},
+                        {"role": "user", "content": format!("Question {i}: what is {i} plus {i}?")}], "max_tokens": 4})
+            .to_string()
+        })
+        .collect();
+    let input = s.write_lines("jobs.jsonl", lines);
+    let out = engine_run(&s, &input, &["-c", "8"]);
+    assert_exit(&out, 0);
+    let e = summary_json(&out)["engine"].clone();
+    let prefix = e["prefix_tokens"].as_u64().unwrap();
+    assert!(prefix >= 300, "the preamble was found as the shared prefix: {e}");
+    let prompts: u64 = answers(&s).values().map(|b| b["usage"]["prompt_tokens"].as_u64().unwrap()).sum();
+    let own = prompts - n * prefix;
+    let computed = e["prefill_tokens"].as_u64().unwrap();
+    let bound = 1.2 * (prefix + own) as f64;
+    println!(
+        "prefill computed {computed}, preamble once + own {} (bound {bound:.0}), without sharing {prompts}",
+        prefix + own
+    );
+    assert!((computed as f64) <= bound, "computed {computed} > 1.2 x (preamble {prefix} + own {own}): {e}");
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn kill_9_during_an_engine_run_then_resume_gives_every_job_once_and_decodes_no_finished_job_again() {
+    let _turn = turn();
+    let s = Scratch::new();
+    let n = 48;
+    let lines: Vec<String> = (0..n)
+        .map(|i| json!({"id": format!("k{i}"), "prompt": format!("Count from {i}."), "max_tokens": 24}).to_string())
+        .collect();
+    let input = s.write_lines("jobs.jsonl", lines);
+    let model = testbed_model();
+    let args =
+        ["run", input.to_str().unwrap(), "-o", s.out_arg(), "--engine", model.to_str().unwrap(), "-q", "-c", "4"];
+    let mut child =
+        bin().args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while read_jsonl(&s.out()).len() < 8 && child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the run was still going when killed");
+    send_signal(child.id(), "KILL");
+    child.wait().unwrap();
+    let state = s.path("out.inflight.db");
+    let st: Value =
+        serde_json::from_slice(&run(&["status", "--state", state.to_str().unwrap(), "--json"]).stdout).unwrap();
+    let done_before = st["summary"]["done"].as_u64().unwrap();
+    assert!(done_before >= 8 && done_before < n, "killed mid-way: {done_before} done");
+
+    let mut resumed = args.to_vec();
+    resumed.push("--json");
+    let out = run(&resumed);
+    assert_exit(&out, 0);
+    let ids = id_counts(&s.out(), &s.errors());
+    assert_eq!(ids.len(), n as usize);
+    assert!(ids.values().all(|&c| c == 1), "every job exactly once: {ids:?}");
+    let e = summary_json(&out)["engine"].clone();
+    assert_eq!(e["jobs"].as_u64().unwrap(), n - done_before, "only the unfinished jobs were decoded again: {e}");
+}
