@@ -113,7 +113,7 @@ async fn detect(url: &str, opts: &ConnectOptions) -> Result<Api, String> {
     // Ollama also serves /v1/models, so ask the Ollama-only endpoint first.
     match http.get("/api/version", short).await {
         Ok(r) if r.body["version"].is_string() => return Ok(Api::Ollama),
-        Err(e @ (BackendError::Connect(_) | BackendError::Timeout(_))) => return Err(describe(&e)),
+        Err(e @ (BackendError::Connect { .. } | BackendError::Timeout(_))) => return Err(describe(&e)),
         _ => {}
     }
     match http.get("/v1/models", short).await {
@@ -124,7 +124,7 @@ async fn detect(url: &str, opts: &ConnectOptions) -> Result<Api, String> {
 
 fn describe(e: &BackendError) -> String {
     match e {
-        BackendError::Connect(_) => "does not answer (connection refused or unreachable)".into(),
+        BackendError::Connect { .. } => "does not answer (connection refused or unreachable)".into(),
         BackendError::Status { status: 401 | 403, message, .. } => {
             format!("refuses our credentials ({message}); pass --api-key or set INFLIGHT_API_KEY")
         }

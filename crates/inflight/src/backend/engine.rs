@@ -225,7 +225,7 @@ fn job_error(e: JobError) -> BackendError {
         JobError::ContextLengthExceeded { .. } => refused(ErrorCode::ContextLengthExceeded, e.to_string()),
         JobError::Invalid(m) => refused(ErrorCode::BadRequest, m),
         JobError::Decode(m) => BackendError::Status { status: 500, message: m, body: None, retry_after: None },
-        JobError::Closed => BackendError::Reset("the engine has stopped".into()),
+        JobError::Closed => BackendError::reset("the engine has stopped"),
     }
 }
 

@@ -1,23 +1,39 @@
 //! `BackendError`: every way a request can fail, classified once.
+//!
+//! Transport and parse failures keep the error that caused them (`std::error::Error::source`) beside a
+//! `detail` text. The text is what the error records and attempt logs show, so it already names the cause
+//! (for a transport failure, the whole chain of causes); the source is there for code that wants to look at
+//! the cause itself rather than read it. A printer that walks the sources as well (anyhow's `{:#}`) would
+//! repeat the cause: messages are taken with `to_string()`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::code::ErrorCode;
 
+/// The error behind a [`BackendError`], shared so the error stays `Clone`.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 /// A failed request.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 pub enum BackendError {
     /// No connection could be made: the server is down or the address is wrong.
-    #[error("cannot connect: {0}")]
-    Connect(String),
+    Connect {
+        /// What went wrong, the cause's chain included.
+        detail: String,
+        /// The transport's own error.
+        source: Cause,
+    },
     /// The connection broke before a complete answer arrived.
-    #[error("connection lost: {0}")]
-    Reset(String),
+    Reset {
+        /// What went wrong, the cause's chain included.
+        detail: String,
+        /// The transport's own error; `None` when we found the answer cut short ourselves.
+        source: Option<Cause>,
+    },
     /// No complete answer within the request timeout.
-    #[error("no answer within {}s", .0.as_secs())]
     Timeout(Duration),
     /// The server answered with a non-2xx status.
-    #[error("HTTP {status}: {message}")]
     Status {
         /// HTTP status code.
         status: u16,
@@ -29,11 +45,15 @@ pub enum BackendError {
         retry_after: Option<Duration>,
     },
     /// A 2xx answer whose body is not the JSON we expect (truncated, or not JSON).
-    #[error("malformed answer: {0}")]
-    Malformed(String),
+    Malformed {
+        /// What is wrong with it.
+        detail: String,
+        /// The JSON parser's error, when parsing is what failed; `None` for a shape we checked ourselves or
+        /// an error the server put in its answer.
+        source: Option<Cause>,
+    },
     /// The backend refused the request itself, before decoding anything (the embedded engine: the job does
     /// not fit its context, or asks what the model cannot do). The request's own fault: never retried.
-    #[error("{message}")]
     Refused {
         /// The record's code.
         code: ErrorCode,
@@ -42,14 +62,65 @@ pub enum BackendError {
     },
 }
 
+// By hand rather than derived: `source()` hands out the cause itself (not the `Arc` around it), so callers
+// can downcast it to the transport's or the parser's error type.
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendError::Connect { detail, .. } => write!(f, "cannot connect: {detail}"),
+            BackendError::Reset { detail, .. } => write!(f, "connection lost: {detail}"),
+            BackendError::Timeout(after) => write!(f, "no answer within {}s", after.as_secs()),
+            BackendError::Status { status, message, .. } => write!(f, "HTTP {status}: {message}"),
+            BackendError::Malformed { detail, .. } => write!(f, "malformed answer: {detail}"),
+            BackendError::Refused { message, .. } => write!(f, "{message}"),
+        }
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let cause = match self {
+            BackendError::Connect { source, .. } => Some(source),
+            BackendError::Reset { source, .. } | BackendError::Malformed { source, .. } => source.as_ref(),
+            BackendError::Timeout(_) | BackendError::Status { .. } | BackendError::Refused { .. } => None,
+        };
+        cause.map(|c| &**c as &(dyn std::error::Error + 'static))
+    }
+}
+
 impl BackendError {
+    /// A connection that could not be made, caused by `source`.
+    pub fn connect(detail: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        BackendError::Connect { detail: detail.into(), source: Arc::new(source) }
+    }
+
+    /// A connection lost, caused by the transport error `source`.
+    pub fn reset_by(detail: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        BackendError::Reset { detail: detail.into(), source: Some(Arc::new(source)) }
+    }
+
+    /// An answer cut short, as we found it (no underlying error).
+    pub fn reset(detail: impl Into<String>) -> Self {
+        BackendError::Reset { detail: detail.into(), source: None }
+    }
+
+    /// A malformed answer that failed to parse with `source`.
+    pub fn malformed_by(detail: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        BackendError::Malformed { detail: detail.into(), source: Some(Arc::new(source)) }
+    }
+
+    /// A malformed answer, as we found it (a missing field, the server's own error in a stream).
+    pub fn malformed(detail: impl Into<String>) -> Self {
+        BackendError::Malformed { detail: detail.into(), source: None }
+    }
+
     /// The error record's code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            BackendError::Connect(_) => ErrorCode::Connect,
-            BackendError::Reset(_) => ErrorCode::Reset,
+            BackendError::Connect { .. } => ErrorCode::Connect,
+            BackendError::Reset { .. } => ErrorCode::Reset,
             BackendError::Timeout(_) => ErrorCode::Timeout,
-            BackendError::Malformed(_) => ErrorCode::Malformed,
+            BackendError::Malformed { .. } => ErrorCode::Malformed,
             BackendError::Refused { code, .. } => *code,
             BackendError::Status { status, .. } => match status {
                 400 => ErrorCode::BadRequest,
@@ -85,7 +156,7 @@ impl BackendError {
     /// Whether this failure says the server is unreachable (rather than answering badly). Such failures cost
     /// a job no attempt while the server answers nobody; the run pauses instead.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, BackendError::Connect(_) | BackendError::Reset(_))
+        matches!(self, BackendError::Connect { .. } | BackendError::Reset { .. })
     }
 
     /// The server's `Retry-After`, if it sent one.
@@ -129,12 +200,34 @@ mod tests {
         for s in [400, 401, 404, 422, 501] {
             assert!(!status(s).is_retryable(), "{s}");
         }
-        assert!(BackendError::Malformed("x".into()).is_retryable());
-        assert!(BackendError::Connect("x".into()).is_unreachable());
+        assert!(BackendError::malformed("x").is_retryable());
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(BackendError::connect("x", refused).is_unreachable());
+        assert!(BackendError::reset("x").is_unreachable());
         assert!(!BackendError::Timeout(Duration::from_secs(1)).is_unreachable());
         assert_eq!(status(404).kind(), "not_found");
         let refused = BackendError::Refused { code: ErrorCode::ContextLengthExceeded, message: "x".into() };
         assert!(!refused.is_retryable() && !refused.is_unreachable());
         assert_eq!(refused.kind(), "context_length_exceeded");
+        assert_eq!(BackendError::reset("x").kind(), "reset");
+        assert_eq!(BackendError::malformed("x").kind(), "malformed");
+    }
+
+    #[test]
+    fn display_is_the_detail_and_the_cause_is_kept() {
+        use std::error::Error as _;
+        let parse = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let text = parse.to_string();
+        let e = BackendError::malformed_by(format!("{parse} in a 1-byte answer"), parse);
+        assert_eq!(e.to_string(), format!("malformed answer: {text} in a 1-byte answer"));
+        let cause = e.source().expect("the parse error is kept");
+        assert!(cause.downcast_ref::<serde_json::Error>().is_some());
+        // A clone shares the cause.
+        assert!(e.clone().source().is_some());
+
+        let e = BackendError::reset("the stream ended before its end marker");
+        assert_eq!(e.to_string(), "connection lost: the stream ended before its end marker");
+        assert!(e.source().is_none());
+        assert!(BackendError::malformed("context full").source().is_none());
     }
 }

@@ -34,7 +34,7 @@ impl Http {
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .build()
-            .map_err(|e| BackendError::Connect(e.to_string()))?;
+            .map_err(|e| BackendError::connect(e.to_string(), e))?;
         Ok(Http { client, base: base.trim_end_matches('/').to_owned(), api_key, timeout })
     }
 
@@ -131,7 +131,7 @@ impl Http {
             tokio::time::timeout(timeout, work).await.map_err(|_| BackendError::Timeout(timeout))??;
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let body: Value = serde_json::from_str(&text)
-            .map_err(|e| BackendError::Malformed(format!("{e} in a {}-byte answer", bytes.len())))?;
+            .map_err(|e| BackendError::malformed_by(format!("{e} in a {}-byte answer", bytes.len()), e))?;
         Ok(Reply { status, headers, body, text, first_byte })
     }
 
@@ -157,13 +157,13 @@ fn classify(e: reqwest::Error) -> BackendError {
         source = s.source();
     }
     if e.is_connect() {
-        BackendError::Connect(detail)
+        BackendError::connect(detail, e)
     } else if e.is_timeout() {
         BackendError::Timeout(Duration::ZERO)
     } else {
         // Includes a body that stopped short (truncated answer, connection dropped mid-body): the connection
         // was lost, and the outage check decides whether that is the server going away.
-        BackendError::Reset(detail)
+        BackendError::reset_by(detail, e)
     }
 }
 
@@ -202,6 +202,27 @@ mod tests {
         assert_eq!(error_message(&json!({"error": "b"})).as_deref(), Some("b"));
         assert_eq!(error_message(&json!({"detail": "c"})).as_deref(), Some("c"));
         assert_eq!(error_message(&json!({"x": 1})), None);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_keeps_the_transport_error() {
+        // A port nothing listens on: bind one, then let it go.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let http = Http::new(&format!("http://127.0.0.1:{port}"), None, Duration::from_secs(5)).unwrap();
+        let e = http.get("/v1/models", Duration::from_secs(5)).await.err().expect("nothing listens there");
+        assert!(matches!(e, BackendError::Connect { .. }), "{e:?}");
+        assert!(e.is_unreachable());
+        let cause = e.source().expect("the transport error is kept");
+        let transport = cause.downcast_ref::<reqwest::Error>().expect("a reqwest::Error");
+        assert!(transport.is_connect());
+        // The message is what it was: the transport error and its causes, after the kind.
+        let mut chain = transport.to_string();
+        let mut next = transport.source();
+        while let Some(s) = next {
+            chain = format!("{chain}: {s}");
+            next = s.source();
+        }
+        assert_eq!(e.to_string(), format!("cannot connect: {chain}"));
     }
 
     #[test]

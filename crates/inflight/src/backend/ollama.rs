@@ -161,7 +161,7 @@ impl Backend for OllamaBackend {
             _ => reply.body["done"].as_bool() == Some(true),
         };
         if !ok {
-            return Err(BackendError::Malformed(format!("an answer from {path} without its expected fields")));
+            return Err(BackendError::malformed(format!("an answer from {path} without its expected fields")));
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let translated = from_ollama(endpoint, &reply.body, n);
@@ -178,7 +178,7 @@ impl Backend for OllamaBackend {
     }
 
     async fn stream(&self, endpoint: Endpoint, body: &str) -> Result<Streamed, BackendError> {
-        let parsed: Value = serde_json::from_str(body).map_err(|e| BackendError::Malformed(e.to_string()))?;
+        let parsed: Value = serde_json::from_str(body).map_err(|e| BackendError::malformed_by(e.to_string(), e))?;
         let (path, mut req) = to_ollama(endpoint, &parsed, &self.runner_options)
             .map_err(|message| BackendError::Status { status: 400, message, body: None, retry_after: None })?;
         req["stream"] = true.into();

@@ -30,7 +30,7 @@ impl Backend for OpenAiBackend {
             _ => reply.body["choices"].is_array(),
         };
         if !shape_ok {
-            return Err(BackendError::Malformed(format!("a 2xx answer without the {} shape", endpoint.path())));
+            return Err(BackendError::malformed(format!("a 2xx answer without the {} shape", endpoint.path())));
         }
         let (prompt_tokens, completion_tokens, finish_reason) = usage_of(&reply.body);
         let request_id = reply
@@ -52,7 +52,7 @@ impl Backend for OpenAiBackend {
 
     async fn stream(&self, endpoint: Endpoint, body: &str) -> Result<Streamed, BackendError> {
         let mut v: serde_json::Value =
-            serde_json::from_str(body).map_err(|e| BackendError::Malformed(e.to_string()))?;
+            serde_json::from_str(body).map_err(|e| BackendError::malformed_by(e.to_string(), e))?;
         v["stream"] = true.into();
         // Without this, OpenAI-compatible servers leave the token count out of a stream.
         v["stream_options"] = serde_json::json!({"include_usage": true});

@@ -129,10 +129,10 @@ impl TokenClock {
     /// carried an error, is an error: its figures would be wrong.
     pub fn finish(self, total: Duration) -> Result<Streamed, BackendError> {
         if let Some(e) = self.error {
-            return Err(BackendError::Malformed(e));
+            return Err(BackendError::malformed(e));
         }
         if !self.done {
-            return Err(BackendError::Reset("the stream ended before its end marker".into()));
+            return Err(BackendError::reset("the stream ended before its end marker"));
         }
         let inter_token = match (self.first, self.last) {
             (Some(f), Some(l)) if self.pieces > 1 => Some((l - f) / (self.pieces - 1) as u32),
@@ -197,10 +197,12 @@ mod tests {
     fn a_stream_cut_short_or_carrying_an_error_fails() {
         let mut c = TokenClock::default();
         c.openai_line(r#"data: {"choices":[{"delta":{"content":"a"}}]}"#, ms(1));
-        assert!(matches!(c.finish(ms(2)), Err(BackendError::Reset(_))));
+        assert!(matches!(c.finish(ms(2)), Err(BackendError::Reset { source: None, .. })));
         let mut c = TokenClock::default();
         c.openai_line(r#"data: {"error":{"message":"context full"}}"#, ms(1));
         c.openai_line("data: [DONE]", ms(1));
-        assert!(matches!(c.finish(ms(2)), Err(BackendError::Malformed(m)) if m == "context full"));
+        assert!(
+            matches!(c.finish(ms(2)), Err(BackendError::Malformed { detail, source: None }) if detail == "context full")
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::store::{CommittedSink, OutcomeRow, Store, StoreError};
+use crate::store::{CommittedSink, DoneRow, ErrorRow, Store, StoreError};
 
 /// `OUT.jsonl` → `OUT.errors.jsonl`; any other name gets `.errors.jsonl` appended.
 pub fn errors_path(out: &Path) -> PathBuf {
@@ -56,11 +56,11 @@ impl OutputFiles {
 
 /// The store's writer appends each committed group here.
 impl CommittedSink for OutputFiles {
-    fn write_done(&mut self, row: &OutcomeRow) -> io::Result<()> {
+    fn write_done(&mut self, row: &DoneRow) -> io::Result<()> {
         writeln!(self.done, "{}", render_done(row, self.format))
     }
 
-    fn write_error(&mut self, row: &OutcomeRow) -> io::Result<()> {
+    fn write_error(&mut self, row: &ErrorRow) -> io::Result<()> {
         writeln!(self.errors, "{}", render_error(row, self.format))
     }
 
@@ -72,25 +72,28 @@ impl CommittedSink for OutputFiles {
 /// Writes both files for `store` at `out` from scratch, through temporary files renamed into place, so a reader
 /// never sees a half-written export.
 pub fn export(store: &Store, out: &Path, format: Format) -> Result<(u64, u64), StoreError> {
-    let mut counts = (0u64, 0u64);
-    for (path, is_errors) in [(out.to_path_buf(), false), (errors_path(out), true)] {
-        let tmp = path.with_extension("jsonl.tmp");
-        let mut w = BufWriter::new(File::create(&tmp)?);
-        let n = if is_errors { &mut counts.1 } else { &mut counts.0 };
-        let mut write = |row: crate::store::OutcomeRow| {
-            *n += 1;
-            let line = if is_errors { render_error(&row, format) } else { render_done(&row, format) };
-            writeln!(w, "{line}")
-        };
-        if is_errors {
-            store.for_each_error(0, &mut write)?;
-        } else {
-            store.for_each_done(0, &mut write)?;
-        }
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-    }
-    Ok(counts)
+    let done = write_replacing(out, |line| store.for_each_done(0, |row| line(&render_done(&row, format))))?;
+    let errors =
+        write_replacing(&errors_path(out), |line| store.for_each_error(0, |row| line(&render_error(&row, format))))?;
+    Ok((done, errors))
+}
+
+/// Writes `path` through a temporary file beside it, synced and renamed into place: `fill` hands each line to
+/// the writer it is given. Returns how many lines it wrote.
+fn write_replacing(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn FnMut(&str) -> io::Result<()>) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut w = BufWriter::new(File::create(&tmp)?);
+    let mut n = 0u64;
+    fill(&mut |line| {
+        n += 1;
+        writeln!(w, "{line}")
+    })?;
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(n)
 }
 
 fn open_repaired(path: &Path, truncate: bool) -> io::Result<File> {

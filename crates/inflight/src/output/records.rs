@@ -7,7 +7,7 @@
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::store::OutcomeRow;
+use crate::store::{DoneRow, ErrorRow};
 
 /// Shape of the output lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -41,15 +41,13 @@ fn raw_body(text: Option<&str>) -> Value {
     }
 }
 
-fn response(row: &OutcomeRow) -> Value {
-    match row.status_code {
-        Some(code) => json!({
-            "status_code": code,
-            "request_id": row.request_id.clone().unwrap_or_default(),
-            "body": raw_body(row.response.as_deref()),
-        }),
-        None => Value::Null,
-    }
+/// The `response` object of a batch line: the server's answer.
+fn response(status_code: i64, request_id: Option<&str>, body: Option<&str>) -> Value {
+    json!({
+        "status_code": status_code,
+        "request_id": request_id.unwrap_or_default(),
+        "body": raw_body(body),
+    })
 }
 
 /// The answer's useful part: message content, completion text, or the embedding(s).
@@ -66,22 +64,21 @@ pub fn answer_output(body: &Value) -> Value {
 }
 
 /// One line of OUT.jsonl.
-pub fn render_done(row: &OutcomeRow, format: Format) -> String {
-    let id = row.id.clone().unwrap_or_default();
+pub fn render_done(row: &DoneRow, format: Format) -> String {
     match format {
         // The store assembled the line when the job's last step finished.
-        Format::Workflow => row.response.clone().unwrap_or_else(|| "null".into()),
+        Format::Workflow => row.response.clone(),
         Format::Batch => json!({
-            "id": format!("batch_req_{}", row.seq.unwrap_or_default()),
-            "custom_id": id,
-            "response": response(row),
+            "id": format!("batch_req_{}", row.seq),
+            "custom_id": row.id,
+            "response": response(row.status_code, row.request_id.as_deref(), Some(&row.response)),
             "error": null,
         })
         .to_string(),
         Format::Simple => {
-            let body: Value = row.response.as_deref().and_then(|t| serde_json::from_str(t).ok()).unwrap_or(Value::Null);
+            let body: Value = serde_json::from_str(&row.response).unwrap_or(Value::Null);
             json!({
-                "id": id,
+                "id": row.id,
                 "output": answer_output(&body),
                 "usage": body.get("usage").cloned().unwrap_or(Value::Null),
                 "latency_ms": row.latency_ms,
@@ -92,26 +89,33 @@ pub fn render_done(row: &OutcomeRow, format: Format) -> String {
 }
 
 /// One line of OUT.errors.jsonl: a failed job, or a bad input line (no id, keyed by `line`).
-pub fn render_error(row: &OutcomeRow, format: Format) -> String {
-    let error =
-        json!({"code": row.code.clone().unwrap_or_default(), "message": row.message.clone().unwrap_or_default()});
+pub fn render_error(row: &ErrorRow, format: Format) -> String {
+    let error = json!({"code": row.code(), "message": row.message()});
+    // A bad line has no id, no answer and no step: those fields are null.
+    let (batch_id, id, answer, step) = match row {
+        ErrorRow::Failed(f) => {
+            let answer = f.answer.as_ref().map(|a| response(a.status_code, a.request_id.as_deref(), a.body.as_deref()));
+            (Some(format!("batch_req_{}", f.seq)), Some(f.id.as_str()), answer, f.step.as_deref())
+        }
+        ErrorRow::BadLine(_) => (None, None, None, None),
+    };
     match format {
         Format::Batch => json!({
-            "id": row.seq.map(|s| format!("batch_req_{s}")),
-            "custom_id": row.id,
-            "response": response(row),
+            "id": batch_id,
+            "custom_id": id,
+            "response": answer,
             "error": error,
-            "line": row.line,
+            "line": row.line(),
         })
         .to_string(),
-        Format::Simple => json!({"id": row.id, "error": error, "line": row.line}).to_string(),
+        Format::Simple => json!({"id": id, "error": error, "line": row.line()}).to_string(),
         Format::Workflow => json!({
-            "id": row.seq.map(|s| format!("batch_req_{s}")),
-            "custom_id": row.id,
-            "response": response(row),
+            "id": batch_id,
+            "custom_id": id,
+            "response": answer,
             "error": error,
-            "line": row.line,
-            "step": row.step,
+            "line": row.line(),
+            "step": step,
         })
         .to_string(),
     }
@@ -120,17 +124,16 @@ pub fn render_error(row: &OutcomeRow, format: Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{BadLineRow, FailedAnswer, FailedRow};
 
-    fn done_row() -> OutcomeRow {
-        OutcomeRow {
-            seq: Some(3),
-            line: 4,
-            id: Some("a".into()),
-            status_code: Some(200),
+    fn done_row() -> DoneRow {
+        DoneRow {
+            seq: 3,
+            id: "a".into(),
+            status_code: 200,
             request_id: Some("r".into()),
-            response: Some(r#"{"choices":[{"message":{"content":"hi"}}],"usage":{"completion_tokens":1}}"#.into()),
-            latency_ms: Some(12),
-            ..Default::default()
+            response: r#"{"choices":[{"message":{"content":"hi"}}],"usage":{"completion_tokens":1}}"#.into(),
+            latency_ms: 12,
         }
     }
 
@@ -151,12 +154,43 @@ mod tests {
 
     #[test]
     fn bad_line_error_has_line_and_no_id() {
-        let row =
-            OutcomeRow { line: 9, code: Some("invalid_json".into()), message: Some("x".into()), ..Default::default() };
+        let row = ErrorRow::BadLine(BadLineRow { line: 9, code: "invalid_json".into(), message: "x".into() });
         let v: Value = serde_json::from_str(&render_error(&row, Format::Batch)).unwrap();
         assert_eq!(v["line"], 9);
-        assert!(v["custom_id"].is_null() && v["response"].is_null());
+        assert!(v["id"].is_null() && v["custom_id"].is_null() && v["response"].is_null());
         assert_eq!(v["error"]["code"], "invalid_json");
+        let v: Value = serde_json::from_str(&render_error(&row, Format::Workflow)).unwrap();
+        assert!(v["step"].is_null() && v["response"].is_null());
+    }
+
+    fn failed_row(answer: Option<FailedAnswer>) -> ErrorRow {
+        ErrorRow::Failed(FailedRow {
+            seq: 7,
+            line: 8,
+            id: "b".into(),
+            answer,
+            code: "not_found".into(),
+            message: "HTTP 404: no such model".into(),
+            step: Some("judge".into()),
+        })
+    }
+
+    #[test]
+    fn failed_job_error_keeps_the_servers_answer_when_there_was_one() {
+        let answer = FailedAnswer { status_code: 404, request_id: None, body: Some(r#"{"error":"no"}"#.into()) };
+        let line = render_error(&failed_row(Some(answer)), Format::Batch);
+        assert_eq!(
+            line,
+            r#"{"custom_id":"b","error":{"code":"not_found","message":"HTTP 404: no such model"},"id":"batch_req_7","line":8,"response":{"body":{"error":"no"},"request_id":"","status_code":404}}"#
+        );
+        let v: Value = serde_json::from_str(&render_error(&failed_row(None), Format::Workflow)).unwrap();
+        assert!(v["response"].is_null());
+        assert_eq!((v["id"].as_str(), v["step"].as_str()), (Some("batch_req_7"), Some("judge")));
+        let v: Value = serde_json::from_str(&render_error(&failed_row(None), Format::Simple)).unwrap();
+        assert_eq!(
+            v,
+            json!({"id": "b", "error": {"code": "not_found", "message": "HTTP 404: no such model"}, "line": 8})
+        );
     }
 
     #[test]

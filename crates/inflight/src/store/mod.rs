@@ -8,7 +8,7 @@ mod sqlite;
 mod steps;
 mod writer;
 
-pub use sqlite::{Counts, IngestReport, OutcomeRow, PendingJob, Store};
+pub use sqlite::{BadLineRow, Counts, DoneRow, ErrorRow, FailedAnswer, FailedRow, IngestReport, PendingJob, Store};
 pub use steps::{ReadyUnit, StepCount, StepDone};
 pub use writer::{AttemptKey, CommittedSink, Completion, Failure, WriteMsg, Writer, WriterHandle};
 

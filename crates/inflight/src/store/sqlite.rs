@@ -40,29 +40,97 @@ pub struct PendingJob {
     pub line: i64,
 }
 
-/// One record of an output file, as stored.
-#[derive(Debug, Clone, Default)]
-pub struct OutcomeRow {
-    /// Store sequence number; `None` for a bad input line.
-    pub seq: Option<i64>,
+/// A line of the results file, as stored: a finished job.
+#[derive(Debug, Clone)]
+pub struct DoneRow {
+    /// Store sequence number.
+    pub seq: i64,
+    /// The job's id.
+    pub id: String,
+    /// HTTP status of the answer.
+    pub status_code: i64,
+    /// The server's request id (or ours); `None` for a workflow job.
+    pub request_id: Option<String>,
+    /// The answer body (JSON text); for a workflow job, its whole output line.
+    pub response: String,
+    /// End-to-end latency of the answered attempt (a workflow job: its steps' sum).
+    pub latency_ms: i64,
+}
+
+/// A line of the errors file, as stored.
+#[derive(Debug, Clone)]
+pub enum ErrorRow {
+    /// A job that failed for good.
+    Failed(FailedRow),
+    /// An input line that did not become a job (no id, keyed by its line).
+    BadLine(BadLineRow),
+}
+
+/// A job that failed for good.
+#[derive(Debug, Clone)]
+pub struct FailedRow {
+    /// Store sequence number.
+    pub seq: i64,
     /// Input line number.
     pub line: i64,
-    /// The job's id; `None` for a bad input line.
-    pub id: Option<String>,
-    /// HTTP status of the server's last answer, if there was one.
-    pub status_code: Option<i64>,
-    /// The server's request id, if it gave one.
-    pub request_id: Option<String>,
-    /// The server's answer body (JSON text), if there was one.
-    pub response: Option<String>,
-    /// End-to-end latency of the last attempt.
-    pub latency_ms: Option<i64>,
-    /// Error code, for error records.
-    pub code: Option<String>,
-    /// Error message, for error records.
-    pub message: Option<String>,
+    /// The job's id.
+    pub id: String,
+    /// The server's last answer, if it answered.
+    pub answer: Option<FailedAnswer>,
+    /// Error code.
+    pub code: String,
+    /// Error message.
+    pub message: String,
     /// The step a workflow job failed in.
     pub step: Option<String>,
+}
+
+/// The answer a failed job last got.
+#[derive(Debug, Clone)]
+pub struct FailedAnswer {
+    /// HTTP status.
+    pub status_code: i64,
+    /// The server's request id, if it gave one.
+    pub request_id: Option<String>,
+    /// The answer body (JSON text), if it was JSON.
+    pub body: Option<String>,
+}
+
+/// An input line that did not become a job.
+#[derive(Debug, Clone)]
+pub struct BadLineRow {
+    /// Input line number.
+    pub line: i64,
+    /// Error code.
+    pub code: String,
+    /// Error message.
+    pub message: String,
+}
+
+impl ErrorRow {
+    /// Input line number.
+    pub fn line(&self) -> i64 {
+        match self {
+            ErrorRow::Failed(f) => f.line,
+            ErrorRow::BadLine(b) => b.line,
+        }
+    }
+
+    /// Error code.
+    pub fn code(&self) -> &str {
+        match self {
+            ErrorRow::Failed(f) => &f.code,
+            ErrorRow::BadLine(b) => &b.code,
+        }
+    }
+
+    /// Error message.
+    pub fn message(&self) -> &str {
+        match self {
+            ErrorRow::Failed(f) => &f.message,
+            ErrorRow::BadLine(b) => &b.message,
+        }
+    }
 }
 
 /// What an ingest pass did.
@@ -280,40 +348,52 @@ impl Store {
     }
 
     /// Calls `f` with every successful result from position `from` on, in commit order.
-    pub fn for_each_done(&self, from: i64, f: impl FnMut(OutcomeRow) -> std::io::Result<()>) -> Result<(), StoreError> {
-        self.for_each(include_str!("sql/done_rows.sql"), from, f)
+    pub fn for_each_done(
+        &self,
+        from: i64,
+        mut f: impl FnMut(DoneRow) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare(include_str!("sql/done_rows.sql"))?;
+        let mut rows = stmt.query([from])?;
+        while let Some(r) = rows.next()? {
+            f(DoneRow {
+                seq: r.get(0)?,
+                id: r.get(1)?,
+                status_code: r.get(2)?,
+                request_id: r.get(3)?,
+                response: r.get(4)?,
+                latency_ms: r.get(5)?,
+            })?;
+        }
+        Ok(())
     }
 
     /// Calls `f` with every error record (failed jobs and bad lines) from position `from` on, in commit order.
     pub fn for_each_error(
         &self,
         from: i64,
-        f: impl FnMut(OutcomeRow) -> std::io::Result<()>,
+        mut f: impl FnMut(ErrorRow) -> std::io::Result<()>,
     ) -> Result<(), StoreError> {
-        self.for_each(include_str!("sql/error_rows.sql"), from, f)
-    }
-
-    fn for_each(
-        &self,
-        sql: &str,
-        from: i64,
-        mut f: impl FnMut(OutcomeRow) -> std::io::Result<()>,
-    ) -> Result<(), StoreError> {
-        let mut stmt = self.conn.prepare(sql)?;
+        let mut stmt = self.conn.prepare(include_str!("sql/error_rows.sql"))?;
         let mut rows = stmt.query([from])?;
         while let Some(r) = rows.next()? {
-            f(OutcomeRow {
-                seq: r.get(0)?,
-                line: r.get(1)?,
-                id: r.get(2)?,
-                status_code: r.get(3)?,
-                request_id: r.get(4)?,
-                response: r.get(5)?,
-                latency_ms: r.get(6)?,
-                code: r.get(7)?,
-                message: r.get(8)?,
-                step: r.get(9)?,
-            })?;
+            // Bad lines have no sequence number: they never became jobs.
+            let row = match r.get::<_, Option<i64>>(0)? {
+                Some(seq) => ErrorRow::Failed(FailedRow {
+                    seq,
+                    line: r.get(1)?,
+                    id: r.get(2)?,
+                    answer: match r.get::<_, Option<i64>>(3)? {
+                        Some(status_code) => Some(FailedAnswer { status_code, request_id: r.get(4)?, body: r.get(5)? }),
+                        None => None,
+                    },
+                    code: r.get(6)?,
+                    message: r.get(7)?,
+                    step: r.get(8)?,
+                }),
+                None => ErrorRow::BadLine(BadLineRow { line: r.get(1)?, code: r.get(6)?, message: r.get(7)? }),
+            };
+            f(row)?;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 use serde_json::{Map, Value};
 
-use super::{OutcomeRow, Store, StoreError};
+use super::{DoneRow, Store, StoreError};
 
 /// A finished step to record.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ pub struct StepCount {
 
 /// Records `s` in `tx`; when it completes its job, marks the job done at output position `out_ord` and returns
 /// the job's output row. A step recorded twice (sent again after a crash) is ignored.
-pub(super) fn record_step(tx: &Transaction, s: &StepDone, out_ord: i64) -> Result<Option<OutcomeRow>, StoreError> {
+pub(super) fn record_step(tx: &Transaction, s: &StepDone, out_ord: i64) -> Result<Option<DoneRow>, StoreError> {
     let inserted = tx.prepare_cached(include_str!("sql/insert_step.sql"))?.execute(params![
         s.seq,
         s.step,
@@ -93,18 +93,17 @@ pub(super) fn record_step(tx: &Transaction, s: &StepDone, out_ord: i64) -> Resul
     complete(tx, s.seq, out_ord, s.steps_total)
 }
 
-fn complete(tx: &Transaction, seq: i64, out_ord: i64, steps: usize) -> Result<Option<OutcomeRow>, StoreError> {
+fn complete(tx: &Transaction, seq: i64, out_ord: i64, steps: usize) -> Result<Option<DoneRow>, StoreError> {
     let mut stmt = tx.prepare_cached(include_str!("sql/complete_job.sql"))?;
     let row = stmt
         .query_row(params![seq, out_ord, steps as i64], |r| {
-            Ok(OutcomeRow {
-                seq: Some(seq),
-                id: Some(r.get(0)?),
-                line: r.get(1)?,
-                status_code: Some(200),
-                response: r.get(2)?,
-                latency_ms: r.get(3)?,
-                ..Default::default()
+            Ok(DoneRow {
+                seq,
+                id: r.get(0)?,
+                status_code: 200,
+                request_id: None,
+                response: r.get(1)?,
+                latency_ms: r.get(2)?,
             })
         })
         .optional()?;

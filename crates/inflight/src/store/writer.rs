@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, TransactionBehavior};
 
-use super::{OutcomeRow, StepDone, Store, StoreError};
+use super::{DoneRow, ErrorRow, FailedAnswer, FailedRow, StepDone, Store, StoreError};
 use crate::code::ErrorCode;
 
 const GROUP_MAX: usize = 1024;
@@ -137,9 +137,9 @@ impl WriterHandle {
 /// store (`crate::output` implements this), so the store needs to know nothing of their format.
 pub trait CommittedSink: Send {
     /// A result, in commit order.
-    fn write_done(&mut self, row: &OutcomeRow) -> std::io::Result<()>;
+    fn write_done(&mut self, row: &DoneRow) -> std::io::Result<()>;
     /// A failure or bad line, in commit order.
-    fn write_error(&mut self, row: &OutcomeRow) -> std::io::Result<()>;
+    fn write_error(&mut self, row: &ErrorRow) -> std::io::Result<()>;
     /// Makes the group's lines durable before their senders hear of the commit.
     fn flush(&mut self) -> std::io::Result<()>;
 }
@@ -219,14 +219,13 @@ impl Writer {
                         ])?;
                         if changed > 0 {
                             self.next_done += 1;
-                            done_rows.push(OutcomeRow {
-                                seq: Some(c.seq),
-                                id: Some(c.id),
-                                status_code: Some(c.status_code.into()),
+                            done_rows.push(DoneRow {
+                                seq: c.seq,
+                                id: c.id,
+                                status_code: c.status_code.into(),
                                 request_id: Some(c.request_id),
-                                response: Some(c.response),
-                                latency_ms: Some(latency),
-                                ..Default::default()
+                                response: c.response,
+                                latency_ms: latency,
                             });
                         }
                     }
@@ -247,18 +246,21 @@ impl Writer {
                         ])?;
                         if changed > 0 {
                             self.next_error += 1;
-                            error_rows.push(OutcomeRow {
-                                seq: Some(f.seq),
-                                line: f.line,
-                                id: Some(f.id),
-                                status_code: f.status_code.map(i64::from),
+                            let body = f.response;
+                            let answer = f.status_code.map(|status| FailedAnswer {
+                                status_code: status.into(),
                                 request_id: None,
-                                response: f.response,
-                                latency_ms: latency,
-                                code: Some(f.code.as_str().to_owned()),
-                                message: Some(f.message),
-                                step: f.step,
+                                body,
                             });
+                            error_rows.push(ErrorRow::Failed(FailedRow {
+                                seq: f.seq,
+                                line: f.line,
+                                id: f.id,
+                                answer,
+                                code: f.code.as_str().to_owned(),
+                                message: f.message,
+                                step: f.step,
+                            }));
                         }
                     }
                     WriteMsg::Step(step) => {

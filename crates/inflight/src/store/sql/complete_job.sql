@@ -13,4 +13,4 @@ UPDATE jobs SET status = 2, out_ord = ?2, status_code = 200, error_code = NULL, 
                     'latency_ms', latency_ms, 'attempts', attempts) ORDER BY ord))
                 FROM step_results WHERE job_seq = ?1)
 WHERE seq = ?1 AND status = 0 AND (SELECT COUNT(*) FROM step_results WHERE job_seq = ?1) = ?3
-RETURNING id, line, response, latency_ms
+RETURNING id, response, latency_ms
