@@ -4,6 +4,8 @@
 #   scripts/testbed.sh setup            install cmake and libclang when missing (they build llama.cpp, here and
 #                                       for the engine), build llama-server and fetch the model (cached), print
 #                                       their paths
+#   scripts/testbed.sh model            the same without llama-server (what the embedded engine needs): print
+#                                       the model's path
 #   scripts/testbed.sh start ARGS...    start llama-server on a free loopback port with ARGS (e.g. -np 8 -t 2),
 #                                       wait for /health, print "URL PID" on stdout
 #   scripts/testbed.sh router ARGS...   the same in router mode (--models-dir DIR --models-max 1): DIR holds the
@@ -131,7 +133,8 @@ start_server() {
 
 case "${1:-setup}" in
   setup) need_build_tools; build_server; fetch_model; echo "$SERVER_BIN $MODEL" ;;
+  model) need_build_tools; fetch_model; echo "$MODEL" ;;
   start) shift; start_server "$@" ;;
   router) shift; ROUTER=1 start_server "$@" ;;
-  *) echo "usage: $0 setup | start [llama-server args...] | router [llama-server args...]" >&2; exit 2 ;;
+  *) echo "usage: $0 setup | model | start [llama-server args...] | router [llama-server args...]" >&2; exit 2 ;;
 esac

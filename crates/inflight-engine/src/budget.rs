@@ -1,62 +1,43 @@
-//! The KV cache's cells and the context's sequence ids, handed out to jobs.
+//! The context's sequences, handed out to jobs.
 //!
-//! Each admitted job reserves the cells it can ever use (its prompt plus `max_tokens`), so a decode call never
-//! runs out of cells halfway: a job waits for room instead, and one that could never fit is refused up front.
-//! Pure bookkeeping, no llama.cpp.
+//! Each sequence has its own KV cells (llama.cpp's per-sequence streams, as llama-server's slots have): a
+//! sequence decodes exactly as it would alone, whatever else is in the batch. A job that needs more cells than
+//! a sequence holds is refused up front; one that fits waits for a free sequence. Pure bookkeeping.
 
-/// A job's sequence id and its reserved cells.
+/// A job's sequence id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Slot {
     pub id: i32,
-    pub cells: u32,
 }
 
 #[derive(Debug)]
 pub(crate) struct Budget {
-    total: u32,
-    reserved: u32,
+    cells: u32,
     free: Vec<i32>,
 }
 
 impl Budget {
-    /// `cells` KV cells and sequence ids `0..sequences`.
+    /// Sequence ids `0..sequences`, each with `cells` KV cells.
     pub fn new(cells: u32, sequences: usize) -> Budget {
-        Budget { total: cells, reserved: 0, free: (0..sequences as i32).rev().collect() }
+        Budget { cells, free: (0..sequences as i32).rev().collect() }
     }
 
-    /// A sequence id and `cells` cells, if both are free now.
-    pub fn admit(&mut self, cells: u32) -> Option<Slot> {
-        if self.reserved + cells > self.total {
+    /// The most tokens one job may use.
+    pub fn cells(&self) -> u32 {
+        self.cells
+    }
+
+    /// A free sequence for a job of `need` tokens; `None` when all are busy (or it could never fit).
+    pub fn admit(&mut self, need: u32) -> Option<Slot> {
+        if need > self.cells {
             return None;
         }
-        let id = self.free.pop()?;
-        self.reserved += cells;
-        Some(Slot { id, cells })
+        self.free.pop().map(|id| Slot { id })
     }
 
-    /// Reserves cells without a sequence id (the shared prefix's own sequence).
-    pub fn hold(&mut self, cells: u32) -> bool {
-        if self.reserved + cells > self.total {
-            return false;
-        }
-        self.reserved += cells;
-        true
-    }
-
-    /// Gives back cells taken with [`Budget::hold`].
-    pub fn unhold(&mut self, cells: u32) {
-        self.reserved -= cells.min(self.reserved);
-    }
-
-    /// Gives back a job's id and cells.
+    /// Gives a job's sequence back.
     pub fn release(&mut self, slot: Slot) {
-        self.unhold(slot.cells);
         self.free.push(slot.id);
-    }
-
-    #[cfg(test)]
-    pub fn in_use(&self) -> u32 {
-        self.reserved
     }
 }
 
@@ -65,25 +46,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jobs_wait_for_cells_and_ids_and_get_them_back() {
+    fn jobs_wait_for_a_sequence_and_get_it_back() {
         let mut b = Budget::new(100, 2);
         let a = b.admit(60).unwrap();
-        assert_eq!(b.admit(50), None, "only 40 cells left");
-        let c = b.admit(40).unwrap();
+        let c = b.admit(100).unwrap();
         assert_ne!(a.id, c.id);
-        assert_eq!(b.admit(0), None, "no sequence id left");
+        assert_eq!(b.admit(1), None, "both sequences busy");
         b.release(a);
-        assert_eq!(b.in_use(), 40);
-        let d = b.admit(60).unwrap();
-        assert_eq!(d.id, a.id, "the freed id is reused");
+        assert_eq!(b.admit(10).unwrap().id, a.id, "the freed sequence is reused");
     }
 
     #[test]
-    fn held_cells_count_against_jobs() {
+    fn a_job_larger_than_a_sequence_never_gets_one() {
         let mut b = Budget::new(100, 4);
-        assert!(b.hold(70));
-        assert_eq!(b.admit(40), None);
-        b.unhold(70);
-        assert!(b.admit(40).is_some());
+        assert_eq!(b.admit(101), None);
     }
 }

@@ -146,11 +146,18 @@ fn default_memory() -> u64 {
     available.unwrap_or(4 << 30) / 2
 }
 
-/// KV cells for `sequences` jobs of `need` tokens (and a prefix as long as one job), within `memory` bytes.
-pub(crate) fn kv_cells(sequences: usize, need: u32, bytes_per_token: u64, memory: u64) -> u32 {
-    let wanted = (sequences as u64 + 1) * need as u64;
-    let affordable = memory / bytes_per_token.max(1);
-    wanted.min(affordable).min(u32::MAX as u64) as u32
+/// KV cells per sequence: room for twice the largest job seen in the caller's sample (at least 1,024), at most
+/// the model's training context, within `memory` bytes for all `sequences` plus the prefix's own.
+pub(crate) fn cells_per_sequence(
+    sequences: usize,
+    need: u32,
+    n_ctx_train: u32,
+    bytes_per_token: u64,
+    memory: u64,
+) -> u32 {
+    let wanted = need.saturating_mul(2).max(1024).min(n_ctx_train.max(need));
+    let affordable = memory / bytes_per_token.max(1) / (sequences as u64 + 1);
+    (wanted as u64).min(affordable).min(u32::MAX as u64) as u32
 }
 
 struct Active {
@@ -179,13 +186,11 @@ struct Prefix {
     seq: i32,
     tokens: Vec<i32>,
     done: usize,
-    cells: u32,
 }
 
 struct Gen<'m> {
     ctx: LlamaContext<'m>,
     budget: Budget,
-    limit: u32,
     batch: LlamaBatch<'static>,
     batch_size: usize,
     active: Vec<Active>,
@@ -275,15 +280,24 @@ impl<'m> Gen<'m> {
     fn new(loaded: &'m Loaded, setup: &Setup, need: u32, stats: &Shared) -> Result<Gen<'m>, JobError> {
         let info = &loaded.info;
         let memory = setup.memory.unwrap_or_else(default_memory);
-        let cells = setup.kv_tokens.unwrap_or_else(|| kv_cells(setup.sequences, need, info.kv_bytes_per_token, memory));
-        let cells = cells.max(setup.batch);
-        let limit = setup.context.unwrap_or(info.n_ctx_train).min(cells);
+        let streams = setup.sequences as u32 + 1;
+        let per_sequence = match (setup.context, setup.kv_tokens) {
+            (Some(c), _) => c,
+            (None, Some(total)) => total / streams,
+            (None, None) => {
+                cells_per_sequence(setup.sequences, need, info.n_ctx_train, info.kv_bytes_per_token, memory)
+            }
+        }
+        .max(16);
+        let cells = per_sequence.saturating_mul(streams);
+        // One KV stream per sequence (not one unified pool): a sequence's cells are laid out as they would be if
+        // it ran alone, so its answer does not depend on what else is in the batch.
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(cells))
             .with_n_batch(setup.batch)
             .with_n_ubatch(setup.batch)
-            .with_n_seq_max(setup.sequences as u32 + 1)
-            .with_kv_unified(true)
+            .with_n_seq_max(streams)
+            .with_kv_unified(false)
             .with_n_threads(setup.threads as i32)
             .with_n_threads_batch(setup.threads as i32);
         let backend = backend().map_err(|e| JobError::Decode(e.to_string()))?;
@@ -291,37 +305,29 @@ impl<'m> Gen<'m> {
             .model
             .new_context(backend, params)
             .map_err(|e| JobError::Decode(format!("cannot create a context of {cells} tokens: {e}")))?;
+        let limit = per_sequence;
         stats.update(|s| {
             s.kv_tokens = cells;
             s.context = limit;
         });
         Ok(Gen {
             ctx,
-            budget: Budget::new(cells, setup.sequences),
-            limit,
+            budget: Budget::new(limit, setup.sequences),
             batch: LlamaBatch::new(setup.batch as usize, 1),
             batch_size: setup.batch as usize,
             active: Vec::new(),
             waiting: VecDeque::new(),
-            prefix: Prefix {
-                cache: PrefixCache::default(),
-                seq: setup.sequences as i32,
-                tokens: Vec::new(),
-                done: 0,
-                cells: 0,
-            },
+            prefix: Prefix { cache: PrefixCache::default(), seq: setup.sequences as i32, tokens: Vec::new(), done: 0 },
         })
     }
 
     fn take(&mut self, mut job: GenJob) {
         job.params.max_tokens = job.params.max_tokens.max(1);
         let prompt = job.tokens.len() as u32;
-        if prompt as u64 + job.params.max_tokens as u64 > self.limit as u64 {
-            let err = JobError::ContextLengthExceeded {
-                prompt_tokens: prompt,
-                max_tokens: job.params.max_tokens,
-                limit: self.limit,
-            };
+        let limit = self.budget.cells();
+        if prompt as u64 + job.params.max_tokens as u64 > limit as u64 {
+            let err =
+                JobError::ContextLengthExceeded { prompt_tokens: prompt, max_tokens: job.params.max_tokens, limit };
             let _ = job.reply.send(Err(err));
             return;
         }
@@ -365,25 +371,29 @@ impl<'m> Gen<'m> {
             Plan::Own => {}
             Plan::Wait => a.parked = true,
             Plan::Copy(n) => {
-                let _ = self.ctx.copy_kv_cache_seq(self.prefix.seq, a.slot.id, Some(0), Some(n as u32));
+                // Sequences have their own streams, and llama.cpp copies between streams whole: take all of the
+                // prefix's cells, then drop what this job does not share.
+                let _ = self.ctx.copy_kv_cache_seq(self.prefix.seq, a.slot.id, None, None);
+                if n < self.prefix.tokens.len() {
+                    let _ = self.ctx.clear_kv_cache_seq(Some(a.slot.id as u32), Some(n as u32), None);
+                }
                 a.done = n;
                 stats.update(|s| s.prefix_saved_tokens += n as u64);
             }
             Plan::Build(tokens) => {
-                // Drop the old prefix's cells; the jobs that copied them keep their own references.
+                // Replace the old prefix; the jobs that copied it keep their copies.
                 let _ = self.ctx.clear_kv_cache_seq(Some(self.prefix.seq as u32), None, None);
-                self.budget.unhold(self.prefix.cells);
-                let cells = tokens.len() as u32;
-                stats.update(|s| s.prefix_tokens = s.prefix_tokens.max(cells));
-                if self.budget.hold(cells) {
-                    self.prefix.tokens = tokens;
-                    self.prefix.done = 0;
-                    self.prefix.cells = cells;
-                    a.parked = true;
-                } else {
-                    self.prefix.cache = PrefixCache::default();
-                    self.prefix.cells = 0;
+                stats.update(|s| s.prefix_tokens = s.prefix_tokens.max(tokens.len() as u32));
+                // The job that revealed the prefix (admitted with this one, in a burst) waits for it too, rather
+                // than computing the same tokens beside it.
+                for other in self.active.iter_mut().filter(|o| o.done == 0 && o.next.is_none() && !o.parked) {
+                    if other.job.tokens.len() > tokens.len() && other.job.tokens.starts_with(&tokens) {
+                        other.parked = true;
+                    }
                 }
+                self.prefix.tokens = tokens;
+                self.prefix.done = 0;
+                a.parked = true;
             }
         }
     }
@@ -496,11 +506,12 @@ impl<'m> Gen<'m> {
                 a.next = Some(token);
             }
         }
+        // Counted before the answers go out: a caller that has every answer sees every count.
         stats.update(|s| {
             s.sample_time += started.elapsed();
             s.decode_tokens += generated;
+            s.jobs += ended.len() as u64;
         });
-        let finished = ended.len() as u64;
         for (i, finish) in ended.into_iter().rev() {
             let a = self.active.swap_remove(i);
             let answer = Generated {
@@ -511,7 +522,6 @@ impl<'m> Gen<'m> {
             };
             self.finish_seq(a, Ok(answer));
         }
-        stats.update(|s| s.jobs += finished);
     }
 
     fn finish_seq(&mut self, a: Active, answer: Result<Generated, JobError>) {
@@ -620,12 +630,12 @@ impl<'m> Embedder<'m> {
             if done.len() < job.inputs.len() {
                 break;
             }
+            stats.update(|s| s.jobs += 1);
             let (job, vectors) = self.queue.pop_front().expect("front exists");
             let answer = if vectors.iter().any(Vec::is_empty) {
                 Err(JobError::Decode("llama.cpp returned no pooled embedding".into()))
             } else {
                 let prompt_tokens = job.inputs.iter().map(|t| t.len() as u32).sum();
-                stats.update(|s| s.jobs += 1);
                 Ok(Embedded { vectors, prompt_tokens })
             };
             let _ = job.reply.send(answer);
@@ -652,10 +662,13 @@ mod tests {
     }
 
     #[test]
-    fn the_kv_cache_is_what_the_jobs_need_within_memory() {
-        // 8 sequences of 500 tokens plus a prefix: 4,500 cells when memory allows...
-        assert_eq!(kv_cells(8, 500, 1000, 10_000_000), 4500);
-        // ...and what memory allows when it does not.
-        assert_eq!(kv_cells(8, 500, 1000, 1_000_000), 1000);
+    fn a_sequence_holds_twice_the_largest_job_within_the_model_and_memory() {
+        // Jobs of 700 tokens: 1,400 cells a sequence when memory allows...
+        assert_eq!(cells_per_sequence(8, 700, 8192, 1000, 1 << 40), 1400);
+        // ...at least 1,024, at most the training context (but never less than the job itself)...
+        assert_eq!(cells_per_sequence(8, 100, 8192, 1000, 1 << 40), 1024);
+        assert_eq!(cells_per_sequence(8, 3000, 4096, 1000, 1 << 40), 4096);
+        // ...and what memory allows for 9 streams when it does not.
+        assert_eq!(cells_per_sequence(8, 700, 8192, 1000, 9_000_000), 1000);
     }
 }

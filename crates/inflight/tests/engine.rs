@@ -118,6 +118,10 @@ fn cosine(a: &[Value], b: &[Value]) -> f64 {
 #[test]
 #[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
 fn embeddings_match_llama_servers_mean_pooling() {
+    // The reference is llama-server answering one request at a time: with several embedding requests at once,
+    // the test-bed server's answers for some texts came out different from its own one-at-a-time answers
+    // (cosine ~0.72 for 4 of these 20 at -c 4), while the engine, packing all of them into one decode call,
+    // still matches the one-at-a-time answers.
     let server = LlamaServer::start(&["-np", "4", "-t", "2", "-c", "4096", "--embeddings", "--pooling", "mean"]);
     let reference = Scratch::new();
     let lines: Vec<String> = TOPICS
@@ -127,12 +131,12 @@ fn embeddings_match_llama_servers_mean_pooling() {
         .collect();
     let input = reference.write_lines("jobs.jsonl", lines);
     assert_exit(
-        &run(&["run", input.to_str().unwrap(), "-o", reference.out_arg(), "--server", &server.url, "-q", "-c", "4"]),
+        &run(&["run", input.to_str().unwrap(), "-o", reference.out_arg(), "--server", &server.url, "-q", "-c", "1"]),
         0,
     );
     let _turn = server.stop();
     let s = Scratch::new();
-    let out = engine_run(&s, &input, &["--pooling", "mean"]);
+    let out = engine_run(&s, &input, &["--pooling", "mean", "-c", "16"]);
     assert_exit(&out, 0);
     assert!(summary_json(&out)["engine"]["embed_tokens"].as_u64().unwrap() > 0);
     let (want, got) = (answers(&reference), answers(&s));

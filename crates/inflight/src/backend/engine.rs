@@ -101,6 +101,18 @@ impl EngineBackend {
         self.engine.stats()
     }
 
+    /// A job's failure as the backend's error; a job too long for the context says how to make room.
+    fn job_error(&self, e: JobError) -> BackendError {
+        let trained = self.engine.model().n_ctx_train;
+        match e {
+            JobError::ContextLengthExceeded { limit, .. } if limit < trained => {
+                let message = format!("{e}; --engine-context up to {trained} (the model's context) gives it room");
+                refused(ErrorCode::ContextLengthExceeded, message)
+            }
+            e => job_error(e),
+        }
+    }
+
     fn next_id(&self) -> u64 {
         self.ids.fetch_add(1, Ordering::Relaxed)
     }
@@ -115,7 +127,7 @@ impl EngineBackend {
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         match translate(endpoint, &body).map_err(|m| refused(ErrorCode::BadRequest, m))? {
             Request::Generate(prompt, params) => {
-                let g = self.engine.generate(prompt, params).await.map_err(job_error)?;
+                let g = self.engine.generate(prompt, params).await.map_err(|e| self.job_error(e))?;
                 let (p, c) = (g.prompt_tokens as i64, g.completion_tokens as i64);
                 let usage = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
                 let finish = g.finish.as_str();
@@ -134,7 +146,7 @@ impl EngineBackend {
                 Ok((answer, Some(p), Some(c), Some(finish.to_owned())))
             }
             Request::Embed(inputs) => {
-                let e = self.engine.embed(inputs).await.map_err(job_error)?;
+                let e = self.engine.embed(inputs).await.map_err(|e| self.job_error(e))?;
                 let p = e.prompt_tokens as i64;
                 let data: Vec<Value> = e
                     .vectors

@@ -154,6 +154,12 @@ fn server_plans(conns: &[Connection], placement: &[usize], stop: &CancellationTo
 
 /// Flags of the one-step path that a workflow sets per step instead.
 fn check_flags(args: &RunArgs) -> anyhow::Result<()> {
+    if let Some(model) = &args.engine.engine {
+        return Err(setup_error(format!(
+            "--engine {} cannot be used with --workflow yet: a workflow runs on servers (--server)",
+            model.display()
+        )));
+    }
     let per_step = [
         ("--model", args.model.is_some()),
         ("--system", args.job.system.is_some()),
