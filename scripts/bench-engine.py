@@ -74,9 +74,20 @@ atexit.register(stop_servers)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
+KEEP_FILES = {"dir": None}  # the temporary work directory, kept when the script stops on a failure
+
+
 def fail(msg):
+    if KEEP_FILES["dir"]:
+        msg += f"\n  (the run files are kept in {KEEP_FILES['dir']})"
+        KEEP_FILES["dir"] = None
     print(f"bench-engine: {msg}", file=sys.stderr, flush=True)
     sys.exit(1)
+
+
+def remove_work(path):
+    if KEEP_FILES["dir"]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def csv_ints(text):
@@ -387,8 +398,8 @@ def embed(args, runner, model):
     if servers:
         label, per, br = max(servers, key=lambda x: texts_per_s(x[2], x[1]))
         brate = texts_per_s(br, per)
-        print(f"best server combination: {per} inputs per request at -c {conc_text(br)}: {brate:.1f} texts/s, "
-              f"{tokens_per_s(br):.0f} tokens/s")
+        print(f"best server combination: {per} input{'s' if per > 1 else ''} per request at -c {conc_text(br)}: "
+              f"{brate:.1f} texts/s, {tokens_per_s(br):.0f} tokens/s")
         print(f"EMBED engine / best server: {ratio_text(rate, brate)} texts/s "
               f"(tokens/s: {ratio_text(tokens_per_s(eng), tokens_per_s(br))})")
 
@@ -428,7 +439,8 @@ def main():
             fail(f"--keep {work} is not empty (every run needs a fresh output path)")
     else:
         work = tempfile.mkdtemp(prefix="bench-engine-")
-        atexit.register(shutil.rmtree, work, True)
+        KEEP_FILES["dir"] = work
+        atexit.register(remove_work, work)
 
     cpu = "unknown"
     try:
@@ -459,7 +471,8 @@ def main():
         embed(args, runner, model)
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
-    print(f"\nload average at end: {load}; {runner.count} runs in {time.monotonic() - start:.0f}s")
+    runs = f"{runner.count} run{'s' if runner.count != 1 else ''}"
+    print(f"\nload average at end: {load}; {runs} in {time.monotonic() - start:.0f}s")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ pub struct EngineStats {
     pub decode_tokens: u64,
     /// Tokens embedded.
     pub embed_tokens: u64,
-    /// The most sequences seen decoding in one call.
+    /// The most sequences (or embedding inputs) seen in one decode call.
     pub max_batch_sequences: usize,
     /// Decode calls.
     pub decode_calls: u64,

@@ -77,10 +77,12 @@ impl Worker {
             Some(n) => (n.max(1), Vec::new()),
             None => calibrate(&loaded, cores)?,
         };
+        let batch = config.batch.max(32);
         let setup = Setup {
             threads,
-            sequences: config.sequences.max(1),
-            batch: config.batch.max(32),
+            // Every generating sequence puts a token in each decode call: no more of them than a call holds.
+            sequences: config.sequences.clamp(1, batch as usize),
+            batch,
             context: config.context,
             kv_tokens: config.kv_tokens,
             memory: config.memory,
@@ -404,6 +406,8 @@ impl<'m> Gen<'m> {
         if self.active.is_empty() {
             return;
         }
+        // In sequence order: llama.cpp puts consecutive sequence ids, as they come in the batch, in one pass.
+        self.active.sort_unstable_by_key(|a| a.slot.id);
         self.batch.clear();
         let mut room = self.batch_size;
         let (mut prompt_tokens, mut gen_tokens) = (0usize, 0usize);
@@ -457,10 +461,13 @@ impl<'m> Gen<'m> {
             s.max_batch_sequences = s.max_batch_sequences.max(sequences);
         });
         if let Err(e) = result {
+            // The call's KV cells are in an unknown state: end its jobs (they may be tried again) and the prefix.
             let message = e.to_string();
             for a in std::mem::take(&mut self.active) {
                 self.finish_seq(a, Err(JobError::Decode(message.clone())));
             }
+            let _ = self.ctx.clear_kv_cache_seq(Some(self.prefix.seq as u32), None, None);
+            self.prefix.cache = PrefixCache::default();
             return;
         }
         if self.prefix.cache.building() && self.prefix.done == self.prefix.tokens.len() {
@@ -604,6 +611,7 @@ impl<'m> Embedder<'m> {
             s.embed_time += started.elapsed();
             s.embed_tokens += used as u64;
             s.decode_calls += 1;
+            s.max_batch_sequences = s.max_batch_sequences.max(seqs.len());
         });
         match result {
             Ok(()) => {

@@ -126,9 +126,12 @@ impl EngineReport {
             format!("{} threads of {} physical cores ({})", self.threads, self.physical_cores, rates.join(", "))
         };
         let mut s = format!(
-            "\n  engine: {threads}, {} sequences (at most {} decoded together), batch {}, KV cache {} tokens",
-            self.sequences, self.max_batch_sequences, self.batch, self.kv_tokens
+            "\n  engine: {threads}, {} sequences (at most {} decoded together), batch {}",
+            self.sequences, self.max_batch_sequences, self.batch
         );
+        if self.kv_tokens > 0 {
+            s += &format!(", KV cache {} tokens ({} a sequence)", self.kv_tokens, self.context);
+        }
         if self.prefill_tokens + self.prefix_saved_tokens > 0 {
             s += &format!(
                 "\n  engine prefill: {} prompt tokens computed, {} copied from a shared prefix ({} tokens)",
