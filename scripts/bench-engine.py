@@ -321,6 +321,11 @@ def chat(args, runner, model):
     print(f"engine: all {args.jobs} jobs, --concurrency auto", flush=True)
     eng = runner.run(f"engine, {args.jobs} jobs, auto", jobs_all, ["--engine", model], "auto", common)
     rows.append(("engine", eng))
+    # Single-sequence speed, the check that the engine's kernels are built for this CPU: one job at a time on
+    # the engine against the server's one-slot screens, same jobs.
+    print(f"engine, one sequence: the first {screen_n} jobs at -c 1", flush=True)
+    solo = runner.run(f"engine, {screen_n} jobs at -c 1", jobs_screen, ["--engine", model], 1, common)
+    rows.append(("engine, one sequence (screen)", solo))
 
     print(f"\nchat runs ({MAX_TOKENS} max output tokens; wall s, jobs/s and tok/s are inflight's own, "
           f"process s is the whole command):")
@@ -335,6 +340,12 @@ def chat(args, runner, model):
               f"{br['summary']['done']} jobs")
         print(f"engine: {rate:.1f} output tok/s")
         print(f"CHAT engine / best server: {ratio_text(rate, brate)} (goal: >= 1.0x must, 1.10x goal)")
+        one_slot = [screens[k] for k in screens if k[0] == 1]
+        if one_slot:
+            srate = max(r["summary"]["output_tokens_per_s"] for r in one_slot)
+            erate = solo["summary"]["output_tokens_per_s"]
+            print(f"ONE SEQUENCE engine -c 1 / best server -np 1: {erate:.1f} / {srate:.1f} tok/s = "
+                  f"{ratio_text(erate, srate)} (the engine's kernels against llama-server's -DGGML_NATIVE=ON build)")
     else:
         print(f"\nengine: {rate:.1f} output tok/s (--skip-server: no server to compare with)")
 
