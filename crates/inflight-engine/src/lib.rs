@@ -26,7 +26,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 pub use error::{JobError, LoadError};
-pub use model::{cannot_pool, no_template, ModelInfo, Pooling};
+pub use model::{cannot_pool, check_file, no_template, ModelInfo, Pooling};
 pub use stats::{EngineStats, ThreadRate};
 
 use model::Loaded;

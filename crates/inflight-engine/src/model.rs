@@ -82,8 +82,9 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend, LoadError> {
 }
 
 /// Checks that `path` is a readable GGUF file before llama.cpp sees it, so a wrong path or a truncated
-/// download gets a one-line reason, not a loader log.
-fn check_file(path: &Path) -> Result<(), LoadError> {
+/// download gets a one-line reason, not a loader log. Cheap (reads four bytes): callers that load a model
+/// later use it to refuse a bad path before anything runs.
+pub fn check_file(path: &Path) -> Result<(), LoadError> {
     let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => LoadError::Missing(path.to_owned()),
         _ => LoadError::Unreadable { path: path.to_owned(), why: e.to_string() },

@@ -1,5 +1,6 @@
-//! The CPU's physical cores: the ceiling for decode threads (hyper-threads share a core's vector units, so a
-//! count above the physical cores only adds contention).
+//! Facts about the machine the engine sizes itself by: the CPU's physical cores (the ceiling for decode
+//! threads: hyper-threads share a core's vector units, so a count above the physical cores only adds
+//! contention) and the memory available.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -43,6 +44,14 @@ fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
         }
     }
     Some(cpus)
+}
+
+/// Memory the system could give a new allocation now without swapping (`MemAvailable` in `/proc/meminfo`), in
+/// bytes; `None` where the system does not say.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
 #[cfg(test)]

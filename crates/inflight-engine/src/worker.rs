@@ -139,13 +139,9 @@ fn calibrate(loaded: &Loaded, cores: usize) -> Result<(usize, Vec<ThreadRate>), 
     Ok((fastest, rates))
 }
 
-/// Half of the memory available now, from `/proc/meminfo`.
+/// Half of the memory available now.
 fn default_memory() -> u64 {
-    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
-        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
-    });
-    available.unwrap_or(4 << 30) / 2
+    crate::topology::available_memory().unwrap_or(4 << 30) / 2
 }
 
 /// KV cells per sequence: room for twice the largest job seen in the caller's sample (at least 1,024), at most

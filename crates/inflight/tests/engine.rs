@@ -265,3 +265,76 @@ fn kill_9_during_an_engine_run_then_resume_gives_every_job_once_and_decodes_no_f
     let e = summary_json(&out)["engine"].clone();
     assert_eq!(e["jobs"].as_u64().unwrap(), n - done_before, "only the unfinished jobs were decoded again: {e}");
 }
+
+/// Three steps over two GGUF files (a, then b, then a), as a workflow names them.
+const TWO_MODEL_FLOW: &str = "steps:
+  facts:
+    model: a.gguf
+    template: 'Name one fact about {{ topic }}.'
+    max_tokens: 16
+    temperature: 0
+  critique:
+    model: b.gguf
+    template: 'Is this true? {{ steps.facts.output }}'
+    max_tokens: 16
+    temperature: 0
+  verdict:
+    model: a.gguf
+    template: 'Say yes or no: {{ steps.critique.output }}'
+    max_tokens: 8
+    temperature: 0
+";
+
+/// Runs [`TWO_MODEL_FLOW`] over 20 topics on the engine with `extra` flags; checks every job's three steps
+/// came once; returns the run's stderr (its log at -v).
+fn two_model_workflow(extra: &[&str]) -> String {
+    let s = Scratch::new();
+    // Two files (the test bed has one model: both are its weights, under two names, so they load apart).
+    let model = testbed_model();
+    for name in ["a.gguf", "b.gguf"] {
+        std::fs::copy(&model, s.path(name)).unwrap();
+    }
+    let flow = s.path("flow.yaml");
+    std::fs::write(&flow, TWO_MODEL_FLOW).unwrap();
+    let input = s.write_lines(
+        "jobs.jsonl",
+        TOPICS.iter().enumerate().map(|(i, t)| json!({"id": format!("t{i}"), "topic": t}).to_string()),
+    );
+    let mut args = vec!["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg(), "-v"];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    assert_exit(&out, 0);
+    let lines = read_jsonl(&s.out());
+    let ids: std::collections::HashSet<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!((lines.len(), ids.len()), (20, 20), "every job once");
+    for l in &lines {
+        for step in ["facts", "critique", "verdict"] {
+            assert!(l["steps"][step]["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{step} of {l}");
+        }
+    }
+    let summary = String::from_utf8_lossy(&out.stdout);
+    for step in ["facts", "critique", "verdict"] {
+        assert!(summary.contains(&format!("step {step}: 20 done, 0 failed")), "{summary}");
+    }
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// How many times the engine loaded a model (its log at -v).
+fn loads_in(log: &str) -> usize {
+    log.lines().filter(|l| l.contains(" loading a model")).count()
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn a_three_step_workflow_over_two_gguf_files_runs_every_step_once_on_the_engine() {
+    let _turn = turn();
+    // Memory for both: each model is loaded once, at the start.
+    let log = two_model_workflow(&["--engine-sequences", "8"]);
+    assert_eq!(loads_in(&log), 2, "both models stay loaded:\n{log}");
+    // Memory for one (98 MB of weights each, with a useful cache for one): the models load in turn, a load is
+    // a model switch, and the answers are the same whole set.
+    let log = two_model_workflow(&["--engine-sequences", "8", "--engine-memory", "400M"]);
+    let loads = loads_in(&log);
+    assert!(loads >= 3, "a, b, then a again: {loads} loads\n{log}");
+    assert!(log.contains("unloading a model to make room"), "{log}");
+}

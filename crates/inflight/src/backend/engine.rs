@@ -5,37 +5,17 @@
 //! whole translation. The number of requests the dispatcher keeps in flight is the number of sequences the
 //! engine decodes together, so `--concurrency auto` tunes the engine's batch as it tunes a server's lanes.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use inflight_engine::{Engine, EngineConfig, EngineStats, JobError, Message, Params, Pooling, Prompt};
+use inflight_engine::{Engine, EngineConfig, EngineStats, JobError, Message, Params, Prompt};
 use serde_json::{json, Value};
 
 use super::{Answer, Api, Backend, BackendError, ServerInfo, ServerKind, ServerTimings, Streamed};
 use crate::code::ErrorCode;
 use crate::job::Endpoint;
-
-/// How `--engine` is set up (flags of run and bench).
-#[derive(Debug, Clone)]
-pub struct EngineOptions {
-    /// The GGUF file.
-    pub model: PathBuf,
-    /// Fixed decode threads (`None`: measured).
-    pub threads: Option<usize>,
-    /// Sequences that can decode together.
-    pub sequences: usize,
-    /// The most tokens one job may use (`None`: the model's training context).
-    pub context: Option<u32>,
-    /// Tokens per decode call.
-    pub batch: u32,
-    /// GPU layers (`None`: as many as fit).
-    pub gpu_layers: Option<u32>,
-    /// Embedding pooling (`None`: the model's own).
-    pub pooling: Option<Pooling>,
-}
 
 /// `max_tokens` for a line that sets none. A server's default is "until the context is full", which would make
 /// every job reserve its whole context in the engine's KV cache; lines that need more say so.
@@ -50,23 +30,13 @@ pub struct EngineBackend {
 
 impl EngineBackend {
     /// Loads the model and measures the threads (blocking work, run off the async threads).
-    pub async fn load(opts: &EngineOptions) -> Result<EngineBackend, String> {
-        let mut config = EngineConfig::new(&opts.model);
-        config.threads = opts.threads;
-        config.sequences = opts.sequences;
-        config.context = opts.context;
-        config.batch = opts.batch;
-        config.gpu_layers = opts.gpu_layers;
-        config.pooling = opts.pooling;
+    pub async fn load(config: EngineConfig) -> Result<EngineBackend, String> {
+        let url = format!("engine:{}", config.model.display());
         let engine = tokio::task::spawn_blocking(move || Engine::load(config))
             .await
             .map_err(|e| format!("the engine's loader failed: {e}"))?
             .map_err(|e| e.to_string())?;
-        Ok(EngineBackend {
-            engine: Arc::new(engine),
-            url: format!("engine:{}", opts.model.display()),
-            ids: AtomicU64::new(0),
-        })
+        Ok(EngineBackend { engine: Arc::new(engine), url, ids: AtomicU64::new(0) })
     }
 
     /// Sizes the KV cache for jobs like these (a sample of the run's bodies): the most tokens any of them
@@ -177,6 +147,7 @@ impl Backend for EngineBackend {
             completion_tokens,
             finish_reason,
             first_byte: Some(started.elapsed()),
+            load: None,
         })
     }
 

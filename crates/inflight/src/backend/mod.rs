@@ -7,6 +7,8 @@ mod busy;
 mod detect;
 #[cfg(feature = "engine")]
 mod engine;
+#[cfg(feature = "engine")]
+mod engine_pool;
 mod error;
 mod getter;
 mod http;
@@ -19,7 +21,9 @@ pub use busy::{metric, BusyCount, BusySampler};
 pub(crate) use detect::normalize;
 pub use detect::{connect, ConnectError, ConnectOptions, Connection, DEFAULT_PORTS};
 #[cfg(feature = "engine")]
-pub use engine::{EngineBackend, EngineOptions};
+pub use engine::EngineBackend;
+#[cfg(feature = "engine")]
+pub use engine_pool::{default_budget, EnginePool};
 pub use error::BackendError;
 pub use getter::Getter;
 pub use lanes::{LaneFix, LaneSetting, LLAMA_CONTEXT, LLAMA_SLOTS, SUGGESTED_LANES};
@@ -59,6 +63,9 @@ pub struct Answer {
     pub finish_reason: Option<String>,
     /// Time from sending to the response headers.
     pub first_byte: Option<Duration>,
+    /// Time the model took to load for this request, where the backend says (Ollama's `load_duration`, an
+    /// engine model loaded on demand): the workflow scheduler measures a model switch by it.
+    pub load: Option<Duration>,
 }
 
 /// What a server says about itself.
@@ -97,6 +104,17 @@ pub enum ServerKind {
 }
 
 impl ServerKind {
+    /// Where a concurrency controller starts on this server: its lanes, or the engine's sequences (both run
+    /// that many requests together by design), else `None` (from 1).
+    pub fn start_level(self) -> Option<usize> {
+        self.lanes().or(self.capacity())
+    }
+
+    /// The highest level worth trying here, given `--max-concurrency`.
+    pub fn ceiling(self, max_concurrency: usize) -> usize {
+        self.capacity().map_or(max_concurrency, |c| c.min(max_concurrency))
+    }
+
     /// The most requests worth sending at once, where more could only queue: the engine's sequences.
     pub fn capacity(self) -> Option<usize> {
         match self {

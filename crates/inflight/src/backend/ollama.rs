@@ -174,6 +174,7 @@ impl Backend for OllamaBackend {
             completion_tokens: completion_tokens.filter(|_| endpoint != Endpoint::Embedding),
             finish_reason,
             first_byte: Some(reply.first_byte),
+            load: reply.body["load_duration"].as_u64().map(std::time::Duration::from_nanos),
         })
     }
 

@@ -47,6 +47,7 @@ impl Backend for OpenAiBackend {
             completion_tokens,
             finish_reason,
             first_byte: Some(reply.first_byte),
+            load: None,
         })
     }
 

@@ -5,37 +5,83 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::common::{setup_error, ServerArgs};
+use super::parse;
 use crate::backend::{connect, ConnectOptions, Connection};
 
-/// The engine's flags.
+/// The engine's flags. The settings apply to `--engine`'s model, and in a workflow to every step whose model
+/// is a GGUF file.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Embedded engine (no server)")]
 pub struct EngineArgs {
     /// Run on this GGUF model in-process (llama.cpp), with no server: inflight picks the threads by
     /// measuring, decodes as many sequences together as the concurrency says, and sizes the KV cache from
-    /// the jobs.
+    /// the jobs. (In a workflow, name GGUF files in the steps' `model:` instead.)
     #[arg(long, value_name = "MODEL.gguf", conflicts_with_all = ["server", "api"])]
     pub engine: Option<PathBuf>,
     /// Decode threads. Default: each count up to the physical cores is measured and the fastest kept.
-    #[arg(long, value_name = "N", requires = "engine", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub engine_threads: Option<u64>,
     /// Sequences the engine can decode together (the most jobs in flight). Default: --max-concurrency,
     /// at most 64.
-    #[arg(long, value_name = "N", requires = "engine", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub engine_sequences: Option<u64>,
     /// The most tokens one job may use, prompt plus max_tokens. Default: the model's training context.
     /// Longer jobs fail with `context_length_exceeded`.
-    #[arg(long, value_name = "TOKENS", requires = "engine", value_parser = clap::value_parser!(u32).range(16..))]
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(16..))]
     pub engine_context: Option<u32>,
-    /// Tokens per decode call (prompt chunks and generated tokens together).
-    #[arg(long, value_name = "TOKENS", default_value_t = 512, requires = "engine", value_parser = clap::value_parser!(u32).range(32..=8192))]
-    pub engine_batch: u32,
+    /// Tokens per decode call (prompt chunks and generated tokens together). Default: 512.
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(32..=8192))]
+    pub engine_batch: Option<u32>,
+    /// Memory the engine's models and KV caches may take (e.g. `6G`, `800M`). Default: the memory available,
+    /// less a margin. A workflow keeps as many of its GGUF models loaded as fit, and loads the others in turn.
+    #[arg(long, value_name = "BYTES", value_parser = parse::bytes)]
+    pub engine_memory: Option<u64>,
     /// Model layers on the GPU: `auto` (as many as fit; none without a GPU build) or a number.
-    #[arg(long, value_name = "auto|N", default_value = "auto", requires = "engine", value_parser = gpu_layers)]
-    pub gpu_layers: GpuLayers,
+    #[arg(long, value_name = "auto|N", value_parser = gpu_layers)]
+    pub gpu_layers: Option<GpuLayers>,
     /// How embeddings pool token vectors. Default: the model's own (models made for chat have none).
-    #[arg(long, value_enum, requires = "engine")]
+    #[arg(long, value_enum)]
     pub pooling: Option<PoolingArg>,
+}
+
+impl EngineArgs {
+    /// The first engine setting given, for the error when nothing runs on the engine.
+    pub fn setting_given(&self) -> Option<&'static str> {
+        let given = [
+            ("--engine-threads", self.engine_threads.is_some()),
+            ("--engine-sequences", self.engine_sequences.is_some()),
+            ("--engine-context", self.engine_context.is_some()),
+            ("--engine-batch", self.engine_batch.is_some()),
+            ("--engine-memory", self.engine_memory.is_some()),
+            ("--gpu-layers", self.gpu_layers.is_some()),
+            ("--pooling", self.pooling.is_some()),
+        ];
+        given.iter().find(|(_, set)| *set).map(|(flag, _)| *flag)
+    }
+
+    /// The engine's configuration for `model` with these settings; `max_concurrency` bounds the sequences.
+    #[cfg(feature = "engine")]
+    pub fn config(&self, model: &std::path::Path, max_concurrency: u64) -> inflight_engine::EngineConfig {
+        use inflight_engine::Pooling;
+        let mut config = inflight_engine::EngineConfig::new(model);
+        config.threads = self.engine_threads.map(|n| n as usize);
+        config.sequences = self.engine_sequences.unwrap_or(max_concurrency.min(64)) as usize;
+        config.context = self.engine_context;
+        config.batch = self.engine_batch.unwrap_or(config.batch);
+        config.gpu_layers = match self.gpu_layers {
+            None | Some(GpuLayers::Auto) => None,
+            Some(GpuLayers::Count(n)) => Some(n),
+        };
+        config.pooling = self.pooling.map(|p| match p {
+            PoolingArg::Mean => Pooling::Mean,
+            PoolingArg::Cls => Pooling::Cls,
+            PoolingArg::Last => Pooling::Last,
+        });
+        // What the weights leave of --engine-memory is the KV cache's.
+        let weights = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
+        config.memory = self.engine_memory.map(|m| m.saturating_sub(weights));
+        config
+    }
 }
 
 /// `--gpu-layers`.
@@ -82,6 +128,9 @@ pub async fn open(
 ) -> anyhow::Result<(Connection, Option<EngineHandle>)> {
     match &engine.engine {
         None => {
+            if let Some(flag) = engine.setting_given() {
+                return Err(setup_error(format!("{flag} is an engine setting: it needs --engine MODEL.gguf")));
+            }
             let c = connect(conn.single()?, conn.api, opts).await.map_err(|e| setup_error(e.to_string()))?;
             Ok((c, None))
         }
@@ -95,25 +144,9 @@ async fn load(
     args: &EngineArgs,
     max_concurrency: u64,
 ) -> anyhow::Result<(Connection, Option<EngineHandle>)> {
-    use crate::backend::{Backend, EngineBackend, EngineOptions};
-    use inflight_engine::Pooling;
-    let opts = EngineOptions {
-        model: model.to_owned(),
-        threads: args.engine_threads.map(|n| n as usize),
-        sequences: args.engine_sequences.unwrap_or(max_concurrency.min(64)) as usize,
-        context: args.engine_context,
-        batch: args.engine_batch,
-        gpu_layers: match args.gpu_layers {
-            GpuLayers::Auto => None,
-            GpuLayers::Count(n) => Some(n),
-        },
-        pooling: args.pooling.map(|p| match p {
-            PoolingArg::Mean => Pooling::Mean,
-            PoolingArg::Cls => Pooling::Cls,
-            PoolingArg::Last => Pooling::Last,
-        }),
-    };
-    let engine = Arc::new(EngineBackend::load(&opts).await.map_err(setup_error)?);
+    use crate::backend::{Backend, EngineBackend};
+    let config = args.config(model, max_concurrency);
+    let engine = Arc::new(EngineBackend::load(config).await.map_err(setup_error)?);
     let info = engine.probe().await.map_err(|e| setup_error(e.to_string()))?;
     let backend: Arc<dyn Backend> = engine.clone();
     Ok((Connection { backend, info }, Some(engine)))

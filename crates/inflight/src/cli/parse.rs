@@ -36,6 +36,27 @@ pub fn count(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// Parses a size in bytes: `800M`, `6G`, `1.5G`, `4096` (binary units: `K`, `M`, `G`, `T`, with or without a
+/// trailing `B` or `iB`).
+pub fn bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let upper = t.to_ascii_uppercase();
+    let stripped = upper.strip_suffix("IB").or_else(|| upper.strip_suffix('B')).unwrap_or(&upper);
+    let (num, shift) = match stripped.chars().last() {
+        Some('K') => (&stripped[..stripped.len() - 1], 10),
+        Some('M') => (&stripped[..stripped.len() - 1], 20),
+        Some('G') => (&stripped[..stripped.len() - 1], 30),
+        Some('T') => (&stripped[..stripped.len() - 1], 40),
+        _ => (stripped, 0),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| format!("{t:?} is not a size like 800M, 6G or 4096"))?;
+    let value = n * (1u64 << shift) as f64;
+    if !(value.is_finite() && value >= 1.0 && value < u64::MAX as f64) {
+        return Err(format!("{t:?} is not a size inflight can use"));
+    }
+    Ok(value as u64)
+}
+
 /// `--concurrency`: `auto` or a fixed number of requests in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Concurrency {
@@ -86,6 +107,19 @@ mod tests {
         assert_eq!(count("1M"), Ok(1_000_000));
         assert_eq!(count("7"), Ok(7));
         assert!(count("k").is_err());
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(bytes("4096"), Ok(4096));
+        assert_eq!(bytes("800M"), Ok(800 << 20));
+        assert_eq!(bytes("6G"), Ok(6 << 30));
+        assert_eq!(bytes("6GiB"), Ok(6 << 30));
+        assert_eq!(bytes("1.5g"), Ok(3 << 29));
+        assert_eq!(bytes("2kb"), Ok(2048));
+        for bad in ["", "G", "-1G", "0", "lots"] {
+            assert!(bytes(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

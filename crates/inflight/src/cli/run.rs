@@ -97,16 +97,10 @@ fn concurrency(args: &RunArgs, conn: &Connection) -> (Limiter, Option<UnboundedS
         Concurrency::Auto => {
             let limiter = Limiter::new(1);
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let max = conn
-                .info
-                .kind
-                .capacity()
-                .map_or(args.max_concurrency as usize, |c| c.min(args.max_concurrency as usize));
+            let max = conn.info.kind.ceiling(args.max_concurrency as usize);
             let cfg = ControllerConfig { max, ..Default::default() };
             let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-            // The engine decodes all its sequences together by design: start there, as at a server's slots.
-            let start = conn.info.kind.lanes().or(conn.info.kind.capacity());
-            let controller = Controller::for_lanes(cfg, clock.now(), start);
+            let controller = Controller::for_lanes(cfg, clock.now(), conn.info.kind.start_level());
             let (kind, api_key) = (conn.info.kind, args.conn.api_key.as_deref());
             let busy = BusySampler::new(kind, conn.backend.url(), api_key, BusySampler::RUN_EVERY);
             let handle = spawn_controller_with(controller, limiter.clone(), rx, busy, clock, kind.parallel_fix());

@@ -34,7 +34,8 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
     }
     let locked = Locked::new(&args)?;
     let opts = args.connect_options();
-    let (conns, placement) = connect_servers(&workflow, &args, &opts).await?;
+    let base = flow.parent().unwrap_or(Path::new("."));
+    let (conns, placement) = connect_servers(&workflow, &args, &opts, base).await?;
     let steps: Vec<(String, String)> = workflow.steps.iter().map(|s| (s.name.clone(), s.fingerprint.clone())).collect();
     let session = locked.open(&args, Identity::Workflow(&steps), &Parser::fields_only(), Format::Workflow).await?;
 
@@ -156,7 +157,8 @@ fn server_plans(conns: &[Connection], placement: &[usize], stop: &CancellationTo
 fn check_flags(args: &RunArgs) -> anyhow::Result<()> {
     if let Some(model) = &args.engine.engine {
         return Err(setup_error(format!(
-            "--engine {} cannot be used with --workflow yet: a workflow runs on servers (--server)",
+            "--engine {} cannot be used with --workflow: name the GGUF file in the steps' `model:` (a step whose \
+             model is a .gguf file runs on the embedded engine)",
             model.display()
         )));
     }
@@ -184,30 +186,66 @@ fn check_flags(args: &RunArgs) -> anyhow::Result<()> {
     )))
 }
 
-/// Connects to every server: the `--server` flags in order, then servers that only steps name. Returns the
-/// connections and, per step, the index of its server (steps naming none run on the first).
+/// Whether a step's model is a GGUF file (run on the embedded engine) rather than a server's model name.
+fn is_gguf(model: &str) -> bool {
+    model.to_ascii_lowercase().ends_with(".gguf")
+}
+
+/// Connects to every server: the `--server` flags in order, then servers that only steps name, then the
+/// embedded engine for the steps whose model is a GGUF file (relative paths are read from the workflow file's
+/// directory). Returns the connections and, per step, the index of its connection (server steps naming none
+/// run on the first server).
 async fn connect_servers(
     workflow: &Workflow,
     args: &RunArgs,
     opts: &ConnectOptions,
+    base: &Path,
 ) -> anyhow::Result<(Vec<Connection>, Vec<usize>)> {
     let mut urls: Vec<String> = args.conn.server.iter().map(|u| normalize(u)).collect();
+    let mut engine_models: Vec<String> = Vec::new();
     for s in &workflow.steps {
-        if let Some(url) = s.server.as_deref().map(normalize) {
+        if is_gguf(&s.model) {
+            if let Some(url) = &s.server {
+                return Err(setup_error(format!(
+                    "step {} (line {}): model {} is a GGUF file, run on the embedded engine; it cannot also name \
+                     server {url}",
+                    s.name, s.line, s.model
+                )));
+            }
+            if !engine_models.contains(&s.model) {
+                engine_models.push(s.model.clone());
+            }
+        } else if let Some(url) = s.server.as_deref().map(normalize) {
             if !urls.contains(&url) {
                 urls.push(url);
             }
         }
     }
+    if engine_models.is_empty() {
+        if let Some(flag) = args.engine.setting_given() {
+            return Err(setup_error(format!(
+                "{flag} is an engine setting, but no step's model is a GGUF file (.gguf) to run on the engine"
+            )));
+        }
+    }
     let mut conns = Vec::new();
-    if urls.is_empty() {
+    if urls.is_empty() && workflow.steps.iter().any(|s| !is_gguf(&s.model)) {
         conns.push(connect(None, args.conn.api, opts).await.map_err(|e| setup_error(e.to_string()))?);
     }
     for url in &urls {
         conns.push(connect(Some(url), args.conn.api, opts).await.map_err(|e| setup_error(e.to_string()))?);
     }
+    let engine_at = conns.len();
+    if !engine_models.is_empty() {
+        let files = engine_models.into_iter().map(|m| (base.join(&m), m)).map(|(path, m)| (m, path)).collect();
+        conns.push(engine_pool(files, args).await?);
+    }
     let mut placement = Vec::new();
     for s in &workflow.steps {
+        if is_gguf(&s.model) {
+            placement.push(engine_at);
+            continue;
+        }
         let i = s.server.as_deref().and_then(|u| urls.iter().position(|x| *x == normalize(u))).unwrap_or(0);
         let conn = &conns[i];
         if conn.backend.api() == Api::Ollama {
@@ -226,4 +264,25 @@ async fn connect_servers(
         placement.push(i);
     }
     Ok((conns, placement))
+}
+
+/// The embedded engine for the workflow's GGUF models (each as the steps name it, and its file).
+#[cfg(feature = "engine")]
+async fn engine_pool(files: Vec<(String, std::path::PathBuf)>, args: &RunArgs) -> anyhow::Result<Connection> {
+    use crate::backend::{default_budget, Backend, EnginePool};
+    let config = args.engine.config(&files[0].1, args.max_concurrency);
+    let budget = args.engine.engine_memory.unwrap_or_else(default_budget);
+    let pool = EnginePool::open(files, config, budget).await.map_err(setup_error)?;
+    let info = pool.probe().await.map_err(|e| setup_error(e.to_string()))?;
+    Ok(Connection { backend: std::sync::Arc::new(pool), info })
+}
+
+/// Without the engine, GGUF steps cannot run.
+#[cfg(not(feature = "engine"))]
+async fn engine_pool(files: Vec<(String, std::path::PathBuf)>, _args: &RunArgs) -> anyhow::Result<Connection> {
+    Err(setup_error(format!(
+        "step model {}: this inflight was built without its engine (cargo feature `engine`), which runs GGUF files; \
+         rebuild with it, or serve the model and name its server",
+        files[0].0
+    )))
 }

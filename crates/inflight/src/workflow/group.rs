@@ -82,14 +82,14 @@ impl Group {
     }
 
     /// Starts the controller (once, when the model is first fed), at `prior` if another model on the server
-    /// found one, else at the server's lanes if it says, else from 1.
+    /// found one, else at the server's lanes (or the engine's sequences) if it says, else from 1.
     pub fn start_tuning(&mut self, prior: Option<usize>) {
         let Some((max, kind)) = self.auto.take() else { return };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let cfg = ControllerConfig { max, ..Default::default() };
+        let cfg = ControllerConfig { max: kind.ceiling(max), ..Default::default() };
         let controller = match prior {
             Some(level) => Controller::starting_at(cfg, self.clock.now(), level),
-            None => Controller::for_lanes(cfg, self.clock.now(), kind.lanes()),
+            None => Controller::for_lanes(cfg, self.clock.now(), kind.start_level()),
         };
         let clock: Arc<dyn Clock> = self.clock.clone();
         self.tune = Some(spawn_controller(controller, self.limiter.clone(), rx, clock, kind.parallel_fix()));

@@ -75,7 +75,7 @@ pub(super) async fn run(ctx: Arc<TaskCtx>, lane: Lane, unit: Unit, permit: Permi
             Tried::Answered { answer, attempts: spent, sent_ms, latency, permit: held } => {
                 attempts = spent;
                 permit = held;
-                first.get_or_insert((latency, load_of(&answer)));
+                first.get_or_insert((latency, answer.load));
                 (answer, sent_ms)
             }
             Tried::Stopped => break End::Stopped,
@@ -152,10 +152,4 @@ fn done(
         finished_ms: now_ms(),
         steps_total: steps.len(),
     }
-}
-
-/// The load time Ollama reports with an answer (`load_duration`, nanoseconds), kept under `x_ollama`.
-fn load_of(answer: &Answer) -> Option<Duration> {
-    let body: Value = serde_json::from_str(&answer.body).ok()?;
-    body["x_ollama"]["load_duration"].as_u64().map(Duration::from_nanos)
 }
