@@ -7,6 +7,8 @@
 #     recommended level then runs them; prints both times and their ratio.
 #   SCALE=10 scripts/bench-bench.sh
 set -euo pipefail
+# Measurements send the same jobs again: the response cache would answer them instead.
+export INFLIGHT_CACHE=off
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/inflight-target}"
 cargo build --release -q --bin inflight --bin inflight-sim

@@ -8,6 +8,8 @@
 # alternating rounds (before, after, before, after) and each side's best throughputs are averaged; the load
 # average is printed before each bench.
 set -euo pipefail
+# Measurements send the same jobs again: the response cache would answer them instead.
+export INFLIGHT_CACHE=off
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/inflight-target}"
 cargo build --release -q --bin inflight

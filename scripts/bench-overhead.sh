@@ -4,6 +4,8 @@
 # Prints jobs/s, the ratio to wrk, and peak RSS; then peak RSS for a 1,000,000-line input.
 #   JOBS=100000 CONC=64 BIG=1000000 scripts/bench-overhead.sh
 set -euo pipefail
+# Measurements send the same jobs again: the response cache would answer them instead.
+export INFLIGHT_CACHE=off
 cd "$(dirname "$0")/.."
 JOBS="${JOBS:-100000}"; CONC="${CONC:-64}"; BIG="${BIG:-1000000}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/inflight-target}"

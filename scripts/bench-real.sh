@@ -4,6 +4,8 @@
 # server itself ran at most (`--metrics`: the busy-slot evidence that caps the recommendation unless a level
 # above is clearly faster), and where the reports (JSON, CSV, SVG chart) are. About 10 minutes on 2 cores.
 set -euo pipefail
+# Measurements send the same jobs again: the response cache would answer them instead.
+export INFLIGHT_CACHE=off
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/inflight-target}"
 cargo build --release -q --bin inflight

@@ -9,6 +9,8 @@
 # The load average is printed first: other work on the machine moves every rate here.
 #   RUNS=5 JOBS=300 SCREEN_LEVELS=4,8,16 SCREEN_JOBS=80 scripts/bench-serial-real.sh
 set -euo pipefail
+# Measurements send the same jobs again: the response cache would answer them instead.
+export INFLIGHT_CACHE=off
 cd "$(dirname "$0")/.."
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/inflight-target}"

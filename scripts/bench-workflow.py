@@ -28,6 +28,9 @@ import tempfile
 import time
 import urllib.request
 
+# Measurements send the same jobs again: the response cache would answer them instead.
+os.environ["INFLIGHT_CACHE"] = "off"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(
     os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "inflight-target")

@@ -65,7 +65,9 @@ impl SimServer {
             Api::OpenAi => openai::router(app.clone()),
             Api::Ollama => ollama::router(app.clone()),
         };
-        let router = app::with_auth(router, app.clone());
+        let counted = app.clone();
+        let stats = axum::routing::get(move || async move { axum::Json(counted.stats()) });
+        let router = app::with_auth(router.route("/sim/stats", stats), app.clone());
         let (stop, stopped) = watch::channel(false);
         let accept = tokio::spawn(server::accept_loop(listener, router, stopped));
         Ok(SimServer { addr, app, stop, accept, driver })

@@ -1,9 +1,10 @@
-//! Counters of what the simulated server saw, for tests to assert on.
+//! Counters of what the simulated server saw, for tests to assert on (in-process, or over HTTP at
+//! `/sim/stats` for benchmark scripts that run the simulator's binary).
 
 use std::sync::atomic::AtomicU64;
 
 /// A snapshot of what the server has seen.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SimStats {
     /// Inference requests received (every attempt, whatever its outcome).
     pub requests: u64,

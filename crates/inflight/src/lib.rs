@@ -3,11 +3,13 @@
 //! The data flow (see docs/ARCHITECTURE.md): input lines are parsed and rendered ([`job`]) into the
 //! [`store`]; the [`dispatch`] loop claims pending jobs and sends them through a [`backend`] under permits
 //! from the [`tune`] limiter; outcomes go back to the store's single writer, which also appends the
-//! [`output`] files; [`report`] shows progress and the summary. [`bench`] measures a server and [`doctor`]
+//! [`output`] files; [`report`] shows progress and the summary. The [`cache`] answers requests a run has
+//! already had answered, across runs. [`bench`] measures a server and [`doctor`]
 //! finds its bottleneck. [`cli`] wires it together per command.
 
 pub mod backend;
 pub mod bench;
+pub mod cache;
 pub mod cli;
 pub mod code;
 pub mod dispatch;

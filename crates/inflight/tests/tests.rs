@@ -12,6 +12,8 @@ mod auto;
 mod bad_input;
 /// `inflight bench`: sweep, recommendation and reports.
 mod bench;
+/// The response cache across runs: edits rerun alone, shared safely by runs at once.
+mod cache;
 /// SIGKILL at random moments, restart, every job exactly once.
 mod crash;
 /// `inflight doctor`: verdicts against the simulator, and against the real llama-server (ignored).

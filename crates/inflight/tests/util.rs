@@ -8,7 +8,10 @@ use serde_json::Value;
 
 /// The built binary.
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_inflight"))
+    // Tests compare runs of the same jobs: the response cache is off unless a test turns it on.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_inflight"));
+    cmd.env("INFLIGHT_CACHE", "off");
+    cmd
 }
 
 /// A temporary directory with a jobs file and an output path.

@@ -177,6 +177,7 @@ impl Backend for EngineBackend {
             models: vec![m.name.clone()],
             description: format!("embedded engine: {} ({}, {} layers)", m.name, m.architecture, m.n_layer),
             kind: ServerKind::Engine { sequences: stats.sequences },
+            identity: Some(format!("gguf:{}:{}:{}", m.name, m.architecture, m.size)),
         })
     }
 

@@ -221,6 +221,7 @@ impl Backend for EnginePool {
             description: format!("embedded engine: {} GGUF models, {} loaded at once", models.len(), self.at_once),
             models,
             kind: ServerKind::Engine { sequences: self.config.sequences },
+            identity: None,
         })
     }
 

@@ -77,6 +77,10 @@ pub struct ServerInfo {
     pub description: String,
     /// Which server software it is, as far as it can be told.
     pub kind: ServerKind,
+    /// The model's identity where the server reports one (llama-server's model file, Ollama's digests, the
+    /// engine's GGUF file): the response cache keys answers by it, so a model replaced under the same name does
+    /// not answer from the old one's cache.
+    pub identity: Option<String>,
 }
 
 /// Which server software answers, as far as its API tells.

@@ -202,7 +202,15 @@ impl Backend for OllamaBackend {
             .map(|m| m.iter().filter_map(|x| x["name"].as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
         let description = format!("Ollama {}", version.body["version"].as_str().unwrap_or("?"));
-        Ok(ServerInfo { models, description, kind: ServerKind::Ollama })
+        let mut digests: Vec<String> = tags.body["models"]
+            .as_array()
+            .map(|m| {
+                m.iter().filter_map(|x| Some(format!("{}@{}", x["name"].as_str()?, x["digest"].as_str()?))).collect()
+            })
+            .unwrap_or_default();
+        digests.sort();
+        let identity = (!digests.is_empty()).then(|| format!("ollama:{}", digests.join(",")));
+        Ok(ServerInfo { models, description, kind: ServerKind::Ollama, identity })
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

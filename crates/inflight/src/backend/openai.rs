@@ -73,7 +73,10 @@ impl Backend for OpenAiBackend {
         let models = data.iter().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect();
         let owner = data.first().and_then(|m| m["owned_by"].as_str()).unwrap_or_default().to_owned();
         // llama-server answers /props with its slot count; the others say who they are in `owned_by`.
-        let kind = match self.http.get("/props", Duration::from_secs(5)).await {
+        let props = self.http.get("/props", Duration::from_secs(5)).await;
+        let identity =
+            props.as_ref().ok().and_then(|p| p.body["model_path"].as_str()).map(|p| format!("llama-server:{p}"));
+        let kind = match props {
             Ok(props) if props.body.get("total_slots").is_some() => {
                 ServerKind::LlamaServer { slots: props.body["total_slots"].as_u64() }
             }
@@ -90,7 +93,7 @@ impl Backend for OpenAiBackend {
             ServerKind::LmStudio => "LM Studio".into(),
             _ => "OpenAI-compatible server".into(),
         };
-        Ok(ServerInfo { models, description, kind })
+        Ok(ServerInfo { models, description, kind, identity })
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

@@ -1,6 +1,7 @@
 //! The command line: one file per command, clap derive, doc comments as help text.
 
 mod bench;
+mod cache;
 mod common;
 mod doctor;
 mod engine;
@@ -15,6 +16,7 @@ mod status;
 mod workflow;
 
 pub use bench::BenchArgs;
+pub use cache::{CacheArgs, CacheCommandArgs};
 pub use common::{setup_error, CommandError, Exit, ServerArgs};
 pub use doctor::DoctorArgs;
 pub use export::ExportArgs;
@@ -50,6 +52,8 @@ pub enum Command {
     Bench(Box<BenchArgs>),
     /// Find the bottleneck across client concurrency, server lanes and threads, with the line to paste.
     Doctor(Box<DoctorArgs>),
+    /// The response cache shared by runs: `stats` (with an integrity check), `prune --older-than 30d`.
+    Cache(CacheCommandArgs),
 }
 
 /// Runs a parsed command line.
@@ -63,5 +67,6 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
         Command::Export(args) => export::execute(args),
         Command::Bench(args) => bench::execute(*args).await,
         Command::Doctor(args) => doctor::execute(*args).await,
+        Command::Cache(args) => cache::execute(args),
     }
 }

@@ -1,9 +1,9 @@
-//! Value parsers for the command line: durations (`30s`, `10m`, `500ms`), counts (`10k`, `1M`),
-//! `key=value` parameters.
+//! Value parsers for the command line: durations (`30s`, `10m`, `500ms`, `30d`), counts (`10k`, `1M`), sizes
+//! (`800M`, `6G`), `key=value` parameters.
 
 use std::time::Duration;
 
-/// Parses `500ms`, `30s`, `10m`, `2h`, or a bare number of seconds.
+/// Parses `500ms`, `30s`, `10m`, `2h`, `30d`, or a bare number of seconds.
 pub fn duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
@@ -19,7 +19,8 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
+        "d" => n * 86400.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m, h or d")),
     };
     Ok(Duration::from_secs_f64(secs))
 }
@@ -99,6 +100,11 @@ mod tests {
         assert_eq!(duration("2"), Ok(Duration::from_secs(2)));
         assert!(duration("5x").is_err());
         assert!(duration("-1s").is_err());
+    }
+
+    #[test]
+    fn days() {
+        assert_eq!(duration("30d"), Ok(Duration::from_secs(30 * 86400)));
     }
 
     #[test]

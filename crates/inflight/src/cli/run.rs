@@ -50,6 +50,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
     }
 
     let health = Health::new(conn.backend.clone(), session.stop.clone());
+    let cache = args.cache.open(conn.info.identity.clone());
     let (limiter, samples, tune) = concurrency(&args, &conn);
     let progress = spawn_progress(ProgressSource {
         stats: session.stats.clone(),
@@ -74,6 +75,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
         stats: session.stats.clone(),
         samples,
         stop: session.stop.clone(),
+        cache: cache.clone(),
     };
     let ending = dispatch(&session.reader, wiring, config).await;
     let wall = started.elapsed();
@@ -86,7 +88,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
     let ending = ending?;
     let concurrency = concurrency_report(tuned, limiter.limit(), conn.info.kind.lanes());
     let engine = engine.as_ref().map(engine::report);
-    let ran = Ran { wall, steps: Vec::new(), concurrency: Some(concurrency), workflow: None, engine };
+    let cache = cache.map(|c| c.finish());
+    let ran = Ran { wall, steps: Vec::new(), concurrency: Some(concurrency), workflow: None, engine, cache };
     finished.conclude(ran, |summary| outcome(ending, summary))
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::cache::CacheArgs;
 use super::common::ServerArgs;
 use super::engine::EngineArgs;
 use super::jobs::JobArgs;
@@ -30,6 +31,9 @@ pub struct RunArgs {
     /// Or no server: the embedded engine on a GGUF file.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// `--cache`, `--cache-path`: answers kept across runs.
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Model for lines that name none.
     #[arg(short, long)]
     pub model: Option<String>,

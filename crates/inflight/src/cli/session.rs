@@ -114,6 +114,8 @@ pub(super) struct Ran {
     pub workflow: Option<WorkflowReport>,
     /// What the embedded engine chose and measured (`--engine` runs).
     pub engine: Option<EngineReport>,
+    /// What the run did with the response cache (one-step runs that use it).
+    pub cache: Option<crate::cache::CacheReport>,
 }
 
 impl Session {
@@ -181,6 +183,7 @@ impl Finished {
             summary,
             concurrency: ran.concurrency,
             workflow: ran.workflow,
+            cache: ran.cache,
             files,
             exit,
         };

@@ -21,7 +21,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Answer, Backend, BackendError};
+use crate::cache::ResponseCache;
 use crate::live::{Health, LiveStats};
 use crate::store::{now_ms, AttemptKey, Completion, PendingJob, Store, StoreError, WriteMsg};
 use crate::tune::{Limiter, Permit, Sample, SampleOutcome};
@@ -56,6 +57,7 @@ struct Ctx {
     limiter: Limiter,
     outcomes: UnboundedSender<Outcome>,
     samples: Option<UnboundedSender<Sample>>,
+    cache: Option<Arc<ResponseCache>>,
     config: DispatchConfig,
 }
 
@@ -75,17 +77,19 @@ pub struct Wiring {
     pub samples: Option<UnboundedSender<Sample>>,
     /// Cancelled to stop the run (signals, the recorder's verdict).
     pub stop: CancellationToken,
+    /// Answers to requests already answered in earlier runs (`None`: `--cache off`).
+    pub cache: Option<Arc<ResponseCache>>,
 }
 
 /// Runs until every pending job is recorded, or until `stop`.
 pub async fn dispatch(reader: &Store, wiring: Wiring, config: DispatchConfig) -> Result<Ending, StoreError> {
-    let Wiring { backend, limiter, health, writer, stats, samples, stop } = wiring;
+    let Wiring { backend, limiter, health, writer, stats, samples, stop, cache } = wiring;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let hard = CancellationToken::new();
     let recorder = tokio::spawn(recorder::record(rx, writer.clone(), stats.clone(), [stop.clone(), hard.clone()]));
     let attempts =
         Attempts { backend, health, writer, stats, max_attempts: config.max_attempts, stop: stop.clone(), hard };
-    let ctx = Arc::new(Ctx { attempts, limiter, outcomes: tx, samples, config });
+    let ctx = Arc::new(Ctx { attempts, limiter, outcomes: tx, samples, cache, config });
     let mut tasks = JoinSet::new();
     let claimed = claim_loop(reader, &ctx, &mut tasks).await;
     drain(&mut tasks, &ctx.attempts.stop, &ctx.attempts.hard, ctx.config.drain_timeout).await;
@@ -113,6 +117,16 @@ async fn claim_loop(reader: &Store, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) -> 
                 return Ok(());
             }
             cursor = job.seq;
+            // A request answered before is answered again without a permit: it is not sent.
+            if let Some(answer) = ctx.cache.as_ref().and_then(|c| c.lookup(job.endpoint, &job.body)) {
+                if ctx.attempts.stop.is_cancelled() {
+                    return Ok(());
+                }
+                sent += 1;
+                let attempts = job.attempts;
+                let _ = ctx.outcomes.send(Outcome::Done(Box::new(completion(job, answer, attempts, now_ms()))));
+                continue;
+            }
             let Some(permit) = ctx.attempts.acquire(&ctx.limiter).await else { return Ok(()) };
             sent += 1;
             tasks.spawn(run_job(ctx.clone(), job, permit));
@@ -150,20 +164,12 @@ async fn run_job(ctx: Arc<Ctx>, job: PendingJob, permit: Permit) {
     let req = Request { key: &key, endpoint: job.endpoint, body: &job.body, attempts: job.attempts };
     let tried = ctx.attempts.send(&lane, req, permit).await;
     let outcome = match tried {
-        Tried::Answered { answer, attempts, sent_ms, .. } => Outcome::Done(Box::new(Completion {
-            seq: job.seq,
-            id: job.id,
-            attempts,
-            sent_ms,
-            first_byte_ms: answer.first_byte.map(|d| sent_ms + d.as_millis() as i64),
-            finished_ms: now_ms(),
-            prompt_tokens: answer.prompt_tokens,
-            completion_tokens: answer.completion_tokens,
-            finish_reason: answer.finish_reason,
-            status_code: answer.status_code,
-            request_id: answer.request_id.unwrap_or_else(|| format!("inflight-{}", job.seq)),
-            response: answer.body,
-        })),
+        Tried::Answered { answer, attempts, sent_ms, .. } => {
+            if let Some(cache) = &ctx.cache {
+                cache.store(job.endpoint, &job.body, &answer);
+            }
+            Outcome::Done(Box::new(completion(job, answer, attempts, sent_ms)))
+        }
         Tried::Stopped => return,
         failed => {
             let work = Work { seq: job.seq, id: &job.id, line: job.line, step: None };
@@ -172,6 +178,24 @@ async fn run_job(ctx: Arc<Ctx>, job: PendingJob, permit: Permit) {
         }
     };
     let _ = ctx.outcomes.send(outcome);
+}
+
+/// A job's completion by `answer`, sent at `sent_ms` after `attempts` attempts in all.
+fn completion(job: PendingJob, answer: Answer, attempts: u32, sent_ms: i64) -> Completion {
+    Completion {
+        seq: job.seq,
+        id: job.id,
+        attempts,
+        sent_ms,
+        first_byte_ms: answer.first_byte.map(|d| sent_ms + d.as_millis() as i64),
+        finished_ms: now_ms(),
+        prompt_tokens: answer.prompt_tokens,
+        completion_tokens: answer.completion_tokens,
+        finish_reason: answer.finish_reason,
+        status_code: answer.status_code,
+        request_id: answer.request_id.unwrap_or_else(|| format!("inflight-{}", job.seq)),
+        response: answer.body,
+    }
 }
 
 /// What an attempt tells the controller, if anything. Outages and the request's own faults (permanent errors)

@@ -20,6 +20,8 @@ pub struct RunSummary {
     pub concurrency: Option<ConcurrencyReport>,
     /// A workflow's scheduling; `None` for a one-step run.
     pub workflow: Option<WorkflowReport>,
+    /// What the run took from and added to the response cache; `None` when it used none.
+    pub cache: Option<crate::cache::CacheReport>,
     /// Where the results, errors and state are.
     pub files: FilesReport,
     /// The exit code and what it means.
@@ -218,6 +220,10 @@ impl RunSummary {
         if let Some(e) = &self.engine {
             s += &e.render();
         }
+        if let Some(c) = &self.cache {
+            s += "\n";
+            s += &c.render();
+        }
         let f = &self.files;
         s += &format!("\n  results: {}  errors: {}  state: {}", f.results, f.errors, f.state);
         s
@@ -298,6 +304,7 @@ mod tests {
             summary: summary(),
             concurrency,
             workflow,
+            cache: None,
             files: FilesReport { results: "o.jsonl".into(), errors: "o.errors.jsonl".into(), state: "o.db".into() },
             exit: ExitReport { code: 0, meaning: "success", message: None },
         }
