@@ -132,11 +132,12 @@ impl<'p, R: BufRead> JobReader<'p, R> {
         loop {
             let parsed = match self.raw_line()? {
                 None => return Ok(None),
-                Some(RawLine::TooLong(line, len)) => Err(BadLine {
+                // Too long to parse, so no id can be read from it.
+                Some(RawLine::TooLong(line, len)) => Err(BadLine::new(
                     line,
-                    code: ErrorCode::LineTooLong,
-                    message: format!("line is {len} bytes, over --max-line-bytes"),
-                }),
+                    ErrorCode::LineTooLong,
+                    format!("line is {len} bytes, over --max-line-bytes"),
+                )),
                 Some(RawLine::Line(line, bytes)) => self.parser.parse(line, &bytes),
             };
             match parsed {
