@@ -71,6 +71,14 @@ pub fn assert_exit(out: &Output, code: i32) {
     );
 }
 
+/// The names in `dir`, sorted: what a run left there.
+pub fn dir_listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
 /// Every line of a JSONL file, parsed; panics on a torn or invalid line.
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
