@@ -10,6 +10,7 @@ mod engine;
 mod error;
 mod getter;
 mod http;
+mod key;
 mod lanes;
 mod ollama;
 mod openai;
@@ -22,6 +23,7 @@ pub use detect::{connect, ConnectError, ConnectOptions, Connection, DEFAULT_PORT
 pub use engine::{EngineBackend, EngineOptions};
 pub use error::BackendError;
 pub use getter::Getter;
+pub use key::ApiKey;
 pub use lanes::{LaneFix, LaneSetting, LLAMA_CONTEXT, LLAMA_SLOTS, SUGGESTED_LANES};
 pub use ollama::OllamaBackend;
 pub use openai::OpenAiBackend;

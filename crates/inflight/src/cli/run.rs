@@ -107,7 +107,7 @@ fn concurrency(args: &RunArgs, conn: &Connection) -> (Limiter, Option<UnboundedS
             // The engine decodes all its sequences together by design: start there, as at a server's slots.
             let start = conn.info.kind.lanes().or(conn.info.kind.capacity());
             let controller = Controller::for_lanes(cfg, clock.now(), start);
-            let (kind, api_key) = (conn.info.kind, args.conn.api_key.as_deref());
+            let (kind, api_key) = (conn.info.kind, args.conn.api_key.as_ref());
             let busy = BusySampler::new(kind, conn.backend.url(), api_key, BusySampler::RUN_EVERY);
             let handle = spawn_controller_with(controller, limiter.clone(), rx, busy, clock, kind.parallel_fix());
             (limiter, Some(tx), Some(handle))
