@@ -63,8 +63,77 @@ fn bad_lines_become_error_records_and_never_stop_the_run() {
         errors.iter().map(|e| (e["line"].as_u64().unwrap(), e["error"]["code"].as_str().unwrap().to_owned())).collect();
     let want: BTreeMap<u64, String> = expected.iter().map(|(l, c)| (*l, c.to_string())).collect();
     assert_eq!(got, want);
-    assert!(errors.iter().all(|e| e["custom_id"].is_null() && !e["error"]["message"].as_str().unwrap().is_empty()));
+    assert!(errors.iter().all(|e| is_bad_line(e) && !e["error"]["message"].as_str().unwrap().is_empty()));
+    // A line with a readable id keeps it in its record; the others (unparsable, too long, not an object) cannot.
+    for e in &errors {
+        let line = e["line"].as_u64().unwrap();
+        let want = match expected[&line] {
+            "duplicate_id" => Some("j1".to_owned()),
+            "missing_field" => Some(format!("m{line}")),
+            "bad_url" => Some(format!("u{line}")),
+            "bad_field" => Some(format!("f{line}")),
+            _ => None,
+        };
+        assert_eq!(e["custom_id"].as_str().map(str::to_owned), want, "{e}");
+    }
     let ids = id_counts(&s.out(), &s.errors());
     assert_eq!(ids.len(), 9_900);
     assert!(ids.values().all(|&n| n == 1));
+}
+
+#[test]
+fn a_body_its_url_cannot_take_is_a_numbered_bad_line_that_is_never_sent() {
+    let sim = Sim::start(SimConfig::zero_latency());
+    let s = Scratch::new();
+    let chat = |id: Option<&str>, body: serde_json::Value| {
+        let mut line = json!({"method": "POST", "url": "/v1/chat/completions", "body": body});
+        if let Some(id) = id {
+            line["custom_id"] = json!(id);
+        }
+        line.to_string()
+    };
+    let good = json!({"messages": [{"role": "user", "content": "hi"}]});
+    let input = s.write_lines(
+        "jobs.jsonl",
+        [
+            chat(Some("ok1"), good.clone()),
+            chat(Some("bad1"), json!({"messages": "not a list"})),
+            json!({"custom_id": "bad2", "url": "/v1/embeddings", "body": {"input": []}}).to_string(),
+            json!({"custom_id": "bad3", "url": "/v1/completions", "body": {"prompt": "x", "stream": "yes"}})
+                .to_string(),
+            chat(None, good.clone()),
+            chat(Some("ok1"), good),
+            json!({"prompt": "fine", "max_tokens": 4}).to_string(),
+        ],
+    );
+    let out = run(&["run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", sim.url(), "-q"]);
+    assert_exit(&out, 1);
+    let mut done: Vec<String> =
+        read_jsonl(&s.out()).iter().map(|v| v["custom_id"].as_str().unwrap().to_owned()).collect();
+    done.sort();
+    assert_eq!(done, ["7", "ok1"], "the line-number id stays for a simple line");
+    assert_eq!(sim.stats().requests, 2, "no bad line reached the server");
+    let got: Vec<(u64, String, Option<String>)> = read_jsonl(&s.errors())
+        .iter()
+        .map(|e| {
+            assert!(is_bad_line(e), "{e}");
+            let custom_id = e["custom_id"].as_str().map(str::to_owned);
+            (e["line"].as_u64().unwrap(), e["error"]["code"].as_str().unwrap().to_owned(), custom_id)
+        })
+        .collect();
+    let want = [
+        (2, "bad_field", Some("bad1")),
+        (3, "bad_field", Some("bad2")),
+        (4, "bad_field", Some("bad3")),
+        (5, "missing_field", None),
+        (6, "duplicate_id", Some("ok1")),
+    ];
+    let want: Vec<(u64, String, Option<String>)> =
+        want.iter().map(|(l, c, id)| (*l, c.to_string(), id.map(str::to_owned))).collect();
+    assert_eq!(got, want);
+    let messages: Vec<String> =
+        read_jsonl(&s.errors()).iter().map(|e| e["error"]["message"].as_str().unwrap().to_owned()).collect();
+    assert!(messages[0].contains("\"messages\" must be"), "{messages:?}");
+    assert!(messages[2].contains("\"stream\" must be a boolean"), "{messages:?}");
+    assert!(messages[3].contains("custom_id"), "{messages:?}");
 }

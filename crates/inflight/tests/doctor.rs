@@ -136,7 +136,10 @@ fn jobs_are_rendered_through_the_template_and_system_message_as_run_renders_them
     let plain = bin().arg("doctor").args(args).output().unwrap();
     assert_exit(&plain, 2);
     let stderr = String::from_utf8_lossy(&plain.stderr);
-    assert!(stderr.contains("line 1: missing_field") && stderr.contains("no usable job lines in"), "{stderr}");
+    assert!(
+        stderr.contains("line 1 (id \"0\"): missing_field") && stderr.contains("no usable job lines in"),
+        "{stderr}"
+    );
 
     let missing = s.path("missing.j2");
     let bad = bin().arg("doctor").args(args).args(["--template", missing.to_str().unwrap()]).output().unwrap();

@@ -19,6 +19,7 @@ pub fn turn() -> MutexGuard<'static, ()> {
 }
 
 /// The test bed's model file (`scripts/testbed.sh setup`, cached after the first call).
+#[cfg_attr(not(feature = "engine"), allow(dead_code, reason = "the engine tests use it"))]
 pub fn testbed_model() -> PathBuf {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/testbed.sh");
     let out = Command::new("bash").arg(script).arg("setup").output().expect("testbed.sh runs");
@@ -31,6 +32,7 @@ pub fn testbed_model() -> PathBuf {
 pub struct LlamaServer {
     pub url: String,
     pid: u32,
+    #[cfg_attr(not(feature = "engine"), allow(dead_code, reason = "the engine tests use it"))]
     turn: Option<MutexGuard<'static, ()>>,
 }
 
@@ -51,6 +53,7 @@ impl LlamaServer {
     }
 
     /// Stops the server but keeps the machine's turn (for a test that goes on with the engine).
+    #[cfg_attr(not(feature = "engine"), allow(dead_code, reason = "the engine tests use it"))]
     pub fn stop(mut self) -> MutexGuard<'static, ()> {
         let _ = Command::new("kill").arg(self.pid.to_string()).status();
         self.pid = 0;

@@ -31,5 +31,9 @@ mod real_server;
 mod run_sim;
 /// Output lines validate against docs/schema/.
 mod schema;
+/// The API key appears nowhere a run writes or prints, at any verbosity.
+mod secrets;
+/// Setup errors name the path or URL, exit 2, and leave no file behind.
+mod setup;
 /// Workflows: validation, scheduling around model swaps, per-step durability.
 mod workflow;

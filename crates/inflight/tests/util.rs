@@ -74,16 +74,30 @@ pub fn assert_exit(out: &Output, code: i32) {
     );
 }
 
+/// The names in `dir`, sorted: what a run left there.
+pub fn dir_listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
 /// Every line of a JSONL file, parsed; panics on a torn or invalid line.
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}"))).collect()
 }
 
-/// How many times each custom_id appears across the results and errors files.
+/// Whether an error record is a bad input line: it never became a job, so it has no batch request id.
+pub fn is_bad_line(record: &Value) -> bool {
+    record["id"].is_null() && record["line"].is_u64()
+}
+
+/// How many times each accepted job's custom_id appears across the results and errors files. Bad-line records
+/// are counted apart (a duplicate's record repeats the id it collided with).
 pub fn id_counts(out: &Path, errors: &Path) -> HashMap<String, usize> {
     let mut m = HashMap::new();
-    for v in read_jsonl(out).into_iter().chain(read_jsonl(errors)) {
+    for v in read_jsonl(out).into_iter().chain(read_jsonl(errors)).filter(|v| !is_bad_line(v)) {
         if let Some(id) = v["custom_id"].as_str() {
             *m.entry(id.to_owned()).or_default() += 1;
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Getter, ServerKind};
+use super::{ApiKey, Getter, ServerKind};
 
 /// Where a server counts the requests it is processing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +80,7 @@ impl BusySampler {
     pub const RUN_EVERY: Duration = Duration::from_millis(250);
 
     /// A sampler for a server of `kind` at `url`, or `None` when such a server reports no busy count.
-    pub fn new(kind: ServerKind, url: &str, api_key: Option<&str>, every: Duration) -> Option<BusySampler> {
+    pub fn new(kind: ServerKind, url: &str, api_key: Option<&ApiKey>, every: Duration) -> Option<BusySampler> {
         let count = BusyCount::of(kind)?;
         // A reading slower than its period is stale by the time it lands; better none.
         let get = Getter::new(url, api_key, every.max(Duration::from_secs(1)) * 2);

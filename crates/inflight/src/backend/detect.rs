@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::http::Http;
-use super::{Api, Backend, BackendError, OllamaBackend, OpenAiBackend, ServerInfo};
+use super::{Api, ApiKey, Backend, BackendError, OllamaBackend, OpenAiBackend, ServerInfo};
 
 /// The ports local servers listen on by default: Ollama, llama-server, vLLM, LM Studio, SGLang.
 pub const DEFAULT_PORTS: &[(u16, &str)] =
@@ -46,7 +46,7 @@ pub enum ConnectError {
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
     /// Bearer token, if the server needs one.
-    pub api_key: Option<String>,
+    pub api_key: Option<ApiKey>,
     /// Per-request timeout.
     pub request_timeout: Duration,
     /// Ollama runner options fixed for the run.

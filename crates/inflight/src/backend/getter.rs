@@ -6,19 +6,21 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::ApiKey;
+
 /// A client for one server; any failure reads as "not offered".
 #[derive(Clone)]
 pub struct Getter {
     client: reqwest::Client,
     base: String,
-    api_key: Option<String>,
+    api_key: Option<ApiKey>,
 }
 
 impl Getter {
     /// A client for `base` with a per-request `timeout`.
-    pub fn new(base: &str, api_key: Option<&str>, timeout: Duration) -> Getter {
+    pub fn new(base: &str, api_key: Option<&ApiKey>, timeout: Duration) -> Getter {
         let client = reqwest::Client::builder().timeout(timeout).build().unwrap_or_default();
-        Getter { client, base: base.to_owned(), api_key: api_key.map(str::to_owned) }
+        Getter { client, base: base.to_owned(), api_key: api_key.cloned() }
     }
 
     /// The body of a 2xx answer to `GET path`.
@@ -36,11 +38,8 @@ impl Getter {
         serde_json::from_str(&self.send(self.client.post(format!("{}{path}", self.base)).json(body)).await?).ok()
     }
 
-    async fn send(&self, mut req: reqwest::RequestBuilder) -> Option<String> {
-        if let Some(k) = &self.api_key {
-            req = req.bearer_auth(k);
-        }
-        let resp = req.send().await.ok()?;
+    async fn send(&self, req: reqwest::RequestBuilder) -> Option<String> {
+        let resp = ApiKey::authorize(self.api_key.as_ref(), req).send().await.ok()?;
         if !resp.status().is_success() {
             return None;
         }

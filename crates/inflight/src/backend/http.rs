@@ -3,17 +3,17 @@
 use std::error::Error as _;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use serde_json::Value;
 
-use super::BackendError;
+use super::{ApiKey, BackendError};
 
 /// A pooled HTTP client for one server.
 #[derive(Clone)]
 pub(crate) struct Http {
     client: reqwest::Client,
     base: String,
-    api_key: Option<String>,
+    api_key: Option<ApiKey>,
     timeout: Duration,
 }
 
@@ -28,7 +28,7 @@ pub(crate) struct Reply {
 
 impl Http {
     /// A client for `base` (no trailing slash) with a per-request `timeout`.
-    pub fn new(base: &str, api_key: Option<String>, timeout: Duration) -> Result<Http, BackendError> {
+    pub fn new(base: &str, api_key: Option<ApiKey>, timeout: Duration) -> Result<Http, BackendError> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -49,10 +49,7 @@ impl Http {
 
     /// GETs a JSON document with a short timeout (probes).
     pub async fn get(&self, path: &str, timeout: Duration) -> Result<Reply, BackendError> {
-        let mut req = self.client.get(format!("{}{path}", self.base));
-        if let Some(key) = &self.api_key {
-            req = req.header(AUTHORIZATION, format!("Bearer {key}"));
-        }
+        let req = ApiKey::authorize(self.api_key.as_ref(), self.client.get(format!("{}{path}", self.base)));
         self.execute(req, timeout).await
     }
 
@@ -91,11 +88,8 @@ impl Http {
     }
 
     fn post_request(&self, path: &str) -> reqwest::RequestBuilder {
-        let mut req = self.client.post(format!("{}{path}", self.base)).header(CONTENT_TYPE, "application/json");
-        if let Some(key) = &self.api_key {
-            req = req.header(AUTHORIZATION, format!("Bearer {key}"));
-        }
-        req
+        let req = self.client.post(format!("{}{path}", self.base)).header(CONTENT_TYPE, "application/json");
+        ApiKey::authorize(self.api_key.as_ref(), req)
     }
 
     /// Sends a request and returns its 2xx response (headers read, body not yet); a non-2xx answer becomes
@@ -137,10 +131,7 @@ impl Http {
 
     /// GETs a text document (e.g. Prometheus `/metrics`) with a short timeout; `None` unless it answers 2xx.
     pub async fn get_text(&self, path: &str, timeout: Duration) -> Option<String> {
-        let mut req = self.client.get(format!("{}{path}", self.base));
-        if let Some(key) = &self.api_key {
-            req = req.header(AUTHORIZATION, format!("Bearer {key}"));
-        }
+        let req = ApiKey::authorize(self.api_key.as_ref(), self.client.get(format!("{}{path}", self.base)));
         let work = async {
             let (resp, _) = self.response(req, Instant::now()).await.ok()?;
             resp.text().await.ok()

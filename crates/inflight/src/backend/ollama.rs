@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 use super::http::Http;
-use super::{Answer, Api, Backend, BackendError, ServerInfo, ServerKind, Streamed, TokenClock};
+use super::{Answer, Api, ApiKey, Backend, BackendError, ServerInfo, ServerKind, Streamed, TokenClock};
 use crate::job::Endpoint;
 
 /// How long Ollama keeps the model loaded after each request: long enough to bridge any pause in a run.
@@ -45,7 +45,7 @@ impl OllamaBackend {
     /// A backend for the Ollama server at `url`; `runner_options` are sent with every request.
     pub fn new(
         url: &str,
-        api_key: Option<String>,
+        api_key: Option<ApiKey>,
         timeout: Duration,
         runner_options: Map<String, Value>,
     ) -> Result<OllamaBackend, BackendError> {

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::http::Http;
-use super::{usage_of, Answer, Api, Backend, BackendError, ServerInfo, ServerKind, Streamed, TokenClock};
+use super::{usage_of, Answer, Api, ApiKey, Backend, BackendError, ServerInfo, ServerKind, Streamed, TokenClock};
 use crate::job::Endpoint;
 
 /// A server speaking `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
@@ -16,7 +16,7 @@ pub struct OpenAiBackend {
 
 impl OpenAiBackend {
     /// A backend for the server at `url`.
-    pub fn new(url: &str, api_key: Option<String>, timeout: Duration) -> Result<OpenAiBackend, BackendError> {
+    pub fn new(url: &str, api_key: Option<ApiKey>, timeout: Duration) -> Result<OpenAiBackend, BackendError> {
         Ok(OpenAiBackend { http: Http::new(url, api_key, timeout)? })
     }
 }

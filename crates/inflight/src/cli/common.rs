@@ -12,7 +12,7 @@ pub struct ServerArgs {
     pub api: Option<crate::backend::Api>,
     /// Bearer token for servers that need one (never printed or logged).
     #[arg(long, env = "INFLIGHT_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    pub api_key: Option<crate::backend::ApiKey>,
 }
 
 impl ServerArgs {

@@ -49,6 +49,11 @@ impl JobArgs {
     }
 }
 
+/// Checks that the job file `path` (or `-`) opens, before a run makes any file (exit 2 naming it if not).
+pub(super) fn check_input(path: &Path) -> anyhow::Result<()> {
+    crate::job::check_input(path).map_err(file_error)
+}
+
 /// A job file or template that cannot be used is a setup error (exit 2), before anything is sent.
 pub(super) fn file_error(e: JobFileError) -> anyhow::Error {
     setup_error(e.to_string())

@@ -70,3 +70,25 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
         Command::Cache(args) => cache::execute(args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn parsed_arguments_print_no_api_key() {
+        let key = "sk-parsed-3c1e";
+        let commands: [&[&str]; 3] = [
+            &["inflight", "run", "j.jsonl", "-o", "o.jsonl", "--api-key", key],
+            &["inflight", "bench", "--api-key", key],
+            &["inflight", "doctor", "--api-key", key],
+        ];
+        for argv in commands {
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let shown = format!("{cli:?}");
+            assert!(!shown.contains(key) && shown.contains("ApiKey(redacted)"), "{shown}");
+        }
+    }
+}

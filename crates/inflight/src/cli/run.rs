@@ -104,7 +104,7 @@ fn concurrency(args: &RunArgs, conn: &Connection) -> (Limiter, Option<UnboundedS
             let cfg = ControllerConfig { max, ..Default::default() };
             let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
             let controller = Controller::for_lanes(cfg, clock.now(), conn.info.kind.start_level());
-            let (kind, api_key) = (conn.info.kind, args.conn.api_key.as_deref());
+            let (kind, api_key) = (conn.info.kind, args.conn.api_key.as_ref());
             let busy = BusySampler::new(kind, conn.backend.url(), api_key, BusySampler::RUN_EVERY);
             let handle = spawn_controller_with(controller, limiter.clone(), rx, busy, clock, kind.parallel_fix());
             (limiter, Some(tx), Some(handle))

@@ -11,8 +11,9 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{setup_error, CommandError, Exit};
+use super::jobs::check_input;
 use super::run_args::RunArgs;
-use super::state::{default_state_path, lock, remove_state, RunLock};
+use super::state::{check_dir_of, default_state_path, lock, remove_state, Leftovers, RunLock};
 use crate::job::Parser;
 use crate::live::LiveStats;
 use crate::output::{errors_path, Format, OutputFiles};
@@ -34,16 +35,23 @@ pub(super) enum Identity<'a> {
 pub(super) struct Locked {
     out: PathBuf,
     state: PathBuf,
+    // Before `lock`: the files are removed while the lock is still held.
+    leftovers: Leftovers,
     lock: RunLock,
 }
 
 impl Locked {
-    /// Locks the state of the run that writes `args`' output.
+    /// Checks the input and the directories the run writes in, then locks the state of the run that writes
+    /// `args`' output. Until [`Locked::open`] succeeds, a refused run removes the files it made.
     pub fn new(args: &RunArgs) -> anyhow::Result<Locked> {
         let out = args.output.clone().expect("clap requires --output without --dry-run");
         let state = args.state.clone().unwrap_or_else(|| default_state_path(&out));
+        check_input(&args.input)?;
+        check_dir_of("the output", &out)?;
+        check_dir_of("the state", &state)?;
+        let leftovers = Leftovers::absent(&state, &[out.clone(), errors_path(&out)]);
         let lock = lock(&state)?;
-        Ok(Locked { out, state, lock })
+        Ok(Locked { out, state, leftovers, lock })
     }
 
     /// Opens the state (anew with `--restart`), checks the run's identity, ingests the input with `parser`,
@@ -55,11 +63,14 @@ impl Locked {
         parser: &Parser,
         format: Format,
     ) -> anyhow::Result<Session> {
-        let Locked { out, state, lock } = self;
+        let Locked { out, state, mut leftovers, lock } = self;
         if args.restart {
-            remove_state(&state).with_context(|| format!("removing {}", state.display()))?;
+            remove_state(&state)
+                .with_context(|| format!("cannot remove the old state {} (--restart)", state.display()))?;
+            leftovers.add_state(&state);
         }
-        let mut store = Store::open(&state).map_err(|e| setup_error(e.to_string()))?;
+        let mut store =
+            Store::open(&state).map_err(|e| setup_error(format!("cannot open the state {}: {e}", state.display())))?;
         let fresh = check_identity(&store, &identity, args, &state)?;
         ingest(&mut store, args, parser, fresh).await?;
         let mut rebuild = match identity {
@@ -67,7 +78,9 @@ impl Locked {
             Identity::Workflow(steps) => store.apply_workflow(steps)?,
         };
         store.set_meta("format", format.name())?;
-        store.set_meta("output", &std::path::absolute(&out)?.to_string_lossy())?;
+        let absolute =
+            std::path::absolute(&out).with_context(|| format!("cannot resolve the output {}", out.display()))?;
+        store.set_meta("output", &absolute.to_string_lossy())?;
         if args.retry_failed {
             let n = store.reopen_failed()?;
             eprintln!("--retry-failed: {n} failed jobs will be sent again");
@@ -80,6 +93,7 @@ impl Locked {
         let stop = CancellationToken::new();
         spawn_signal_handler(stop.clone(), args.drain_timeout);
         let stats = Arc::new(LiveStats::default());
+        leftovers.keep();
         Ok(Session { reader, writer, stop, stats, before, out, state, json: args.json, _lock: lock })
     }
 }

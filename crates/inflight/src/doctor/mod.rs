@@ -64,7 +64,7 @@ pub struct DoctorConfig {
     /// API, or None to detect.
     pub api: Option<Api>,
     /// Bearer token.
-    pub api_key: Option<String>,
+    pub api_key: Option<crate::backend::ApiKey>,
     /// Model for the probe (default: the first the server lists).
     pub model: Option<String>,
     /// Jobs file to sample.
@@ -109,7 +109,7 @@ pub async fn examine(cfg: &DoctorConfig, mut progress: impl FnMut(String)) -> Re
     };
     let conn = connect(cfg.server.as_deref(), cfg.api, &opts).await?;
     progress(format!("doctor: {} at {}", conn.info.description, conn.backend.url()));
-    let server = server::gather(&conn, cfg.api_key.as_deref()).await;
+    let server = server::gather(&conn, cfg.api_key.as_ref()).await;
     let model = cfg.model.clone().or_else(|| conn.info.models.first().cloned());
     let defaults = RequestDefaults {
         model: model.clone(),
@@ -139,12 +139,12 @@ pub async fn examine(cfg: &DoctorConfig, mut progress: impl FnMut(String)) -> Re
             // (which carry inflight's own keep_alive) can keep the model loaded.
             let gap = cfg.probe_time / 8;
             progress(format!("probe: 3 requests {:.1}s apart, to see whether the model unloads", gap.as_secs_f64()));
-            let get = crate::backend::Getter::new(conn.backend.url(), cfg.api_key.as_deref(), cfg.probe_time);
+            let get = crate::backend::Getter::new(conn.backend.url(), cfg.api_key.as_ref(), cfg.probe_time);
             spaced = reload::spaced(&get, model, 3, gap).await;
             sweep_time = cfg.probe_time * 3 / 4;
         }
         let url = conn.backend.url();
-        let busy = BusySampler::new(conn.info.kind, url, cfg.api_key.as_deref(), probe::SAMPLE_EVERY);
+        let busy = BusySampler::new(conn.info.kind, url, cfg.api_key.as_ref(), probe::SAMPLE_EVERY);
         let mut p = probe::sweep(conn.backend.clone(), requests, sweep_time, busy, &mut progress).await;
         p.spaced = spaced;
         Some(p)

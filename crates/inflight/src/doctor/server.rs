@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::formats::rfc3339_secs;
 use super::process::{self, ProcessFacts};
-use crate::backend::{metric, Getter};
+use crate::backend::{metric, ApiKey, Getter};
 use crate::backend::{Connection, ServerKind};
 use serde::{Serialize, Serializer};
 
@@ -90,7 +90,7 @@ fn kind_name<S: Serializer>(kind: &ServerKind, s: S) -> Result<S::Ok, S::Error> 
 }
 
 /// Asks the server (and its process, when local) everything doctor uses.
-pub async fn gather(conn: &Connection, api_key: Option<&str>) -> ServerFacts {
+pub async fn gather(conn: &Connection, api_key: Option<&ApiKey>) -> ServerFacts {
     let url = conn.backend.url().to_owned();
     let get = Getter::new(&url, api_key, std::time::Duration::from_secs(5));
     let mut f = ServerFacts {

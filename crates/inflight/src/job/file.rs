@@ -90,9 +90,27 @@ fn open_input(path: &Path) -> Result<Box<dyn BufRead + Send>, JobFileError> {
     if path == Path::new(STDIN) {
         return Ok(Box::new(BufReader::with_capacity(BUFFER_BYTES, io::stdin())));
     }
-    let file =
-        std::fs::File::open(path).map_err(|source| JobFileError::Open { path: path.display().to_string(), source })?;
-    Ok(Box::new(BufReader::with_capacity(BUFFER_BYTES, file)))
+    Ok(Box::new(BufReader::with_capacity(BUFFER_BYTES, open_file(path)?)))
+}
+
+/// Opens a job file. A directory opens on Linux and fails only at the first read, after a run has made its
+/// files; it is refused here, with its name.
+fn open_file(path: &Path) -> Result<std::fs::File, JobFileError> {
+    let err = |source| JobFileError::Open { path: path.display().to_string(), source };
+    let file = std::fs::File::open(path).map_err(err)?;
+    if file.metadata().map_err(err)?.is_dir() {
+        return Err(err(io::Error::new(io::ErrorKind::IsADirectory, "it is a directory")));
+    }
+    Ok(file)
+}
+
+/// Checks that the job file `path` (or `-`) opens, without reading it: a run checks its input before it makes
+/// any file of its own.
+pub fn check_input(path: &Path) -> Result<(), JobFileError> {
+    if path == Path::new(STDIN) {
+        return Ok(());
+    }
+    open_file(path).map(drop)
 }
 
 /// What one non-blank input line became.
@@ -132,11 +150,12 @@ impl<'p, R: BufRead> JobReader<'p, R> {
         loop {
             let parsed = match self.raw_line()? {
                 None => return Ok(None),
-                Some(RawLine::TooLong(line, len)) => Err(BadLine {
+                // Too long to parse, so no id can be read from it.
+                Some(RawLine::TooLong(line, len)) => Err(BadLine::new(
                     line,
-                    code: ErrorCode::LineTooLong,
-                    message: format!("line is {len} bytes, over --max-line-bytes"),
-                }),
+                    ErrorCode::LineTooLong,
+                    format!("line is {len} bytes, over --max-line-bytes"),
+                )),
                 Some(RawLine::Line(line, bytes)) => self.parser.parse(line, &bytes),
             };
             match parsed {
@@ -270,6 +289,10 @@ mod tests {
         let missing = Path::new("/nonexistent/jobs.jsonl");
         let err = JobReader::open(missing, 100, &parser).err().unwrap().to_string();
         assert!(err.starts_with("cannot read /nonexistent/jobs.jsonl: "), "{err}");
+        assert_eq!(check_input(missing).unwrap_err().to_string(), err);
+        let dir = tempfile::tempdir().unwrap();
+        let err = check_input(dir.path()).unwrap_err().to_string();
+        assert_eq!(err, format!("cannot read {}: it is a directory", dir.path().display()));
         let err = TemplateFile::load(Path::new("/nonexistent/t.j2")).unwrap_err().to_string();
         assert!(err.starts_with("cannot read template /nonexistent/t.j2: "), "{err}");
     }

@@ -8,11 +8,13 @@ mod file;
 mod input;
 mod parse;
 mod template;
+mod validate;
 
-pub use file::{Entry, JobFileError, JobReader, SampleError, TemplateFile};
+pub use file::{check_input, Entry, JobFileError, JobReader, SampleError, TemplateFile};
 pub use input::{LineReader, RawLine};
 pub use parse::{hex, BadLine, Parser, RequestDefaults};
 pub use template::{Template, TemplateError};
+pub use validate::{check_body, FieldError};
 
 use serde::{Deserialize, Serialize};
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::{Endpoint, Job, Template};
+use super::{check_body, Endpoint, Job, Template};
 
 /// Request defaults from the command line; a line's own fields win.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -40,19 +40,25 @@ pub struct BadLine {
     pub code: ErrorCode,
     /// What is wrong, for a human.
     pub message: String,
+    /// The line's own id (`custom_id`, else `id`) when it has a readable one, so the user can match the record
+    /// to the line; never the line-number fallback, which the record's `line` already says.
+    pub custom_id: Option<String>,
 }
 
 /// How every command prints a bad line: `run --dry-run`, and `bench` and `doctor` when they skip one.
 impl std::fmt::Display for BadLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {}: {} ({})", self.line, self.code, self.message)
+        match &self.custom_id {
+            Some(id) => write!(f, "line {} (id {id:?}): {} ({})", self.line, self.code, self.message),
+            None => write!(f, "line {}: {} ({})", self.line, self.code, self.message),
+        }
     }
 }
 
 impl BadLine {
     /// A bad line at `line`.
     pub fn new(line: u64, code: ErrorCode, message: impl Into<String>) -> BadLine {
-        BadLine { line, code, message: message.into() }
+        BadLine { line, code, message: message.into(), custom_id: None }
     }
 }
 
@@ -98,22 +104,39 @@ impl Parser {
         let Value::Object(obj) = value else {
             return Err(BadLine::new(line, ErrorCode::NotAnObject, "line must be a JSON object"));
         };
-        let id = job_id(line, &obj)?;
+        let custom_id = explicit_id(&obj).ok().flatten();
+        self.parse_object(line, obj).map(Some).map_err(|bad| BadLine { custom_id, ..bad })
+    }
+
+    fn parse_object(&self, line: u64, obj: Map<String, Value>) -> Result<Job, BadLine> {
         if self.fields_only {
-            return Ok(Some(Job { line, id, endpoint: Endpoint::Chat, body: Value::Object(obj).to_string() }));
+            let id = job_id(line, &obj)?;
+            return Ok(Job { line, id, endpoint: Endpoint::Chat, body: Value::Object(obj).to_string() });
         }
+        let batch = self.template.is_none() && ["method", "url", "body"].iter().any(|k| obj.contains_key(*k));
+        // The OpenAI Batch format requires a `custom_id`; only the simpler shapes fall back to the line number.
+        if batch && obj.get("custom_id").is_none_or(Value::is_null) {
+            return Err(BadLine::new(
+                line,
+                ErrorCode::MissingField,
+                "an OpenAI Batch line (with \"method\", \"url\" or \"body\") needs a \"custom_id\"",
+            ));
+        }
+        let id = job_id(line, &obj)?;
         let (endpoint, body) = if let Some((tmpl, _)) = &self.template {
             let prompt = tmpl
                 .render(&Value::Object(obj))
                 .map_err(|e| BadLine::new(line, ErrorCode::TemplateError, e.to_string()))?;
             (Endpoint::Chat, self.chat_body(Map::new(), prompt))
-        } else if obj.contains_key("url") || obj.contains_key("body") {
+        } else if batch {
             batch_line(line, obj)?
         } else {
             self.simple_line(line, obj)?
         };
         let body = self.apply_defaults(endpoint, body);
-        Ok(Some(Job { line, id, endpoint, body: Value::Object(body).to_string() }))
+        // Checked as it will be sent (rendered, defaults applied), so a template's output is checked too.
+        check_body(endpoint, &body).map_err(|e| BadLine::new(line, e.code(), e.to_string()))?;
+        Ok(Job { line, id, endpoint, body: Value::Object(body).to_string() })
     }
 
     fn chat_body(&self, mut body: Map<String, Value>, prompt: String) -> Map<String, Value> {
@@ -139,16 +162,11 @@ impl Parser {
             }
             return Ok((Endpoint::Chat, self.chat_body(obj, prompt)));
         }
-        if let Some(messages) = obj.get("messages") {
-            if !messages.is_array() {
-                return Err(BadLine::new(line, ErrorCode::BadField, "\"messages\" must be an array"));
-            }
+        // Their shapes are checked with every body's, once defaults are in (`check_body`).
+        if obj.contains_key("messages") {
             return Ok((Endpoint::Chat, obj));
         }
-        if let Some(input) = obj.get("input") {
-            if !(input.is_string() || input.is_array()) {
-                return Err(BadLine::new(line, ErrorCode::BadField, "\"input\" must be a string or an array"));
-            }
+        if obj.contains_key("input") {
             return Ok((Endpoint::Embedding, obj));
         }
         Err(BadLine::new(
@@ -199,22 +217,28 @@ fn batch_line(line: u64, mut obj: Map<String, Value>) -> Result<(Endpoint, Map<S
     }
 }
 
+/// A job's id: its own (see [`explicit_id`]), else its line number.
 fn job_id(line: u64, obj: &Map<String, Value>) -> Result<String, BadLine> {
+    match explicit_id(obj) {
+        Ok(id) => Ok(id.unwrap_or_else(|| line.to_string())),
+        Err(key) => {
+            Err(BadLine::new(line, ErrorCode::BadId, format!("\"{key}\" must be a non-empty string or a number")))
+        }
+    }
+}
+
+/// The line's own id: `custom_id`, else `id`; `Err` names the first of them present that is not a non-empty
+/// string or a number.
+fn explicit_id(obj: &Map<String, Value>) -> Result<Option<String>, &'static str> {
     for key in ["custom_id", "id"] {
         match obj.get(key) {
             None | Some(Value::Null) => continue,
-            Some(Value::String(s)) if !s.is_empty() => return Ok(s.clone()),
-            Some(Value::Number(n)) => return Ok(n.to_string()),
-            Some(_) => {
-                return Err(BadLine::new(
-                    line,
-                    ErrorCode::BadId,
-                    format!("\"{key}\" must be a non-empty string or a number"),
-                ))
-            }
+            Some(Value::String(s)) if !s.is_empty() => return Ok(Some(s.clone())),
+            Some(Value::Number(n)) => return Ok(Some(n.to_string())),
+            Some(_) => return Err(key),
         }
     }
-    Ok(line.to_string())
+    Ok(None)
 }
 
 /// Lower-case hex of a digest.
@@ -271,9 +295,54 @@ mod tests {
         assert_eq!(code(b"[1]"), ErrorCode::NotAnObject);
         assert_eq!(code(b"\xff\xfe"), ErrorCode::InvalidUtf8);
         assert_eq!(code(br#"{"foo": 1}"#), ErrorCode::MissingField);
-        assert_eq!(code(br#"{"url": "/v1/x", "body": {}}"#), ErrorCode::BadUrl);
+        assert_eq!(code(br#"{"custom_id": "u", "url": "/v1/x", "body": {}}"#), ErrorCode::BadUrl);
         assert_eq!(code(br#"{"id": [1], "prompt": "x"}"#), ErrorCode::BadId);
         assert!(p.parse(3, b"  ").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_body_its_url_cannot_take_is_a_bad_line_that_keeps_its_id() {
+        let p = parser();
+        let bad = |l: &str| p.parse(4, l.as_bytes()).unwrap_err();
+        let b =
+            bad(r#"{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": "x"}}"#);
+        assert_eq!((b.line, b.code, b.custom_id.as_deref()), (4, ErrorCode::BadField, Some("r1")));
+        assert!(b.message.contains("\"messages\""), "{}", b.message);
+        let b = bad(r#"{"custom_id": "r2", "url": "/v1/embeddings", "body": {}}"#);
+        assert_eq!((b.code, b.custom_id.as_deref()), (ErrorCode::MissingField, Some("r2")));
+        let b = bad(r#"{"custom_id": "r3", "url": "/v1/nope", "body": {}}"#);
+        assert_eq!((b.code, b.custom_id.as_deref()), (ErrorCode::BadUrl, Some("r3")));
+        let b = bad(r#"{"id": 9, "messages": [{"role": "user"}], "stream": true}"#);
+        assert_eq!((b.code, b.custom_id.as_deref()), (ErrorCode::BadField, Some("9")));
+        let b = bad(r#"{"prompt": "x", "max_tokens": "many"}"#);
+        assert_eq!((b.code, b.custom_id), (ErrorCode::BadField, None), "no own id: the record's line says which");
+        let b = bad(r#"{"custom_id": ["r"], "prompt": "x"}"#);
+        assert_eq!((b.code, b.custom_id), (ErrorCode::BadId, None));
+    }
+
+    #[test]
+    fn a_batch_line_needs_a_custom_id_and_simple_lines_do_not() {
+        let p = parser();
+        for line in [
+            r#"{"method": "POST", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}]}}"#,
+            r#"{"id": "a", "url": "/v1/embeddings", "body": {"input": "x"}}"#,
+            r#"{"custom_id": null, "url": "/v1/embeddings", "body": {"input": "x"}}"#,
+        ] {
+            let b = p.parse(2, line.as_bytes()).unwrap_err();
+            assert_eq!(b.code, ErrorCode::MissingField, "{line}");
+            assert!(b.message.contains("custom_id"), "{}", b.message);
+        }
+        assert_eq!(p.parse(3, br#"{"input": "x"}"#).unwrap().unwrap().id, "3");
+    }
+
+    #[test]
+    fn a_rendered_template_is_checked_with_the_defaults_in() {
+        let t = Template::new("{{ x }}".into()).unwrap();
+        let d = RequestDefaults { params: vec![("stop".into(), json!(5))], ..Default::default() };
+        let p = Parser::new(d, Some((t, "{{ x }}".into())));
+        let b = p.parse(1, br#"{"id": "t1", "x": "hi"}"#).unwrap_err();
+        assert_eq!((b.code, b.custom_id.as_deref()), (ErrorCode::BadField, Some("t1")));
+        assert_eq!(b.message, "\"stop\" must be a string or a list of strings");
     }
 
     #[test]

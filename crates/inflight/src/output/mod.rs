@@ -32,8 +32,9 @@ impl OutputFiles {
     /// Opens both files and brings them in line with the store. With `rebuild`, they are rewritten from scratch
     /// (the format changed, or jobs were reopened).
     pub fn open(out: &Path, store: &Store, format: Format, rebuild: bool) -> Result<OutputFiles, StoreError> {
-        let mut done = open_repaired(out, rebuild)?;
-        let mut errors = open_repaired(&errors_path(out), rebuild)?;
+        let mut done = open_repaired(out, rebuild).map_err(|e| naming(out, "open the output", e))?;
+        let errors_out = errors_path(out);
+        let mut errors = open_repaired(&errors_out, rebuild).map_err(|e| naming(&errors_out, "open the output", e))?;
         let done_have = count_lines(&mut done)?;
         let errors_have = count_lines(&mut errors)?;
         if done_have as i64 > store.next_done_ord()? || errors_have as i64 > store.next_error_ord()? {
@@ -85,7 +86,7 @@ fn write_replacing(
     fill: impl FnOnce(&mut dyn FnMut(&str) -> io::Result<()>) -> Result<(), StoreError>,
 ) -> Result<u64, StoreError> {
     let tmp = path.with_extension("jsonl.tmp");
-    let mut w = BufWriter::new(File::create(&tmp)?);
+    let mut w = BufWriter::new(File::create(&tmp).map_err(|e| naming(&tmp, "create", e))?);
     let mut n = 0u64;
     fill(&mut |line| {
         n += 1;
@@ -94,6 +95,11 @@ fn write_replacing(
     w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     std::fs::rename(&tmp, path)?;
     Ok(n)
+}
+
+/// An I/O error that says what inflight was doing, and to which file: the OS's own message names neither.
+fn naming(path: &Path, doing: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot {doing} {}: {e}", path.display()))
 }
 
 fn open_repaired(path: &Path, truncate: bool) -> io::Result<File> {

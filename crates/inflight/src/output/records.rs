@@ -88,16 +88,16 @@ pub fn render_done(row: &DoneRow, format: Format) -> String {
     }
 }
 
-/// One line of OUT.errors.jsonl: a failed job, or a bad input line (no id, keyed by `line`).
+/// One line of OUT.errors.jsonl: a failed job, or a bad input line (keyed by `line`, with its own id if readable).
 pub fn render_error(row: &ErrorRow, format: Format) -> String {
     let error = json!({"code": row.code(), "message": row.message()});
-    // A bad line has no id, no answer and no step: those fields are null.
+    // A bad line was never a job: no batch request id, no answer, no step; its `custom_id` is the line's own.
     let (batch_id, id, answer, step) = match row {
         ErrorRow::Failed(f) => {
             let answer = f.answer.as_ref().map(|a| response(a.status_code, a.request_id.as_deref(), a.body.as_deref()));
             (Some(format!("batch_req_{}", f.seq)), Some(f.id.as_str()), answer, f.step.as_deref())
         }
-        ErrorRow::BadLine(_) => (None, None, None, None),
+        ErrorRow::BadLine(b) => (None, b.custom_id.as_deref(), None, None),
     };
     match format {
         Format::Batch => json!({
@@ -152,15 +152,28 @@ mod tests {
         assert_eq!(v, json!({"id": "a", "output": "hi", "usage": {"completion_tokens": 1}, "latency_ms": 12}));
     }
 
+    fn bad_line(custom_id: Option<&str>) -> ErrorRow {
+        let custom_id = custom_id.map(str::to_owned);
+        ErrorRow::BadLine(BadLineRow { line: 9, code: "invalid_json".into(), message: "x".into(), custom_id })
+    }
+
     #[test]
-    fn bad_line_error_has_line_and_no_id() {
-        let row = ErrorRow::BadLine(BadLineRow { line: 9, code: "invalid_json".into(), message: "x".into() });
-        let v: Value = serde_json::from_str(&render_error(&row, Format::Batch)).unwrap();
+    fn bad_line_error_has_line_and_no_request_id() {
+        let v: Value = serde_json::from_str(&render_error(&bad_line(None), Format::Batch)).unwrap();
         assert_eq!(v["line"], 9);
         assert!(v["id"].is_null() && v["custom_id"].is_null() && v["response"].is_null());
         assert_eq!(v["error"]["code"], "invalid_json");
-        let v: Value = serde_json::from_str(&render_error(&row, Format::Workflow)).unwrap();
+        let v: Value = serde_json::from_str(&render_error(&bad_line(None), Format::Workflow)).unwrap();
         assert!(v["step"].is_null() && v["response"].is_null());
+    }
+
+    #[test]
+    fn bad_line_error_keeps_the_lines_own_id() {
+        let v: Value = serde_json::from_str(&render_error(&bad_line(Some("r7")), Format::Batch)).unwrap();
+        assert_eq!((v["custom_id"].as_str(), v["line"].as_u64()), (Some("r7"), Some(9)));
+        assert!(v["id"].is_null(), "a bad line has no batch request id: {v}");
+        let v: Value = serde_json::from_str(&render_error(&bad_line(Some("r7")), Format::Simple)).unwrap();
+        assert_eq!(v["id"], "r7");
     }
 
     fn failed_row(answer: Option<FailedAnswer>) -> ErrorRow {

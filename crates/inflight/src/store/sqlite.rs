@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/001_init.sql"),
     include_str!("sql/002_workflow.sql"),
     include_str!("sql/003_step_attempts.sql"),
+    include_str!("sql/004_bad_line_ids.sql"),
 ];
 /// Lines per ingest transaction: large enough to amortize the commit, small enough to bound a lost tail.
 const INGEST_BATCH: usize = 20_000;
@@ -62,7 +63,7 @@ pub struct DoneRow {
 pub enum ErrorRow {
     /// A job that failed for good.
     Failed(FailedRow),
-    /// An input line that did not become a job (no id, keyed by its line).
+    /// An input line that did not become a job (keyed by its line; its own id when it had a readable one).
     BadLine(BadLineRow),
 }
 
@@ -105,6 +106,8 @@ pub struct BadLineRow {
     pub code: String,
     /// Error message.
     pub message: String,
+    /// The line's own id, when it had a readable one.
+    pub custom_id: Option<String>,
 }
 
 impl ErrorRow {
@@ -262,7 +265,7 @@ impl Store {
                 let mut insert_job = tx.prepare_cached(include_str!("sql/insert_job.sql"))?;
                 let mut insert_bad = tx.prepare_cached(include_str!("sql/insert_bad_line.sql"))?;
                 let mut bad = |b: BadLine, ord: &mut i64| -> Result<(), StoreError> {
-                    if insert_bad.execute(params![b.line as i64, b.code, b.message, *ord])? > 0 {
+                    if insert_bad.execute(params![b.line as i64, b.code, b.message, *ord, b.custom_id])? > 0 {
                         *ord += 1;
                         report.bad_lines += 1;
                     }
@@ -286,10 +289,9 @@ impl Store {
                                 tx.query_row("SELECT line FROM jobs WHERE id = ?1", [&job.id], |r| r.get(0))?;
                             if first != line {
                                 let message = format!("duplicate id {:?} (first on line {first})", job.id);
-                                bad(
-                                    BadLine { line: job.line, code: ErrorCode::DuplicateId, message },
-                                    &mut next_err_ord,
-                                )?;
+                                let custom_id = Some(job.id);
+                                let dup = BadLine { line: job.line, code: ErrorCode::DuplicateId, message, custom_id };
+                                bad(dup, &mut next_err_ord)?;
                             }
                         }
                         Some(Entry::Bad(b)) => bad(b, &mut next_err_ord)?,
@@ -391,7 +393,12 @@ impl Store {
                     message: r.get(7)?,
                     step: r.get(8)?,
                 }),
-                None => ErrorRow::BadLine(BadLineRow { line: r.get(1)?, code: r.get(6)?, message: r.get(7)? }),
+                None => ErrorRow::BadLine(BadLineRow {
+                    line: r.get(1)?,
+                    custom_id: r.get(2)?,
+                    code: r.get(6)?,
+                    message: r.get(7)?,
+                }),
             };
             f(row)?;
         }

@@ -3,6 +3,6 @@ SELECT seq, line, id, status_code, request_id, response, code, message, step FRO
            error_code AS code, error_message AS message, step
     FROM jobs WHERE status = 3 AND out_ord >= ?1
     UNION ALL
-    SELECT out_ord, NULL, line, NULL, NULL, NULL, NULL, code, message, NULL
+    SELECT out_ord, NULL, line, custom_id, NULL, NULL, NULL, code, message, NULL
     FROM bad_lines WHERE out_ord >= ?1
 ) ORDER BY out_ord
