@@ -64,11 +64,13 @@ pub enum ErrorCode {
     InvalidOutput,
     /// Every attempt was spent; the last one was in flight when an earlier run stopped.
     AttemptsExhausted,
+    /// The job was in flight during several outages of its server (it may be what crashes it).
+    ServerCrashed,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidUtf8,
         ErrorCode::NotAnObject,
@@ -96,6 +98,7 @@ impl ErrorCode {
         ErrorCode::ContextLengthExceeded,
         ErrorCode::InvalidOutput,
         ErrorCode::AttemptsExhausted,
+        ErrorCode::ServerCrashed,
     ];
 
     /// The code as written in records and metrics.
@@ -128,6 +131,7 @@ impl ErrorCode {
             ErrorCode::ContextLengthExceeded => "context_length_exceeded",
             ErrorCode::InvalidOutput => "invalid_output",
             ErrorCode::AttemptsExhausted => "attempts_exhausted",
+            ErrorCode::ServerCrashed => "server_crashed",
         }
     }
 }

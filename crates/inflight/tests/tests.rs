@@ -33,6 +33,8 @@ mod run_sim;
 mod schema;
 /// The API key appears nowhere a run writes or prints, at any verbosity.
 mod secrets;
+/// One run over several servers: per-server levels, model-aware routing, an outage handed to the others.
+mod servers;
 /// Setup errors name the path or URL, exit 2, and leave no file behind.
 mod setup;
 /// Workflows: validation, scheduling around model swaps, per-step durability.

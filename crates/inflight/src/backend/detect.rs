@@ -8,9 +8,16 @@ use serde_json::{Map, Value};
 use super::http::Http;
 use super::{Api, ApiKey, Backend, BackendError, OllamaBackend, OpenAiBackend, ServerInfo};
 
-/// The ports local servers listen on by default: Ollama, llama-server, vLLM, LM Studio, SGLang.
-pub const DEFAULT_PORTS: &[(u16, &str)] =
-    &[(11434, "Ollama"), (8080, "llama-server"), (8000, "vLLM"), (1234, "LM Studio"), (30000, "SGLang")];
+/// The ports local servers listen on by default: Ollama, llama-server (8080, and 9931, which newer builds
+/// announce as their default), vLLM, LM Studio, SGLang.
+pub const DEFAULT_PORTS: &[(u16, &str)] = &[
+    (11434, "Ollama"),
+    (8080, "llama-server"),
+    (9931, "llama-server"),
+    (8000, "vLLM"),
+    (1234, "LM Studio"),
+    (30000, "SGLang"),
+];
 
 /// A server we can talk to, and what it said about itself.
 pub struct Connection {

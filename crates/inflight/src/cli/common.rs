@@ -3,8 +3,9 @@
 /// The server flags shared by `run`, `bench` and `doctor`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
-    /// The server's base URL. Default: the first of localhost:11434, 8080, 8000, 1234, 30000 that answers.
-    /// `run --workflow` takes several: steps name theirs with `server:`, the others run on the first.
+    /// The server's base URL. Default: the first of localhost:11434, 8080, 9931, 8000, 1234, 30000 that
+    /// answers. `run` takes several: each job goes to whichever server has its model and a free request slot
+    /// (each server's concurrency is tuned on its own); in a workflow, steps name theirs with `server:`.
     #[arg(long, env = "INFLIGHT_SERVER")]
     pub server: Vec<String>,
     /// The server's API; detected when not given.
@@ -21,7 +22,7 @@ impl ServerArgs {
         match self.server.as_slice() {
             [] => Ok(None),
             [one] => Ok(Some(one)),
-            _ => Err(setup_error("--server is given more than once; only `run --workflow` uses several servers")),
+            _ => Err(setup_error("--server is given more than once; only `run` uses several servers")),
         }
     }
 }

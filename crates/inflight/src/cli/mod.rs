@@ -13,6 +13,7 @@ mod run_args;
 mod session;
 mod state;
 mod status;
+mod targets;
 mod workflow;
 
 pub use bench::BenchArgs;

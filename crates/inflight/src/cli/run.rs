@@ -1,24 +1,19 @@
-//! `inflight run`, one step per line: check the server, open the run's session (state, ingest, outputs), dispatch
-//! under the limiter (fixed, or moved by the controller), summarize. Running the same command again resumes.
+//! `inflight run`, one step per line: check the servers, open the run's session (state, ingest, outputs),
+//! dispatch under each server's limiter (fixed, or moved by its controller), summarize. Running the same command
+//! again resumes.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc::UnboundedSender;
-
 use super::common::{setup_error, CommandError, Exit};
 use super::engine;
-use super::parse::Concurrency;
 use super::run_args::RunArgs;
 use super::session::{Identity, Locked, Ran};
-use crate::backend::{Api, BusySampler, Connection};
+use super::targets::{check_models, RunTarget, TargetView};
+use crate::backend::{connect, ConnectOptions, Connection};
 use crate::dispatch::{dispatch, DispatchConfig, Ending, Verdict, Wiring};
 use crate::job::{Entry, Parser, RequestDefaults};
-use crate::live::Health;
-use crate::report::{spawn_progress, ConcurrencyMode, ConcurrencyReport, Display, ProgressSource, Summary};
-use crate::tune::{
-    spawn_controller_with, Clock, Controller, ControllerConfig, Limiter, Sample, SystemClock, TuneHandle, TuneStatus,
-};
+use crate::report::{spawn_progress, Display, ProgressSource, Summary};
 
 fn build_parser(args: &RunArgs) -> anyhow::Result<Parser> {
     args.job.parser(RequestDefaults {
@@ -40,76 +35,88 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
     }
     let locked = Locked::new(&args)?;
     let opts = args.connect_options();
-    let (conn, engine) = engine::open(&args.conn, &args.engine, &opts, args.max_concurrency).await?;
-    check_model(&args, &conn)?;
-    tracing::info!(server = conn.backend.url(), "{}", conn.info.description);
+    let (conns, engine) = connect_all(&args, &opts).await?;
+    for conn in &conns {
+        tracing::info!(server = conn.backend.url(), "{}", conn.info.description);
+    }
     let fingerprint = parser.fingerprint();
     let session = locked.open(&args, Identity::Settings(&fingerprint), &parser, args.format).await?;
     if let Some(engine) = &engine {
         engine::plan(engine, &session.reader)?;
     }
-
-    let health = Health::new(conn.backend.clone(), session.stop.clone());
-    let cache = args.cache.open(conn.info.identity.clone());
-    let (limiter, samples, tune) = concurrency(&args, &conn);
+    // One server's model identity keys the cache; answers from several servers are not told apart by it.
+    let identity = if conns.len() == 1 { conns[0].info.identity.clone() } else { None };
+    let cache = args.cache.open(identity);
+    let targets: Vec<RunTarget> = conns.into_iter().map(|c| RunTarget::new(&args, c, &session.stop)).collect();
+    check_models(&targets, &session.reader.pending_models()?)?;
     let progress = spawn_progress(ProgressSource {
         stats: session.stats.clone(),
-        limiter: Some(limiter.clone()),
-        detail: None,
-        health: health.clone(),
+        limiter: (targets.len() == 1).then(|| targets[0].limiter.clone()),
+        detail: progress_detail(&targets),
+        health: targets[0].health().clone(),
         live: session.live_sink(),
         finished_before: session.before.done + session.before.failed,
         total: session.before.total(),
         status_every: args.status_every,
         display: Display::detect(args.quiet),
-        tune: tune.as_ref().map(|t| t.status.clone()),
+        tune: targets[0].tune_status(),
     });
     let started = Instant::now();
     let config =
         DispatchConfig { max_attempts: args.max_attempts, drain_timeout: args.drain_timeout, limit: args.limit };
     let wiring = Wiring {
-        backend: conn.backend.clone(),
-        limiter: limiter.clone(),
-        health,
+        targets: targets.iter().map(RunTarget::target).collect(),
         writer: session.writer.sender(),
         stats: session.stats.clone(),
-        samples,
         stop: session.stop.clone(),
         cache: cache.clone(),
     };
     let ending = dispatch(&session.reader, wiring, config).await;
     let wall = started.elapsed();
     progress.finish().await;
-    let tuned = match tune {
-        Some(t) => Some(t.finish().await),
-        None => None,
-    };
+    let several = targets.len() > 1;
+    let mut reports = Vec::new();
+    for t in targets {
+        reports.push(t.finish().await);
+    }
     let finished = session.finish_writer()?;
     let ending = ending?;
-    let concurrency = concurrency_report(tuned, limiter.limit(), conn.info.kind.lanes());
+    let (concurrency, servers): (Vec<_>, Vec<_>) = reports.into_iter().unzip();
     let engine = engine.as_ref().map(engine::report);
     let cache = cache.map(|c| c.finish());
-    let ran = Ran { wall, steps: Vec::new(), concurrency: Some(concurrency), workflow: None, engine, cache };
+    let concurrency = concurrency.into_iter().next();
+    let servers = if several { servers } else { Vec::new() };
+    let ran = Ran { wall, steps: Vec::new(), concurrency, workflow: None, engine, cache, servers };
     finished.conclude(ran, |summary| outcome(ending, summary))
 }
 
-/// The limiter and, for `--concurrency auto`, the controller that moves it and the channel that feeds it.
-fn concurrency(args: &RunArgs, conn: &Connection) -> (Limiter, Option<UnboundedSender<Sample>>, Option<TuneHandle>) {
-    match args.concurrency {
-        Concurrency::Fixed(n) => (Limiter::new(n), None, None),
-        Concurrency::Auto => {
-            let limiter = Limiter::new(1);
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let max = conn.info.kind.ceiling(args.max_concurrency as usize);
-            let cfg = ControllerConfig { max, ..Default::default() };
-            let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-            let controller = Controller::for_lanes(cfg, clock.now(), conn.info.kind.start_level());
-            let (kind, api_key) = (conn.info.kind, args.conn.api_key.as_ref());
-            let busy = BusySampler::new(kind, conn.backend.url(), api_key, BusySampler::RUN_EVERY);
-            let handle = spawn_controller_with(controller, limiter.clone(), rx, busy, clock, kind.parallel_fix());
-            (limiter, Some(tx), Some(handle))
-        }
+/// The run's servers: each `--server` (several allowed), or the one found on the usual ports, or the engine.
+async fn connect_all(
+    args: &RunArgs,
+    opts: &ConnectOptions,
+) -> anyhow::Result<(Vec<Connection>, Option<engine::EngineHandle>)> {
+    if args.conn.server.len() <= 1 {
+        let (conn, engine) = engine::open(&args.conn, &args.engine, opts, args.max_concurrency).await?;
+        return Ok((vec![conn], engine));
     }
+    let mut conns: Vec<Connection> = Vec::new();
+    for url in &args.conn.server {
+        let conn = connect(Some(url), args.conn.api, opts).await.map_err(|e| setup_error(e.to_string()))?;
+        if conns.iter().any(|c| c.backend.url() == conn.backend.url()) {
+            return Err(setup_error(format!("--server {url} is given twice")));
+        }
+        conns.push(conn);
+    }
+    Ok((conns, None))
+}
+
+/// With several servers, the progress line lists each one's requests in flight, limit and answers.
+fn progress_detail(targets: &[RunTarget]) -> Option<Arc<dyn Fn() -> String + Send + Sync>> {
+    if targets.len() < 2 {
+        return None;
+    }
+    let views: Vec<TargetView> = targets.iter().map(RunTarget::view).collect();
+    Some(Arc::new(move || views.iter().map(|v| v.line()).collect::<Vec<_>>().join(" || ")))
 }
 
 /// The exit code a dispatch ending means, or the error that stops the command.
@@ -126,47 +133,6 @@ fn outcome(ending: Ending, counts: &Summary) -> Result<Exit, CommandError> {
         Ending::Finished if counts.failed > 0 || counts.bad_lines > 0 => Ok(Exit::SomeFailed),
         Ending::Finished => Ok(Exit::Success),
     }
-}
-
-/// The concurrency of a one-step run: what auto's controller ended with (`tuned`), or the fixed level.
-fn concurrency_report(tuned: Option<TuneStatus>, limit: usize, server_slots: Option<usize>) -> ConcurrencyReport {
-    match tuned {
-        None => ConcurrencyReport {
-            mode: ConcurrencyMode::Fixed,
-            held: limit,
-            searching: false,
-            max_tried: None,
-            changes: None,
-            effective_lanes: None,
-            server_slots,
-            server_busy_max: None,
-            notes: Vec::new(),
-        },
-        Some(t) => ConcurrencyReport {
-            mode: ConcurrencyMode::Auto,
-            held: t.held.unwrap_or(limit),
-            searching: t.held.is_none(),
-            max_tried: Some(t.max_tried),
-            changes: Some(t.changes),
-            effective_lanes: t.lanes,
-            server_slots,
-            server_busy_max: t.busy_max,
-            notes: t.notes,
-        },
-    }
-}
-
-fn check_model(args: &RunArgs, conn: &crate::backend::Connection) -> anyhow::Result<()> {
-    let (Some(model), Api::Ollama) = (&args.model, conn.backend.api()) else { return Ok(()) };
-    let known = |m: &String| m == model || m.strip_suffix(":latest") == Some(model.as_str());
-    if !conn.info.models.iter().any(known) {
-        return Err(setup_error(format!(
-            "model {model:?} is not on the Ollama server at {} (it has: {}); pull it with `ollama pull {model}`",
-            conn.backend.url(),
-            conn.info.models.join(", ")
-        )));
-    }
-    Ok(())
 }
 
 fn dry_run(args: &RunArgs, parser: &Parser) -> anyhow::Result<Exit> {

@@ -130,6 +130,8 @@ pub(super) struct Ran {
     pub engine: Option<EngineReport>,
     /// What the run did with the response cache (one-step runs that use it).
     pub cache: Option<crate::cache::CacheReport>,
+    /// Each server's share of a run over several (empty for one).
+    pub servers: Vec<crate::report::ServerShare>,
 }
 
 impl Session {
@@ -198,6 +200,7 @@ impl Finished {
             concurrency: ran.concurrency,
             workflow: ran.workflow,
             cache: ran.cache,
+            servers: ran.servers,
             files,
             exit,
         };

@@ -88,7 +88,15 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
     step_counts.sort_by_key(|c| steps.iter().position(|(n, _)| *n == c.step).unwrap_or(usize::MAX));
     let report = workflow_report(&flow_stats, &conns, &args.concurrency);
     let interrupted = finished.stop.is_cancelled();
-    let ran = Ran { wall, steps: step_counts, concurrency: None, workflow: Some(report), engine: None, cache: None };
+    let ran = Ran {
+        wall,
+        steps: step_counts,
+        concurrency: None,
+        workflow: Some(report),
+        engine: None,
+        cache: None,
+        servers: Vec::new(),
+    };
     finished.conclude(ran, |summary| outcome(verdict, interrupted, summary))
 }
 

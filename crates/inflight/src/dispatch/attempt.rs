@@ -39,6 +39,9 @@ pub struct Attempts {
     pub stop: CancellationToken,
     /// Hard stop: cancel requests in flight.
     pub hard: CancellationToken,
+    /// Other servers can take the work: on an outage, hand it back ([`Tried::Unreachable`]) instead of
+    /// waiting for this server to return.
+    pub reroute: bool,
 }
 
 /// Where an attempt takes its permit and reports its sample.
@@ -89,6 +92,12 @@ pub enum Tried {
     /// Every attempt was spent before this session (the last one was in flight when a run stopped).
     Exhausted {
         /// Attempts spent in total.
+        attempts: u32,
+    },
+    /// The server went away while the work was in flight (no attempt charged); with `reroute`, for another
+    /// server to take.
+    Unreachable {
+        /// Attempts spent in total (the free one handed back).
         attempts: u32,
     },
     /// The run is stopping; the work stays pending.
@@ -147,6 +156,11 @@ impl Attempts {
                 Err(e) => e,
             };
             drop(held);
+            if error.is_unreachable() && self.reroute && !self.health.judge(epoch).await {
+                attempts -= 1;
+                self.refund(req.key, attempts, &error);
+                return Tried::Unreachable { attempts };
+            }
             if error.is_unreachable() && !self.health.unreachable(epoch).await {
                 // Nobody could reach the server: this attempt was not the request's own failure.
                 attempts -= 1;
@@ -209,7 +223,7 @@ impl Work<'_> {
         let (attempts, sent_ms, error) = match tried {
             Tried::Failed { error, attempts, sent_ms } => (*attempts, Some(*sent_ms), Some(error)),
             Tried::Exhausted { attempts } => (*attempts, None, None),
-            Tried::Answered { .. } | Tried::Stopped => return None,
+            Tried::Answered { .. } | Tried::Unreachable { .. } | Tried::Stopped => return None,
         };
         let (code, message) = match error {
             Some(e) if e.is_retryable() => (e.code(), format!("gave up after {attempts} attempts: {e}")),

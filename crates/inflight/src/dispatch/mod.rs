@@ -8,24 +8,31 @@ mod attempt;
 mod probation;
 mod recorder;
 pub(crate) mod retry;
+mod targets;
 
 pub use attempt::{Attempts, Lane, Request, Tried, Work};
 pub use probation::{Judged, Probation, PROBATION};
 pub use recorder::{Outcome, Verdict};
+pub use targets::{eligible, Models, Target, TargetCounts, OUTAGES_BEFORE_CRASHED};
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Answer, Backend, BackendError};
+use crate::backend::{Answer, BackendError};
 use crate::cache::ResponseCache;
-use crate::live::{Health, LiveStats};
+use crate::code::ErrorCode;
+use crate::live::LiveStats;
 use crate::store::{now_ms, AttemptKey, Completion, PendingJob, Store, StoreError, WriteMsg};
-use crate::tune::{Limiter, Permit, Sample, SampleOutcome};
+use crate::tune::{Permit, Sample, SampleOutcome};
+use targets::{acquire_any, Routed};
 
 const PAGE: usize = 1024;
 
@@ -53,28 +60,27 @@ pub enum Ending {
 
 /// Everything a job task needs.
 struct Ctx {
-    attempts: Attempts,
-    limiter: Limiter,
+    targets: Vec<Routed>,
     outcomes: UnboundedSender<Outcome>,
-    samples: Option<UnboundedSender<Sample>>,
     cache: Option<Arc<ResponseCache>>,
     config: DispatchConfig,
+    stop: CancellationToken,
+    hard: CancellationToken,
+    /// Jobs handed back by a target that went away, sent again before new ones.
+    returned: Mutex<VecDeque<PendingJob>>,
+    returned_ready: Notify,
+    /// Per job: the outages of its server it was in flight for.
+    outages: Mutex<HashMap<i64, u32>>,
 }
 
 /// What the dispatcher works with.
 pub struct Wiring {
-    /// The server.
-    pub backend: Arc<dyn Backend>,
-    /// Permits: how many requests may be in flight.
-    pub limiter: Limiter,
-    /// Whether the server is reachable.
-    pub health: Health,
+    /// The servers (at least one).
+    pub targets: Vec<Target>,
     /// The store's writer.
     pub writer: Sender<WriteMsg>,
     /// Live counters.
     pub stats: Arc<LiveStats>,
-    /// Where every finished attempt is reported for tuning (`None` for a fixed concurrency).
-    pub samples: Option<UnboundedSender<Sample>>,
     /// Cancelled to stop the run (signals, the recorder's verdict).
     pub stop: CancellationToken,
     /// Answers to requests already answered in earlier runs (`None`: `--cache off`).
@@ -83,16 +89,45 @@ pub struct Wiring {
 
 /// Runs until every pending job is recorded, or until `stop`.
 pub async fn dispatch(reader: &Store, wiring: Wiring, config: DispatchConfig) -> Result<Ending, StoreError> {
-    let Wiring { backend, limiter, health, writer, stats, samples, stop, cache } = wiring;
+    let Wiring { targets, writer, stats, stop, cache } = wiring;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let hard = CancellationToken::new();
     let recorder = tokio::spawn(recorder::record(rx, writer.clone(), stats.clone(), [stop.clone(), hard.clone()]));
-    let attempts =
-        Attempts { backend, health, writer, stats, max_attempts: config.max_attempts, stop: stop.clone(), hard };
-    let ctx = Arc::new(Ctx { attempts, limiter, outcomes: tx, samples, cache, config });
+    // With other servers to take it, work in flight on a server that goes away is handed back at once.
+    let reroute = targets.len() > 1;
+    let targets = targets
+        .into_iter()
+        .map(|t| Routed {
+            attempts: Attempts {
+                backend: t.backend,
+                health: t.health,
+                writer: writer.clone(),
+                stats: stats.clone(),
+                max_attempts: config.max_attempts,
+                stop: stop.clone(),
+                hard: hard.clone(),
+                reroute,
+            },
+            limiter: t.limiter,
+            samples: t.samples,
+            models: t.models,
+            counts: t.counts,
+        })
+        .collect();
+    let ctx = Arc::new(Ctx {
+        targets,
+        outcomes: tx,
+        cache,
+        config,
+        stop: stop.clone(),
+        hard,
+        returned: Mutex::new(VecDeque::new()),
+        returned_ready: Notify::new(),
+        outages: Mutex::new(HashMap::new()),
+    });
     let mut tasks = JoinSet::new();
     let claimed = claim_loop(reader, &ctx, &mut tasks).await;
-    drain(&mut tasks, &ctx.attempts.stop, &ctx.attempts.hard, ctx.config.drain_timeout).await;
+    drain(&mut tasks, &ctx.stop, &ctx.hard, ctx.config.drain_timeout).await;
     let signalled = stop.is_cancelled();
     drop(ctx);
     let verdict = recorder.await.unwrap_or(Some(Verdict::WriterFailed));
@@ -104,35 +139,75 @@ pub async fn dispatch(reader: &Store, wiring: Wiring, config: DispatchConfig) ->
     })
 }
 
-async fn claim_loop(reader: &Store, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) -> Result<(), StoreError> {
-    let mut cursor = 0;
-    let mut sent = 0u64;
+/// The next job to send: one handed back by a server that went away, else the next pending one in store
+/// order. `None` once every job has been handed out and nothing in flight can come back (or the run stops).
+async fn next_job(
+    reader: &Store,
+    ctx: &Ctx,
+    page: &mut VecDeque<PendingJob>,
+    cursor: &mut i64,
+    tasks: &mut JoinSet<()>,
+) -> Result<Option<(PendingJob, bool)>, StoreError> {
     loop {
-        let page = reader.pending_page(cursor, PAGE)?;
-        if page.is_empty() {
-            return Ok(());
+        if let Some(job) = ctx.returned.lock().expect("returned lock").pop_front() {
+            return Ok(Some((job, true)));
         }
-        for job in page {
+        if let Some(job) = page.pop_front() {
+            *cursor = job.seq;
+            return Ok(Some((job, false)));
+        }
+        let next = reader.pending_page(*cursor, PAGE)?;
+        if !next.is_empty() {
+            page.extend(next);
+            continue;
+        }
+        // Everything is handed out; jobs in flight may still come back from a server that goes away.
+        if tasks.is_empty() || ctx.stop.is_cancelled() {
+            return Ok(None);
+        }
+        tokio::select! {
+            _ = tasks.join_next() => {}
+            _ = ctx.returned_ready.notified() => {}
+            _ = ctx.stop.cancelled() => return Ok(None),
+        }
+    }
+}
+
+async fn claim_loop(reader: &Store, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) -> Result<(), StoreError> {
+    let (mut page, mut cursor, mut sent) = (VecDeque::new(), 0, 0u64);
+    let models: Vec<&Models> = ctx.targets.iter().map(|t| &t.models).collect();
+    let all: Vec<usize> = (0..ctx.targets.len()).collect();
+    while let Some((job, again)) = next_job(reader, ctx, &mut page, &mut cursor, tasks).await? {
+        if !again {
             if ctx.config.limit.is_some_and(|l| sent >= l) {
                 return Ok(());
             }
-            cursor = job.seq;
-            // A request answered before is answered again without a permit: it is not sent.
-            if let Some(answer) = ctx.cache.as_ref().and_then(|c| c.lookup(job.endpoint, &job.body)) {
-                if ctx.attempts.stop.is_cancelled() {
-                    return Ok(());
-                }
-                sent += 1;
-                let attempts = job.attempts;
-                let _ = ctx.outcomes.send(Outcome::Done(Box::new(completion(job, answer, attempts, now_ms()))));
-                continue;
-            }
-            let Some(permit) = ctx.attempts.acquire(&ctx.limiter).await else { return Ok(()) };
             sent += 1;
-            tasks.spawn(run_job(ctx.clone(), job, permit));
-            while tasks.try_join_next().is_some() {}
         }
+        // A request answered before is answered again without a permit: it is not sent.
+        if let Some(answer) = ctx.cache.as_ref().and_then(|c| c.lookup(job.endpoint, &job.body)) {
+            if ctx.stop.is_cancelled() {
+                return Ok(());
+            }
+            let attempts = job.attempts;
+            let _ = ctx.outcomes.send(Outcome::Done(Box::new(completion(job, answer, attempts, now_ms()))));
+            continue;
+        }
+        let eligible =
+            if ctx.targets.len() == 1 { all.clone() } else { eligible(&models, model_of(&job.body).as_deref()) };
+        // Models were checked before the run; a job naming none that any target has goes anywhere.
+        let eligible = if eligible.is_empty() { all.clone() } else { eligible };
+        let Some((t, permit)) = acquire_any(&ctx.targets, &eligible).await else { return Ok(()) };
+        tasks.spawn(run_job(ctx.clone(), t, job, permit));
+        while tasks.try_join_next().is_some() {}
     }
+    Ok(())
+}
+
+/// The `model` a request body names.
+fn model_of(body: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v["model"].as_str().map(str::to_owned)
 }
 
 /// Waits for `tasks` to finish; once `stop` is cancelled, for at most `timeout` more, then cancels the rest
@@ -157,23 +232,51 @@ async fn join_all(tasks: &mut JoinSet<()>) {
     while tasks.join_next().await.is_some() {}
 }
 
-/// Sends one job until it succeeds, fails for good, or the run stops (then it stays pending).
-async fn run_job(ctx: Arc<Ctx>, job: PendingJob, permit: Permit) {
+/// Sends one job to target `t` until it succeeds, fails for good, or the run stops (then it stays pending);
+/// a job whose server goes away is handed back for another.
+async fn run_job(ctx: Arc<Ctx>, t: usize, mut job: PendingJob, permit: Permit) {
+    let target = &ctx.targets[t];
     let key = AttemptKey::Job(job.seq);
-    let lane = Lane { limiter: &ctx.limiter, samples: ctx.samples.as_ref() };
+    let lane = Lane { limiter: &target.limiter, samples: target.samples.as_ref() };
     let req = Request { key: &key, endpoint: job.endpoint, body: &job.body, attempts: job.attempts };
-    let tried = ctx.attempts.send(&lane, req, permit).await;
+    let tried = target.attempts.send(&lane, req, permit).await;
+    let work = Work { seq: job.seq, id: &job.id, line: job.line, step: None };
     let outcome = match tried {
         Tried::Answered { answer, attempts, sent_ms, .. } => {
             if let Some(cache) = &ctx.cache {
                 cache.store(job.endpoint, &job.body, &answer);
             }
+            target.counts.done.fetch_add(1, Ordering::Relaxed);
             Outcome::Done(Box::new(completion(job, answer, attempts, sent_ms)))
         }
         Tried::Stopped => return,
+        Tried::Unreachable { attempts } => {
+            target.counts.returned.fetch_add(1, Ordering::Relaxed);
+            let outages = {
+                let mut o = ctx.outages.lock().expect("outages lock");
+                let n = o.entry(job.seq).or_insert(0);
+                *n += 1;
+                *n
+            };
+            if outages < OUTAGES_BEFORE_CRASHED {
+                job.attempts = attempts;
+                ctx.returned.lock().expect("returned lock").push_back(job);
+                ctx.returned_ready.notify_one();
+                return;
+            }
+            let message = format!(
+                "in flight during {outages} outages of its server ({}): it may be what crashes it",
+                target.attempts.backend.url()
+            );
+            target.counts.failed.fetch_add(1, Ordering::Relaxed);
+            Outcome::Failed {
+                failure: work.record(attempts, None, None, ErrorCode::ServerCrashed, message),
+                permanent: false,
+            }
+        }
         failed => {
-            let work = Work { seq: job.seq, id: &job.id, line: job.line, step: None };
             let Some((failure, permanent)) = work.failure(&failed) else { return };
+            target.counts.failed.fetch_add(1, Ordering::Relaxed);
             Outcome::Failed { failure, permanent }
         }
     };

@@ -58,19 +58,26 @@ impl Health {
     /// those behind it find the run paused — or, if it already resumed, find that an outage began after they
     /// were sent (without that, a failure handled late, after the server came back, would cost an attempt).
     pub async fn unreachable(&self, sent_at: u64) -> bool {
-        {
-            let _guard = self.inner.check.lock().await;
-            if !self.is_paused() && self.epoch() == sent_at {
-                if self.inner.backend.ping().await.is_ok() {
-                    return true;
-                }
-                tracing::warn!(server = self.inner.backend.url(), "server unreachable: pausing until it is back");
-                self.inner.outages.fetch_add(1, Ordering::AcqRel);
-                self.inner.open.send_replace(false);
-                tokio::spawn(self.clone().probe());
-            }
+        if self.judge(sent_at).await {
+            return true;
         }
         self.wait_open().await;
+        false
+    }
+
+    /// [`Health::unreachable`] without the wait: whether the failure costs the job an attempt; on an outage the
+    /// server is paused and probed, and the caller may send the work elsewhere meanwhile.
+    pub async fn judge(&self, sent_at: u64) -> bool {
+        let _guard = self.inner.check.lock().await;
+        if !self.is_paused() && self.epoch() == sent_at {
+            if self.inner.backend.ping().await.is_ok() {
+                return true;
+            }
+            tracing::warn!(server = self.inner.backend.url(), "server unreachable: pausing until it is back");
+            self.inner.outages.fetch_add(1, Ordering::AcqRel);
+            self.inner.open.send_replace(false);
+            tokio::spawn(self.clone().probe());
+        }
         false
     }
 
@@ -85,7 +92,7 @@ impl Health {
             if self.inner.backend.ping().await.is_ok() {
                 tracing::warn!(
                     server = self.inner.backend.url(),
-                    "server is back after {:.0}s: resuming",
+                    "server is back after {:.0}s: resuming (it rejoins the run)",
                     down_since.elapsed().as_secs_f64()
                 );
                 self.inner.open.send_replace(true);

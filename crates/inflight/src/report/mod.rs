@@ -8,6 +8,6 @@ mod summary;
 pub use progress::{format_duration, spawn_progress, Display, ProgressHandle, ProgressSource};
 pub use run_summary::{
     ConcurrencyMode, ConcurrencyReport, EngineReport, ExitReport, FilesReport, ModelConcurrency, RunSummary,
-    ServerReport, ThreadRateReport, WorkflowReport,
+    ServerReport, ServerShare, ThreadRateReport, WorkflowReport,
 };
 pub use summary::{Summary, SummaryInput};

@@ -22,10 +22,51 @@ pub struct RunSummary {
     pub workflow: Option<WorkflowReport>,
     /// What the run took from and added to the response cache; `None` when it used none.
     pub cache: Option<crate::cache::CacheReport>,
+    /// Each server's share of a one-step run over several servers (`concurrency` is then the first one's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerShare>,
     /// Where the results, errors and state are.
     pub files: FilesReport,
     /// The exit code and what it means.
     pub exit: ExitReport,
+}
+
+/// One server's share of a run over several.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerShare {
+    /// The server.
+    pub url: String,
+    /// Jobs it answered in this session.
+    pub done: u64,
+    /// Jobs that failed on it for good.
+    pub failed: u64,
+    /// Jobs in flight on it when it went away, handed to the other servers (no attempt charged).
+    pub returned: u64,
+    /// Times it became unreachable (each one ended by its rejoining, or by the run's end).
+    pub outages: u64,
+    /// The level its controller held, or the fixed level.
+    pub held: usize,
+    /// The slots it reports, if any.
+    pub server_slots: Option<usize>,
+}
+
+impl ServerShare {
+    fn render(&self) -> String {
+        let mut s =
+            format!("\n  server {}: {} done, {} failed, concurrency {}", self.url, self.done, self.failed, self.held);
+        if let Some(n) = self.server_slots {
+            s += &format!(" ({n} slots)");
+        }
+        if self.outages > 0 {
+            s += &format!(
+                "; {} outage{} ({} jobs in flight handed to the others)",
+                self.outages,
+                if self.outages == 1 { "" } else { "s" },
+                self.returned
+            );
+        }
+        s
+    }
 }
 
 /// `--concurrency auto` or a fixed number.
@@ -211,8 +252,9 @@ impl RunSummary {
     /// The human-readable summary.
     pub fn render(&self) -> String {
         let mut s = self.summary.render();
-        if let Some(c) = &self.concurrency {
-            s += &c.render();
+        match (&self.concurrency, self.servers.is_empty()) {
+            (Some(c), true) => s += &c.render(),
+            _ => s += &self.servers.iter().map(ServerShare::render).collect::<String>(),
         }
         if let Some(w) = &self.workflow {
             s += &w.render();
@@ -305,6 +347,7 @@ mod tests {
             concurrency,
             workflow,
             cache: None,
+            servers: Vec::new(),
             files: FilesReport { results: "o.jsonl".into(), errors: "o.errors.jsonl".into(), state: "o.db".into() },
             exit: ExitReport { code: 0, meaning: "success", message: None },
         }

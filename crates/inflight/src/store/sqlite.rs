@@ -349,6 +349,13 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The distinct models the pending jobs name (to check them against the servers before sending).
+    pub fn pending_models(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare(include_str!("sql/pending_models.sql"))?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Calls `f` with every successful result from position `from` on, in commit order.
     pub fn for_each_done(
         &self,

@@ -90,6 +90,8 @@ impl ServerLoop {
             max_attempts: shared.max_attempts,
             stop: shared.stop.clone(),
             hard: shared.hard.clone(),
+            // A step is placed on its server: an outage pauses that server's loop until it is back.
+            reroute: false,
         };
         let ctx = Arc::new(TaskCtx { shared: shared.clone(), attempts, events: tx });
         let progress = shared.progress.subscribe();

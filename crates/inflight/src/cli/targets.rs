@@ -1,0 +1,200 @@
+//! The servers of a one-step run: a connection per `--server` (or the engine), each with its own limiter and,
+//! for `--concurrency auto`, its own controller (its lanes, threads and speed are its own); the check that
+//! every job's model is on one of them; their progress line and summary.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use super::common::setup_error;
+use super::parse::Concurrency;
+use super::run_args::RunArgs;
+use crate::backend::{Api, BusySampler, Connection, ServerKind};
+use crate::dispatch::{eligible, Models, Target, TargetCounts};
+use crate::live::Health;
+use crate::report::{ConcurrencyMode, ConcurrencyReport, ServerShare};
+use crate::tune::{
+    spawn_controller_with, Clock, Controller, ControllerConfig, Limiter, Sample, SystemClock, TuneHandle, TuneStatus,
+};
+
+/// One server of the run, with what drives its concurrency.
+pub struct RunTarget {
+    /// The connection.
+    pub conn: Connection,
+    /// Its permits.
+    pub limiter: Limiter,
+    samples: Option<UnboundedSender<Sample>>,
+    tune: Option<TuneHandle>,
+    health: Health,
+    counts: Arc<TargetCounts>,
+}
+
+impl RunTarget {
+    /// A target for `conn`, its controller started for `--concurrency auto`.
+    pub fn new(args: &RunArgs, conn: Connection, stop: &CancellationToken) -> RunTarget {
+        let (limiter, samples, tune) = concurrency(args, &conn);
+        let health = Health::new(conn.backend.clone(), stop.clone());
+        RunTarget { conn, limiter, samples, tune, health, counts: Arc::new(TargetCounts::default()) }
+    }
+
+    /// Its health (the progress line shows a pause).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The controller's live status, if auto.
+    pub fn tune_status(&self) -> Option<Arc<std::sync::Mutex<TuneStatus>>> {
+        self.tune.as_ref().map(|t| t.status.clone())
+    }
+
+    /// What the dispatcher takes.
+    pub fn target(&self) -> Target {
+        Target {
+            backend: self.conn.backend.clone(),
+            limiter: self.limiter.clone(),
+            health: self.health.clone(),
+            samples: self.samples.clone(),
+            models: models_of(&self.conn),
+            counts: self.counts.clone(),
+        }
+    }
+
+    /// What the progress display reads while the run goes.
+    pub fn view(&self) -> TargetView {
+        TargetView {
+            url: self.conn.backend.url().to_owned(),
+            limiter: self.limiter.clone(),
+            health: self.health.clone(),
+            counts: self.counts.clone(),
+        }
+    }
+
+    /// Stops its controller; its concurrency and its share of the run, for the summary.
+    pub async fn finish(mut self) -> (ConcurrencyReport, ServerShare) {
+        // The controller ends when its last sample sender is gone (the dispatcher's went with it).
+        drop(self.samples.take());
+        let tuned = match self.tune {
+            Some(t) => Some(t.finish().await),
+            None => None,
+        };
+        let report = concurrency_report(tuned, self.limiter.limit(), self.conn.info.kind.lanes());
+        let (done, failed, returned) = self.counts.get();
+        let share = ServerShare {
+            url: self.conn.backend.url().to_owned(),
+            done,
+            failed,
+            returned,
+            outages: self.health.epoch(),
+            held: report.held,
+            server_slots: report.server_slots,
+        };
+        (report, share)
+    }
+}
+
+/// One target as the progress display sees it.
+pub struct TargetView {
+    url: String,
+    limiter: Limiter,
+    health: Health,
+    counts: Arc<TargetCounts>,
+}
+
+impl TargetView {
+    /// The server, its requests in flight and limit, its answers, and whether it is paused.
+    pub fn line(&self) -> String {
+        let (done, _, returned) = self.counts.get();
+        let paused = if self.health.is_paused() { " (unreachable: paused)" } else { "" };
+        let mut s = format!(
+            "{} {}/{} in flight, {done} done{paused}",
+            self.url,
+            self.limiter.in_flight(),
+            self.limiter.limit()
+        );
+        if returned > 0 {
+            s += &format!(", {returned} handed to others");
+        }
+        s
+    }
+}
+
+/// The models `conn` takes jobs for: the ones it lists, or any name for a server that serves one model
+/// whatever the request names (a llama-server that is not a router, the engine).
+fn models_of(conn: &Connection) -> Models {
+    let single = conn.info.models.len() <= 1;
+    let any = match conn.info.kind {
+        ServerKind::Engine { .. } => true,
+        ServerKind::LlamaServer { .. } | ServerKind::Unknown => single && conn.backend.api() == Api::Openai,
+        _ => false,
+    };
+    Models { listed: conn.info.models.clone(), any }
+}
+
+/// Refuses, before anything is sent, models that no server has: names each model and the servers tried.
+pub fn check_models(targets: &[RunTarget], models: &[String]) -> anyhow::Result<()> {
+    let listed: Vec<Models> = targets.iter().map(|t| models_of(&t.conn)).collect();
+    let refs: Vec<&Models> = listed.iter().collect();
+    let missing: Vec<&String> = models.iter().filter(|m| eligible(&refs, Some(m)).is_empty()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let servers: Vec<String> =
+        targets.iter().map(|t| format!("{} (has: {})", t.conn.backend.url(), t.conn.info.models.join(", "))).collect();
+    let pull = match targets.iter().any(|t| t.conn.backend.api() == Api::Ollama) {
+        true => format!("; pull it with `ollama pull {}`", missing[0]),
+        false => String::new(),
+    };
+    Err(setup_error(format!(
+        "model {} is on none of the servers: {}{pull}",
+        missing.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", "),
+        servers.join("; ")
+    )))
+}
+
+/// The limiter and, for `--concurrency auto`, the controller that moves it and the channel that feeds it.
+fn concurrency(args: &RunArgs, conn: &Connection) -> (Limiter, Option<UnboundedSender<Sample>>, Option<TuneHandle>) {
+    match args.concurrency {
+        Concurrency::Fixed(n) => (Limiter::new(n), None, None),
+        Concurrency::Auto => {
+            let limiter = Limiter::new(1);
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let max = conn.info.kind.ceiling(args.max_concurrency as usize);
+            let cfg = ControllerConfig { max, ..Default::default() };
+            let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+            let controller = Controller::for_lanes(cfg, clock.now(), conn.info.kind.start_level());
+            let (kind, api_key) = (conn.info.kind, args.conn.api_key.as_ref());
+            let busy = BusySampler::new(kind, conn.backend.url(), api_key, BusySampler::RUN_EVERY);
+            let handle = spawn_controller_with(controller, limiter.clone(), rx, busy, clock, kind.parallel_fix());
+            (limiter, Some(tx), Some(handle))
+        }
+    }
+}
+
+/// The concurrency of one server: what auto's controller ended with (`tuned`), or the fixed level.
+fn concurrency_report(tuned: Option<TuneStatus>, limit: usize, server_slots: Option<usize>) -> ConcurrencyReport {
+    match tuned {
+        None => ConcurrencyReport {
+            mode: ConcurrencyMode::Fixed,
+            held: limit,
+            searching: false,
+            max_tried: None,
+            changes: None,
+            effective_lanes: None,
+            server_slots,
+            server_busy_max: None,
+            notes: Vec::new(),
+        },
+        Some(t) => ConcurrencyReport {
+            mode: ConcurrencyMode::Auto,
+            held: t.held.unwrap_or(limit),
+            searching: t.held.is_none(),
+            max_tried: Some(t.max_tried),
+            changes: Some(t.changes),
+            effective_lanes: t.lanes,
+            server_slots,
+            server_busy_max: t.busy_max,
+            notes: t.notes,
+        },
+    }
+}
