@@ -5,7 +5,7 @@
 command again with --restart. Prints both runs' wall times and their ratio, the requests the simulator counted
 for each (from its /sim/stats), the output's size, and the cache's integrity check.
 
-    scripts/bench-cache.py [--jobs 20000] [--edits 200] [--time-scale 2]
+    scripts/bench-cache.py [--jobs 20000] [--edits 200] [--time-scale 1.2]
 """
 
 import argparse
@@ -39,7 +39,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=20000)
     ap.add_argument("--edits", type=int, default=200)
-    ap.add_argument("--time-scale", type=float, default=2.0, help="the simulator's speed (2: about 200 jobs/s)")
+    ap.add_argument("--time-scale", type=float, default=1.2, help="the simulator's speed (1.2: about 200 jobs/s)")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "--bin", "inflight", "--bin", "inflight-sim"], cwd=ROOT,
                    check=True, env={**os.environ, "CARGO_TARGET_DIR": TARGET})

@@ -369,10 +369,10 @@ def embed(args, runner, model):
     if not args.skip_server:
         server_args = ["-np", "4", "-t", "2", "--embeddings", "--pooling", "mean", "-c", "4096"]
         print(f"server sweep: llama-server {' '.join(server_args)}, inputs per request "
-              f"{','.join(map(str, EMBED_PER))} x concurrency {','.join(map(str, EMBED_CONC))}, a fresh server "
+              f"{','.join(map(str, args.embed_per))} x concurrency {','.join(map(str, args.embed_conc))}, a fresh server "
               f"per run", flush=True)
-        for per in EMBED_PER:
-            for c in EMBED_CONC:
+        for per in args.embed_per:
+            for c in args.embed_conc:
                 url = start_server(server_args)
                 try:
                     r = runner.run(f"server, {per} per request, -c {c}", jobs(per), ["--server", url], c)
@@ -430,8 +430,14 @@ def main():
     ap.add_argument("--embed-texts", type=int, default=2000, help="texts for the embedding runs (2000)")
     ap.add_argument("--nps", type=csv_ints, default=[1, 4, 8, 16], help="llama-server -np values (1,4,8,16)")
     ap.add_argument("--threads", type=csv_ints, default=[1, 2], help="llama-server -t values (1,2)")
+    ap.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
+                    help="run part A, chat (default: on)")
     ap.add_argument("--embed", action=argparse.BooleanOptionalAction, default=True,
                     help="run part B, embeddings (default: on)")
+    ap.add_argument("--embed-per", type=csv_ints, default=EMBED_PER,
+                    help="the server sweep's inputs per request (1,8,32)")
+    ap.add_argument("--embed-conc", type=csv_ints, default=EMBED_CONC,
+                    help="the server sweep's concurrency levels (1,4,8)")
     ap.add_argument("--skip-server", action="store_true", help="the engine only, no llama-server runs")
     ap.add_argument("--bin", default=os.path.join(TARGET, "release", "inflight"),
                     help="the inflight binary (default: $CARGO_TARGET_DIR/release/inflight)")
@@ -474,13 +480,14 @@ def main():
              f"(-c = np x 1024), screens of {min(args.screen, args.jobs)} jobs at concurrency np, best two again "
              f"with all {args.jobs}"))
     print("embeddings: " + (f"{args.embed_texts} texts" + ("" if args.skip_server else
-                            f", server -np 4 -t 2, inputs per request {','.join(map(str, EMBED_PER))} x "
-                            f"concurrency {','.join(map(str, EMBED_CONC))}") if args.embed else "off (--no-embed)"))
+                            f", server -np 4 -t 2, inputs per request {','.join(map(str, args.embed_per))} x "
+                            f"concurrency {','.join(map(str, args.embed_conc))}") if args.embed else "off (--no-embed)"))
     print(f"work directory: {work}{'' if args.keep else ' (removed at the end; --keep DIR keeps it)'}", flush=True)
 
     start = time.monotonic()
     runner = Runner(args.bin, work)
-    chat(args, runner, model)
+    if args.chat:
+        chat(args, runner, model)
     if args.embed:
         embed(args, runner, model)
     with open("/proc/loadavg") as f:

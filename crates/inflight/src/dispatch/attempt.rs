@@ -121,6 +121,14 @@ impl Attempts {
         }
     }
 
+    /// A permit if one is free now and the server is reachable (`None` otherwise, or when the run is stopping).
+    pub fn try_acquire(&self, limiter: &Limiter) -> Option<Permit> {
+        if self.stop.is_cancelled() || self.health.is_paused() {
+            return None;
+        }
+        limiter.try_acquire()
+    }
+
     /// Sends `req` under `permit` until it is answered, fails for good, or the run stops.
     pub async fn send(&self, lane: &Lane<'_>, req: Request<'_>, permit: Permit) -> Tried {
         let mut attempts = req.attempts;

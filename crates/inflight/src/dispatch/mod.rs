@@ -197,7 +197,7 @@ async fn claim_loop(reader: &Store, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) -> 
             if ctx.targets.len() == 1 { all.clone() } else { eligible(&models, model_of(&job.body).as_deref()) };
         // Models were checked before the run; a job naming none that any target has goes anywhere.
         let eligible = if eligible.is_empty() { all.clone() } else { eligible };
-        let Some((t, permit)) = acquire_any(&ctx.targets, &eligible).await else { return Ok(()) };
+        let Some((t, permit)) = acquire_any(&ctx.targets, &eligible, sent as usize).await else { return Ok(()) };
         tasks.spawn(run_job(ctx.clone(), t, job, permit));
         while tasks.try_join_next().is_some() {}
     }

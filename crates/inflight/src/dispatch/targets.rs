@@ -87,11 +87,18 @@ pub(super) struct Routed {
 }
 
 /// A permit from whichever of `eligible` frees one first (an unreachable target frees none until it is
-/// back), or `None` when the run is stopping.
-pub(super) async fn acquire_any(targets: &[Routed], eligible: &[usize]) -> Option<(usize, Permit)> {
+/// back), or `None` when the run is stopping. A free permit is taken at once, looking from `start` on (the
+/// caller moves it, so ties do not always go to the first server); only when none is free does it wait on all.
+pub(super) async fn acquire_any(targets: &[Routed], eligible: &[usize], start: usize) -> Option<(usize, Permit)> {
     if let [only] = eligible {
         let t = &targets[*only];
         return t.attempts.acquire(&t.limiter).await.map(|p| (*only, p));
+    }
+    for k in 0..eligible.len() {
+        let i = eligible[(start + k) % eligible.len()];
+        if let Some(p) = targets[i].attempts.try_acquire(&targets[i].limiter) {
+            return Some((i, p));
+        }
     }
     let waits = eligible.iter().map(|&i| {
         let t = &targets[i];

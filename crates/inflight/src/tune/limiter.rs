@@ -61,6 +61,13 @@ impl Limiter {
         Permit { permit: Some(permit), inner: self.inner.clone() }
     }
 
+    /// A permit if one is free now.
+    pub fn try_acquire(&self) -> Option<Permit> {
+        let permit = self.inner.sem.clone().try_acquire_owned().ok()?;
+        self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Permit { permit: Some(permit), inner: self.inner.clone() })
+    }
+
     /// The current limit.
     pub fn limit(&self) -> usize {
         self.inner.limit.load(Ordering::Relaxed)

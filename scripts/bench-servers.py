@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""One run over several servers (issue 17): the combined rate against the sum of each server alone.
+
+Three simulators of different lanes and speeds. Each alone is swept over fixed concurrency levels (the best
+level's jobs/s is its rate); then one `--concurrency auto` run over all three takes --jobs jobs. Prints each
+server's best level and rate, the combined rate, its ratio to the sum, and the per-server counts. Then the
+overhead check: the same jobs against one zero-latency simulator at -c 64 and against four at -c 16 each (the
+same requests in flight), with both rates.
+
+    scripts/bench-servers.py [--jobs 6000] [--level-jobs 400]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+# Measurements send the same jobs again: the response cache would answer them instead.
+os.environ["INFLIGHT_CACHE"] = "off"
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "inflight-target")
+BIN = os.path.join(TARGET, "release")
+SERVERS = [  # (name, simulator flags)
+    ("lanes4 x2", ["--profile", "lanes4", "--time-scale", "2"]),
+    ("8 lanes x3", ["--profile", "batching32", "--lanes", "8", "--time-scale", "3"]),
+    ("16 lanes x4", ["--profile", "batching32", "--lanes", "16", "--time-scale", "4"]),
+]
+LEVELS = [4, 8, 16, 32, 64]
+
+
+def start(flags):
+    p = subprocess.Popen([f"{BIN}/inflight-sim"] + flags, stdout=subprocess.PIPE, text=True)
+    return p, p.stdout.readline().strip()
+
+
+def jobs(path, n, tag):
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"{tag}{i}", "prompt": f"Summarize item {i} ({tag}).", "max_tokens": 32}) + "\n")
+
+
+def run(work, tag, n, urls, extra):
+    src = os.path.join(work, f"{tag}.jsonl")
+    jobs(src, n, tag)
+    cmd = [f"{BIN}/inflight", "run", src, "-o", os.path.join(work, f"{tag}-out.jsonl"), "-q", "--json"] + extra
+    for u in urls:
+        cmd += ["--server", u]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"inflight failed ({out.returncode}): {out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=6000)
+    ap.add_argument("--level-jobs", type=int, default=300)
+    ap.add_argument("--overhead-jobs", type=int, default=20000)
+    a = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "-q", "--bin", "inflight", "--bin", "inflight-sim"], cwd=ROOT,
+                   check=True, env={**os.environ, "CARGO_TARGET_DIR": TARGET})
+    work = tempfile.mkdtemp(prefix="bench-servers-")
+    procs = []
+    try:
+        urls = []
+        for _, flags in SERVERS:
+            p, u = start(flags)
+            procs.append(p)
+            urls.append(u)
+        print(f"settings: {a.jobs} jobs of 32 tokens, {os.cpu_count()} cores; each server alone at levels {LEVELS}, "
+              f"{a.level_jobs} jobs a level")
+        best_sum = 0.0
+        for (name, _), url in zip(SERVERS, urls):
+            rates = {}
+            for level in LEVELS:
+                s = run(work, f"alone{len(rates)}{name[:2]}", a.level_jobs, [url], ["-c", str(level)])
+                rates[level] = s["summary"]["jobs_per_s"]
+            level = max(rates, key=rates.get)
+            best_sum += rates[level]
+            print(f"  {name:14} alone: best fixed level {level}, {rates[level]:.1f} jobs/s "
+                  f"({', '.join(f'{k}: {v:.0f}' for k, v in rates.items())})")
+        s = run(work, "together", a.jobs, urls, [])
+        rate = s["summary"]["jobs_per_s"]
+        print(f"all three, --concurrency auto: {rate:.1f} jobs/s; sum of the three alone {best_sum:.1f} jobs/s; "
+              f"ratio {rate / best_sum:.3f}")
+        for (name, _), share in zip(SERVERS, s["servers"]):
+            print(f"  {name:14} answered {share['done']} jobs at level {share['held']}")
+        for p in procs:
+            p.terminate()
+        procs = []
+        zero = []
+        for _ in range(4):
+            p, u = start(["--zero-latency"])
+            procs.append(p)
+            zero.append(u)
+        # The same 64 requests in flight in both: one server at -c 64, four at -c 16 each.
+        one = run(work, "zero1", a.overhead_jobs, zero[:1], ["-c", "64"])["summary"]["jobs_per_s"]
+        four = run(work, "zero4", a.overhead_jobs, zero, ["-c", "16"])["summary"]["jobs_per_s"]
+        print(f"overhead, {a.overhead_jobs} jobs, 64 in flight, zero-latency simulators: one server at -c 64 "
+              f"{one:.0f} jobs/s, four at -c 16 each {four:.0f} jobs/s (ratio {four / one:.2f})")
+    finally:
+        for p in procs:
+            p.terminate()
+
+
+if __name__ == "__main__":
+    main()
