@@ -195,7 +195,8 @@ async fn claim_loop(reader: &Store, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) -> 
         }
         let eligible =
             if ctx.targets.len() == 1 { all.clone() } else { eligible(&models, model_of(&job.body).as_deref()) };
-        // Models were checked before the run; a job naming none that any target has goes anywhere.
+        // Every pending job's model was checked against the servers before the run; a job none of them matches
+        // anyway may go to any server (which answers it or refuses it as for one server).
         let eligible = if eligible.is_empty() { all.clone() } else { eligible };
         let Some((t, permit)) = acquire_any(&ctx.targets, &eligible, sent as usize).await else { return Ok(()) };
         tasks.spawn(run_job(ctx.clone(), t, job, permit));
