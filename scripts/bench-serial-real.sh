@@ -38,7 +38,7 @@ def go(level, n, tag):
     """One run: (tokens/s after warm-up, mean in flight, the run --json summary or None for a fixed level)."""
     db, log = bench.run(url, bench.jobs_file(work, n, 64, tag), level, work, tag, ["--json"])
     rate, in_flight, _, wall = bench.metrics(db)
-    summary = next((json.loads(l) for l in log.splitlines() if l.startswith('{"summary"')), None)
+    summary = next((json.loads(l) for l in log.splitlines() if l.startswith("{") and '"summary"' in l), None)
     return rate, in_flight, wall, summary
 
 
