@@ -200,7 +200,8 @@ enum Request {
     Embed(Vec<String>),
 }
 
-fn refused(code: ErrorCode, message: String) -> BackendError {
+/// A job the engine will not do, as the backend's permanent error (also the engine pool's).
+pub(super) fn refused(code: ErrorCode, message: String) -> BackendError {
     BackendError::Refused { code, message }
 }
 

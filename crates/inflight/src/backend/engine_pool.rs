@@ -17,6 +17,7 @@ use inflight_engine::EngineConfig;
 use serde_json::Value;
 use tokio::sync::{Mutex, Notify};
 
+use super::engine::refused;
 use super::{Answer, Api, Backend, BackendError, EngineBackend, ServerInfo, ServerKind, Streamed};
 use crate::code::ErrorCode;
 use crate::job::Endpoint;
@@ -236,10 +237,6 @@ impl Backend for EnginePool {
     fn url(&self) -> &str {
         "engine"
     }
-}
-
-fn refused(code: ErrorCode, message: String) -> BackendError {
-    BackendError::Refused { code, message }
 }
 
 #[cfg(test)]
