@@ -184,6 +184,7 @@ fn concurrency_report(tuned: Option<TuneStatus>, limit: usize, server_slots: Opt
             server_slots,
             server_busy_max: None,
             notes: Vec::new(),
+            faults: None,
         },
         Some(t) => ConcurrencyReport {
             mode: ConcurrencyMode::Auto,
@@ -195,6 +196,7 @@ fn concurrency_report(tuned: Option<TuneStatus>, limit: usize, server_slots: Opt
             server_slots,
             server_busy_max: t.busy_max,
             notes: t.notes,
+            faults: Some(t.faults),
         },
     }
 }

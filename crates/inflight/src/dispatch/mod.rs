@@ -308,9 +308,7 @@ pub(crate) fn sample_of(result: &Result<crate::backend::Answer, BackendError>, l
     let outcome = match result {
         Ok(_) => SampleOutcome::Ok,
         Err(e) if e.is_unreachable() || !e.is_retryable() => return None,
-        Err(BackendError::Timeout(_)) => SampleOutcome::Backpressure,
-        Err(e) if matches!(e.status(), Some(429 | 503)) => SampleOutcome::Backpressure,
-        Err(_) => SampleOutcome::Error,
+        Err(_) => SampleOutcome::Fault,
     };
     let tokens = match result {
         Ok(a) => a.completion_tokens.unwrap_or(0).max(0) as u64,

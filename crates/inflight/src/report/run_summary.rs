@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::progress::format_duration;
 use super::Summary;
+use crate::tune::FaultCounts;
 
 /// The end of a run, as text ([`RunSummary::render`]) or JSON (`serde`).
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +103,8 @@ pub struct ConcurrencyReport {
     pub server_busy_max: Option<usize>,
     /// Auto's messages for the user, such as that the server runs one request at a time, with its fix.
     pub notes: Vec<String>,
+    /// The failed attempts auto measured, and how it judged them (`None` when fixed).
+    pub faults: Option<FaultCounts>,
 }
 
 /// What the embedded engine (`--engine`) chose and measured.
@@ -293,6 +296,17 @@ impl ConcurrencyReport {
             self.changes.unwrap_or(0),
             self.effective_lanes.map(|h| h.to_string()).unwrap_or_else(|| "not yet known".into())
         );
+        if let Some(f) = self.faults.filter(|f| f.failed > 0) {
+            s += &format!(
+                "\n  faults: {} of {} attempts measured failed ({:.1}%); backpressure (a share growing with the \
+                 level): {} cuts; a steady share, not backpressure: {} checks",
+                f.failed,
+                f.attempts,
+                f.failed as f64 * 100.0 / f.attempts.max(1) as f64,
+                f.cuts,
+                f.steady_checks
+            );
+        }
         for note in &self.notes {
             s += &format!("\n  note: {note}");
         }
@@ -365,13 +379,16 @@ mod tests {
             server_slots: Some(1),
             server_busy_max: None,
             notes: vec!["the server runs one request at a time".into()],
+            faults: Some(FaultCounts { attempts: 1000, failed: 100, cuts: 0, steady_checks: 1 }),
         };
         let text = run_summary(Some(c), None).render();
         assert!(text.starts_with("4 jobs: 4 done"), "{text}");
         assert!(
             text.contains(
                 "\n  concurrency auto: held 3 (still searching) in flight (tried up to 8, 5 changes); \
-                 effective lanes seen: 1 (the server reports 1 slot)\n  note: the server runs one request at a time"
+                 effective lanes seen: 1 (the server reports 1 slot)\n  faults: 100 of 1000 attempts measured \
+                 failed (10.0%); backpressure (a share growing with the level): 0 cuts; a steady share, not \
+                 backpressure: 1 checks\n  note: the server runs one request at a time"
             ),
             "{text}"
         );
@@ -390,6 +407,7 @@ mod tests {
             server_slots: Some(4),
             server_busy_max: None,
             notes: Vec::new(),
+            faults: None,
         };
         let r = run_summary(Some(c), None);
         assert!(r.render().contains("\n  concurrency fixed at 4\n"));

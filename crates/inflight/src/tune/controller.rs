@@ -17,8 +17,15 @@
 //!   clearly worse level and the one above it.
 //! - Hold, and now and then probe a quarter above and below, comparing against the windows just before and
 //!   after the probe so slow drift cancels; move only when the difference is clear of the noise.
-//! - Backpressure (429, 503, timeouts) or an error burst: cut by a quarter at once and remember that ceiling
-//!   for a while.
+//! - Failed attempts (429, 503, timeouts, resets, 500s) are backpressure only when their share grows with the
+//!   level, as a bounded queue answering 503 past its depth does: a level whose share is clearly above the level
+//!   below's (a two-proportion test, at least 5 points) is cut by a quarter and its ceiling remembered for a
+//!   while. Where the level below was measured long ago (or never), it is measured again first
+//!   ([`State::Check`]). A share that is the same at every level (a flaky proxy, a network that drops some
+//!   connections) is the server's or the network's fault: the retries absorb it and the level is kept.
+//! - Requests held far longer than any answer (stalled until their timeout) are counted apart from the working
+//!   ones ([`Controller::stall_after`]): they hold a permit but do no work, and counting them as working would
+//!   inflate every level's rate by an amount that shrinks as latency grows, flattening the climb.
 //! - Where the server counts its busy lanes ([`Controller::on_busy`], sampled by the run), the most it ran at
 //!   once is evidence: a doubling the server ran no more requests for counts as a gain only when clearly beyond
 //!   the noise, the best level is capped by it ([`best::pick`]), and a server never seen running two is
@@ -52,10 +59,9 @@ pub struct Sample {
 pub enum SampleOutcome {
     /// An answer.
     Ok,
-    /// 429, 503 or a timeout: the server says it has too much.
-    Backpressure,
-    /// Another transient failure (reset, 500): too many of them in a window count as backpressure.
-    Error,
+    /// A transient failure (429, 503, a timeout, a reset, a 500): backpressure only if its share grows with the
+    /// level.
+    Fault,
 }
 
 /// Settings of the controller.
@@ -140,6 +146,90 @@ struct Measured {
     latency: Duration,
 }
 
+/// The faults a controller measured and how it judged them: backpressure (cuts, for faults whose share grew with
+/// the level) apart from a steady share (checks that found the share the same below).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FaultCounts {
+    /// Attempts measured (those sent while a level settled are left out).
+    pub attempts: u64,
+    /// Of those, the failed ones (429, 503, timeouts, resets, 500s, bad answers).
+    pub failed: u64,
+    /// Cuts of the level because the share of faults grew with it: backpressure.
+    pub cuts: u64,
+    /// Checks of a lower level that found the share of faults no smaller there: not backpressure.
+    pub steady_checks: u64,
+}
+
+/// One closed measurement window at the current level.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    /// Output tokens (or jobs) per second.
+    rate: f64,
+    /// Median latency of its answers.
+    latency: Duration,
+    /// Its attempts, and how many failed.
+    tally: Tally,
+}
+
+/// Attempts and failed attempts: a share of faults, with its weight.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Tally {
+    attempts: u64,
+    faults: u64,
+}
+
+impl Tally {
+    fn share(self) -> f64 {
+        if self.attempts == 0 {
+            0.0
+        } else {
+            self.faults as f64 / self.attempts as f64
+        }
+    }
+
+    fn add(self, o: Tally) -> Tally {
+        Tally { attempts: self.attempts + o.attempts, faults: self.faults + o.faults }
+    }
+
+    /// Whether this share of faults is clearly above `below`'s: by at least [`FAULT_GROWTH`] and by three
+    /// standard errors of the difference (pooled two-proportion test), so a steady share's noise never is.
+    fn clearly_above(self, below: Tally) -> bool {
+        if self.attempts < FAULT_MIN_ATTEMPTS || below.attempts < FAULT_MIN_ATTEMPTS {
+            return false;
+        }
+        let pooled = self.add(below).share();
+        let se = (pooled * (1.0 - pooled) * (1.0 / self.attempts as f64 + 1.0 / below.attempts as f64)).sqrt();
+        self.share() - below.share() > FAULT_GROWTH.max(3.0 * se)
+    }
+}
+
+/// A level's share of faults as last measured, and when.
+#[derive(Debug, Clone, Copy)]
+struct FaultShare {
+    tally: Tally,
+    at: Duration,
+}
+
+/// What a check of the level below returns to when the faults turn out not to follow load.
+#[derive(Debug, Clone, Copy)]
+enum Resume {
+    Climb { flat: u8 },
+    Refine { lo: usize, hi: usize, steps: u8 },
+    Descend,
+    Hold { up_next: bool, gap: usize },
+}
+
+impl Resume {
+    fn state(self) -> State {
+        match self {
+            Resume::Climb { flat } => State::Climb { flat },
+            Resume::Refine { lo, hi, steps } => State::Refine { lo, hi, steps },
+            Resume::Descend => State::Descend,
+            Resume::Hold { up_next, gap } => State::Hold { windows: 0, up_next, gap },
+        }
+    }
+}
+
 /// What is left out of the measurement after a change.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Settle {
@@ -165,6 +255,9 @@ enum State {
     /// Probing `probe` from `held`: `before` is the held level's rate just before, `measured` the probe's rate
     /// once known (then the held level is measured again, after).
     Probe { held: usize, probe: usize, before: f64, measured: Option<f64>, gap: usize },
+    /// Faults at `from` look higher than below it: measuring this lower level's share now, to tell faults that
+    /// follow load (cut) from a steady share (go back to `from` and `resume`).
+    Check { from: usize, resume: Resume },
 }
 
 /// The controller's state. Feed it samples and ticks; apply the decisions it returns to the limiter.
@@ -175,15 +268,15 @@ pub struct Controller {
     window_start: Duration,
     tokens: u64,
     jobs: u64,
-    errors: u64,
+    faults: u64,
     latencies: Vec<Duration>,
     /// When the level last changed.
     changed_at: Duration,
     /// ∫ in-flight dt over the window, from ticks.
     in_flight_area: f64,
     last_tick: Duration,
-    /// Completed windows at the current level (settling excluded): (rate, median latency).
-    windows: Vec<(f64, Duration)>,
+    /// Completed windows at the current level (settling excluded).
+    windows: Vec<Window>,
     settle: Settle,
     /// Median latency of the last window: how long requests sent before a change take to drain.
     last_latency: Duration,
@@ -199,6 +292,16 @@ pub struct Controller {
     busy: BTreeMap<usize, usize>,
     /// The spread of each measured level's windows ([`best::spread`]), for the measured noise band.
     spreads: BTreeMap<usize, f64>,
+    /// Each level's share of failed attempts over its last windows, when last measured.
+    fault_shares: BTreeMap<usize, FaultShare>,
+    /// The longest answer of the last window: a request in flight several times longer is stalled.
+    longest: Duration,
+    /// Every attempt measured (settling excluded), and the failed ones.
+    seen: Tally,
+    /// Cuts for faults that grew with the level.
+    cuts: u64,
+    /// Checks that found the share of faults steady across levels (so not backpressure).
+    steady_checks: u64,
 }
 
 impl Controller {
@@ -212,7 +315,7 @@ impl Controller {
             window_start: now,
             tokens: 0,
             jobs: 0,
-            errors: 0,
+            faults: 0,
             latencies: Vec::new(),
             in_flight_area: 0.0,
             last_tick: now,
@@ -228,6 +331,11 @@ impl Controller {
             patience: 2,
             busy: BTreeMap::new(),
             spreads: BTreeMap::new(),
+            fault_shares: BTreeMap::new(),
+            longest: Duration::ZERO,
+            seen: Tally::default(),
+            cuts: 0,
+            steady_checks: 0,
         }
     }
 
@@ -265,7 +373,24 @@ impl Controller {
             State::Climb { .. } => Phase::Climbing,
             State::Refine { .. } | State::Descend => Phase::Refining,
             State::Hold { .. } => Phase::Holding,
-            State::Probe { .. } => Phase::Probing,
+            State::Probe { .. } | State::Check { .. } => Phase::Probing,
+        }
+    }
+
+    /// How long a request may be in flight before it counts as stalled rather than working: three times the
+    /// longest answer of the last window (`None` before any answer). The caller counts such requests apart
+    /// ([`crate::tune::Limiter::held_longer_than`]) and ticks with the working ones only.
+    pub fn stall_after(&self) -> Option<Duration> {
+        (self.longest > Duration::ZERO).then(|| self.longest * 3)
+    }
+
+    /// The attempts it measured, how many failed, and how those faults were judged.
+    pub fn faults(&self) -> FaultCounts {
+        FaultCounts {
+            attempts: self.seen.attempts,
+            failed: self.seen.faults,
+            cuts: self.cuts,
+            steady_checks: self.steady_checks,
         }
     }
 
@@ -334,6 +459,7 @@ impl Controller {
     fn held(&self) -> usize {
         match self.state {
             State::Probe { held, .. } => held,
+            State::Check { from, .. } => from,
             _ => self.level,
         }
     }
@@ -353,17 +479,14 @@ impl Controller {
                 }
                 self.latencies.push(s.latency);
             }
-            SampleOutcome::Backpressure if self.settle == Settle::Done => {
-                return Some(self.back_off(now, "server pushed back"));
-            }
-            SampleOutcome::Backpressure => {}
-            SampleOutcome::Error => self.errors += 1,
+            SampleOutcome::Fault => self.faults += 1,
         }
         None
     }
 
-    /// Called regularly with the number of requests in flight; closes the window once it is long enough and
-    /// returns a decision if the limit should change. Windows close only here, on the clock, never on an answer.
+    /// Called regularly with the number of requests in flight and working (stalled ones, held past
+    /// [`Controller::stall_after`], left out); closes the window once it is long enough and returns a decision
+    /// if the limit should change. Windows close only here, on the clock, never on an answer.
     pub fn tick(&mut self, now: Duration, in_flight: usize) -> Option<Decision> {
         self.in_flight_area += in_flight as f64 * now.saturating_sub(self.last_tick).as_secs_f64();
         self.last_tick = now;
@@ -376,14 +499,11 @@ impl Controller {
         let wanted = (2 * self.level as u64).max(8);
         // A window spans at least two typical latencies, so answers sent together do not all land in one.
         let typical = self.latencies.get(self.latencies.len() / 2).copied().unwrap_or_default();
-        let full = elapsed >= self.cfg.min_window.max(typical * 2) && self.jobs >= wanted;
-        let overdue = elapsed >= self.cfg.max_window && self.jobs >= 3;
+        let tally = Tally { attempts: self.jobs + self.faults, faults: self.faults };
+        let full = elapsed >= self.cfg.min_window.max(typical * 2) && tally.attempts >= wanted;
+        let overdue = elapsed >= self.cfg.max_window && tally.attempts >= 3;
         if !(full || overdue) {
             return None;
-        }
-        let attempts = self.jobs + self.errors;
-        if self.settle == Settle::Done && attempts >= 8 && self.errors * 4 > attempts {
-            return Some(self.back_off(now, "error burst"));
         }
         // Little's law: rate = units per second of latency × mean number in flight. Counting answers per second
         // of window would be biased when answers arrive in cohorts (requests sent together, equal lengths, finish
@@ -393,16 +513,24 @@ impl Controller {
         let mean_in_flight = self.in_flight_area / elapsed.as_secs_f64().max(1e-9);
         let rate = if latency_sum > 0.0 { units as f64 / latency_sum * mean_in_flight } else { 0.0 };
         self.latencies.sort_unstable();
-        let latency = self.latencies[self.latencies.len() / 2];
+        // A window of nothing but faults has no answers to time: it keeps the last latency.
+        let latency = self.latencies.get(self.latencies.len() / 2).copied().unwrap_or(self.last_latency);
+        if let Some(&longest) = self.latencies.last() {
+            self.longest = longest;
+        }
         self.reset_window(now);
         self.last_latency = latency;
         if self.settle == Settle::FirstWindow {
             self.settle = Settle::Done;
             return None;
         }
-        self.windows.push((rate, latency));
+        self.seen = self.seen.add(tally);
+        self.windows.push(Window { rate, latency, tally });
         if self.windows.len() > self.cfg.max_windows {
             self.windows.remove(0);
+        }
+        if let Some(decision) = self.judge_faults(now) {
+            return decision;
         }
         let m = self.level_measured()?;
         self.measured.insert(self.level, m);
@@ -428,7 +556,7 @@ impl Controller {
         self.in_flight_area = 0.0;
         self.tokens = 0;
         self.jobs = 0;
-        self.errors = 0;
+        self.faults = 0;
         self.latencies.clear();
     }
 
@@ -439,7 +567,7 @@ impl Controller {
             return;
         }
         let n = self.windows.len();
-        let rates: Vec<f64> = self.windows.iter().map(|w| w.0).collect();
+        let rates: Vec<f64> = self.windows.iter().map(|w| w.rate).collect();
         // The windows level_measured used: the last two when they agree, else all of them.
         let last = &rates[n - 2..];
         let used = if best::spread(last) <= STEADY_SPREAD { last } else { &rates[..] };
@@ -452,14 +580,14 @@ impl Controller {
         if matches!(self.state, State::Hold { .. }) {
             // Holding: every window counts; the rate is the mean of the last three.
             let last = &self.windows[n.saturating_sub(3)..];
-            let rate = last.iter().map(|w| w.0).sum::<f64>() / last.len() as f64;
-            return Some(Measured { rate, latency: last[last.len() - 1].1 });
+            let rate = last.iter().map(|w| w.rate).sum::<f64>() / last.len() as f64;
+            return Some(Measured { rate, latency: last[last.len() - 1].latency });
         }
         if let (State::Climb { .. }, 1) = (self.state, n) {
             // A doubling that clearly pays (well beyond the noise) needs no second window to confirm it.
             let prev = self.measured.range(..self.level).next_back().map(|(_, m)| m);
-            if prev.is_some_and(|p| self.windows[0].0 > p.rate * (1.0 + 3.0 * self.cfg.noise)) {
-                return Some(Measured { rate: self.windows[0].0, latency: self.windows[0].1 });
+            if prev.is_some_and(|p| self.windows[0].rate > p.rate * (1.0 + 3.0 * self.cfg.noise)) {
+                return Some(Measured { rate: self.windows[0].rate, latency: self.windows[0].latency });
             }
         }
         let need = 2;
@@ -467,14 +595,14 @@ impl Controller {
             return None;
         }
         let last = &self.windows[n - need..];
-        let (lo, hi) = last.iter().fold((f64::MAX, 0f64), |(lo, hi), w| (lo.min(w.0), hi.max(w.0)));
+        let (lo, hi) = last.iter().fold((f64::MAX, 0f64), |(lo, hi), w| (lo.min(w.rate), hi.max(w.rate)));
         let steady = hi <= lo * STEADY_RATIO;
         if !steady && n < self.cfg.max_windows {
             return None;
         }
         let pick = if steady { last } else { &self.windows[..] };
-        let mut rates: Vec<f64> = pick.iter().map(|w| w.0).collect();
-        let mut lats: Vec<Duration> = pick.iter().map(|w| w.1).collect();
+        let mut rates: Vec<f64> = pick.iter().map(|w| w.rate).collect();
+        let mut lats: Vec<Duration> = pick.iter().map(|w| w.latency).collect();
         rates.sort_by(f64::total_cmp);
         lats.sort_unstable();
         let rate = if steady { rates.iter().sum::<f64>() / rates.len() as f64 } else { rates[rates.len() / 2] };
@@ -570,6 +698,69 @@ impl Controller {
                 let gap = (gap * 2).min(self.cfg.probe_every * 8);
                 self.state = State::Hold { windows: 0, up_next: probe < held, gap };
                 None
+            }
+            // A check is concluded by `judge_faults` before any rate is looked at.
+            State::Check { .. } => None,
+        }
+    }
+
+    /// The share of faults at the current level against the level below, once a window closed: `Some` when
+    /// that settles the window (a cut, a check started or concluded, or a check still waiting for attempts).
+    fn judge_faults(&mut self, now: Duration) -> Option<Option<Decision>> {
+        let here = self.windows.iter().fold(Tally::default(), |t, w| t.add(w.tally));
+        self.fault_shares.insert(self.level, FaultShare { tally: here, at: now });
+        if let State::Check { from, resume } = self.state {
+            if here.attempts < FAULT_MIN_ATTEMPTS {
+                return Some(None);
+            }
+            let above = self.fault_shares.get(&from).map_or(Tally::default(), |s| s.tally);
+            if above.clearly_above(here) {
+                let why = fault_growth(from, above, self.level, here);
+                return Some(Some(self.back_off(now, &why)));
+            }
+            self.steady_checks += 1;
+            if self.steady_checks == 1 {
+                self.notes.push(format!(
+                    "{:.0}% of attempts failed at {from} in flight and {:.0}% at {}: a share of faults that does                      not grow with the load is not backpressure, so the retries absorb it and the level is kept",
+                    above.share() * 100.0,
+                    here.share() * 100.0,
+                    self.level
+                ));
+            }
+            let reason = format!("faults do not grow with the level, back to {from}");
+            return Some(Some(self.set(now, from, resume.state(), reason)));
+        }
+        if here.share() < FAULT_GROWTH || here.attempts < FAULT_MIN_ATTEMPTS || self.level <= self.cfg.min {
+            return None;
+        }
+        let below = self.fault_shares.range(..self.level).next_back().map(|(&l, s)| (l, *s));
+        match below {
+            Some((_, b)) if now.saturating_sub(b.at) <= FAULT_SHARE_FRESH => {
+                if here.clearly_above(b.tally) {
+                    let why = fault_growth(self.level, here, below.map_or(0, |b| b.0), b.tally);
+                    return Some(Some(self.back_off(now, &why)));
+                }
+                None
+            }
+            // Measured long ago, or never: measure below again before cutting, so a share that is the same at
+            // every level is not taken for backpressure.
+            Some((_, b)) if !here.clearly_above(b.tally) => None,
+            _ => {
+                let resume = match self.state {
+                    State::Climb { flat } => Resume::Climb { flat },
+                    State::Refine { lo, hi, steps } => Resume::Refine { lo, hi, steps },
+                    State::Descend => Resume::Descend,
+                    State::Hold { up_next, gap, .. } => Resume::Hold { up_next, gap },
+                    // A probe goes back to its held level anyway; that level's windows are judged there.
+                    State::Probe { .. } | State::Check { .. } => return None,
+                };
+                let from = self.level;
+                let to = below.map_or(from / 2, |b| b.0).max(self.cfg.min);
+                let reason = format!(
+                    "{:.0}% of attempts failed at {from}: measuring {to} to see whether that grows with the level",
+                    here.share() * 100.0
+                );
+                Some(Some(self.set(now, to, State::Check { from, resume }, reason)))
             }
         }
     }
@@ -683,7 +874,13 @@ impl Controller {
 
     fn back_off(&mut self, now: Duration, why: &str) -> Decision {
         let from = self.held().max(self.level);
-        let to = (from * 3 / 4).max(self.cfg.min);
+        let to = match self.state {
+            // A probe above the held level drew the faults: back to the held level, the probe's the ceiling.
+            State::Probe { held, probe, .. } if probe > held => held,
+            _ => (from * 3 / 4).max(self.cfg.min),
+        };
+        self.cuts += 1;
+        self.fault_shares.retain(|&l, _| l < from);
         self.ceiling = Some((from, now + self.cfg.ceiling_ttl));
         self.measured.retain(|&l, _| l < from);
         self.busy.retain(|&l, _| l < from);
@@ -714,6 +911,22 @@ impl Controller {
             unit = self.unit(),
         ));
     }
+}
+
+/// Attempts a share of faults needs before it is compared with another.
+const FAULT_MIN_ATTEMPTS: u64 = 20;
+/// The least growth of the share of faults (absolute) that counts as following the load.
+const FAULT_GROWTH: f64 = 0.05;
+/// How long a level's share of faults stays a fair comparison for another level's.
+const FAULT_SHARE_FRESH: Duration = Duration::from_secs(60);
+
+/// Why faults count as backpressure: the share at `hi` against the share at `lo`.
+fn fault_growth(hi: usize, at_hi: Tally, lo: usize, at_lo: Tally) -> String {
+    format!(
+        "faults grow with the level ({:.0}% of attempts at {hi} in flight, {:.0}% at {lo})",
+        at_hi.share() * 100.0,
+        at_lo.share() * 100.0
+    )
 }
 
 /// The last two windows of a level agree when the higher is at most this many times the lower.

@@ -68,7 +68,7 @@ fn drive_from(mut c: Controller, synth: &Synth, seconds: f64) -> Trace {
         while acc >= 1.0 {
             acc -= 1.0;
             let outcome = if rng.random_bool((synth.backpressure)(level).clamp(0.0, 1.0)) {
-                SampleOutcome::Backpressure
+                SampleOutcome::Fault
             } else {
                 done += 1;
                 SampleOutcome::Ok
@@ -132,11 +132,11 @@ fn warm_up_does_not_fool_it() {
 }
 
 #[test]
-fn backpressure_cuts_by_a_quarter_and_remembers_the_ceiling() {
+fn faults_that_grow_with_the_level_cut_by_a_quarter_and_remember_the_ceiling() {
     let mut synth = Synth::new(lanes(64, 7.0));
     synth.backpressure = Box::new(|level| if level > 12 { 0.3 } else { 0.0 });
     let trace = drive(ControllerConfig::default(), &synth, 200.0);
-    let cut = trace.decisions.iter().position(|d| d.reason.contains("pushed back")).expect("a cut");
+    let cut = trace.decisions.iter().position(|d| d.reason.contains("faults grow")).expect("a cut");
     let d = &trace.decisions[cut];
     assert_eq!(d.to, d.from * 3 / 4, "{d:?}");
     // While the ceiling is remembered, the level stays below it.
@@ -310,4 +310,72 @@ fn a_one_slot_server_is_called_serialized_by_its_count_when_the_rates_are_not_fl
     let mut unguided = Synth::new(shape);
     unguided.noise = 0.10;
     assert!(drive(ControllerConfig::default(), &unguided, 300.0).notes.is_empty(), "without the count: not seen");
+}
+
+/// Whether a decision cut the level for faults.
+fn cut_for_faults(d: &Decision) -> bool {
+    d.reason.contains("faults grow")
+}
+
+#[test]
+fn a_steady_share_of_faults_is_not_backpressure() {
+    // The same 10% of attempts fail at every level (a flaky proxy): the level found is the one found without.
+    let clean = drive(ControllerConfig::default(), &Synth::new(lanes(8, 7.0)), 300.0);
+    let mut synth = Synth::new(lanes(8, 7.0));
+    synth.backpressure = Box::new(|_| 0.10);
+    let faulty = drive(ControllerConfig::default(), &synth, 300.0);
+    assert!(!faulty.decisions.iter().any(cut_for_faults), "{:?}", faulty.decisions);
+    assert_eq!(clean.final_level, 8, "{:?}", clean.decisions);
+    assert!(faulty.final_level * 4 >= clean.final_level * 3, "{} vs {}", faulty.final_level, clean.final_level);
+    assert!(faulty.late_mean >= 0.75 * clean.late_mean, "{} vs {}", faulty.late_mean, clean.late_mean);
+}
+
+#[test]
+fn a_steady_share_of_faults_at_a_start_without_a_level_below_is_checked_there_and_kept() {
+    let mut synth = Synth::new(lanes(8, 7.0));
+    synth.backpressure = Box::new(|_| 0.15);
+    let c = Controller::starting_at(ControllerConfig::default(), Duration::ZERO, 8);
+    let trace = drive_from(c, &synth, 300.0);
+    let check = trace.decisions.iter().position(|d| d.reason.contains("to see whether")).expect("a check below");
+    assert_eq!(trace.decisions[check].to, 4, "{:?}", trace.decisions);
+    assert!(trace.decisions[check + 1].reason.contains("do not grow"), "{:?}", trace.decisions);
+    assert_eq!(trace.decisions[check + 1].to, 8, "{:?}", trace.decisions);
+    assert!(!trace.decisions.iter().any(cut_for_faults), "{:?}", trace.decisions);
+    assert!(trace.notes.iter().any(|n| n.contains("not backpressure")), "{:?}", trace.notes);
+    assert!(trace.final_level >= 6, "{:?}", trace.decisions);
+}
+
+#[test]
+fn a_bounded_queue_answering_503_past_its_depth_is_backpressure() {
+    // A server taking 12 at once and refusing the excess: the share of refusals is 1 - 12/level above 12.
+    let mut synth = Synth::new(lanes(12, 7.0));
+    synth.backpressure = Box::new(|level| (1.0 - 12.0 / level as f64).max(0.0));
+    let trace = drive(ControllerConfig::default(), &synth, 300.0);
+    assert!(trace.decisions.iter().any(cut_for_faults), "{:?}", trace.decisions);
+    assert!((8..=16).contains(&trace.final_level), "{:?}", trace.decisions);
+    assert!(trace.late_mean <= 16.0, "{:?}", trace.decisions);
+}
+
+#[test]
+fn a_share_of_faults_needs_enough_attempts_and_a_clear_margin_to_count_as_growing() {
+    let t = |attempts, faults| Tally { attempts, faults };
+    assert!(t(100, 40).clearly_above(t(100, 0)));
+    assert!(!t(100, 12).clearly_above(t(100, 10)), "noise of a steady 10%");
+    assert!(!t(10, 9).clearly_above(t(100, 0)), "too few attempts to judge");
+    assert!(!t(100, 4).clearly_above(t(1000, 0)), "less than 5 points");
+    assert!(t(2000, 220).clearly_above(t(2000, 100)), "11% against 5%, many attempts");
+}
+
+#[test]
+fn requests_held_past_three_times_the_longest_answer_count_as_stalled() {
+    let mut c = Controller::new(ControllerConfig::default(), Duration::ZERO);
+    assert_eq!(c.stall_after(), None, "nothing answered yet");
+    let mut now = Duration::ZERO;
+    for i in 0..40u64 {
+        now += Duration::from_millis(50);
+        let latency = Duration::from_millis(if i % 2 == 0 { 100 } else { 200 });
+        c.on_sample(now, Sample { tokens: 10, latency, outcome: SampleOutcome::Ok });
+        c.tick(now, 1);
+    }
+    assert_eq!(c.stall_after(), Some(Duration::from_millis(600)));
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
 use tokio::task::JoinHandle;
 
-use super::{Controller, Limiter, Phase, Sample};
+use super::{Controller, FaultCounts, Limiter, Phase, Sample};
 use crate::backend::BusySampler;
 
 /// Where the controller reads time from (tests give it synthetic time through the core's arguments).
@@ -59,6 +59,8 @@ pub struct TuneStatus {
     pub changes: u64,
     /// The most requests the server reported processing at once, where it reports a count.
     pub busy_max: Option<usize>,
+    /// The failed attempts it measured, backpressure apart from a steady share.
+    pub faults: FaultCounts,
 }
 
 /// A running controller task.
@@ -115,7 +117,10 @@ pub fn spawn_controller_with(
                     Some(s) => controller.on_sample(clock.now(), s),
                     None => break,
                 },
-                _ = tick.tick() => controller.tick(clock.now(), limiter.in_flight()),
+                _ = tick.tick() => {
+                    let stalled = controller.stall_after().map_or(0, |age| limiter.held_longer_than(age));
+                    controller.tick(clock.now(), limiter.in_flight().saturating_sub(stalled))
+                }
                 n = next_reading(&mut readings) => {
                     match n {
                         Some(n) => controller.on_busy(clock.now(), n),
@@ -143,6 +148,7 @@ pub fn spawn_controller_with(
             st.max_tried = max_tried;
             st.changes = changes;
             st.busy_max = controller.server_busy_max();
+            st.faults = controller.faults();
             st.notes.extend(notes.into_iter().map(|n| format!("{n}. {fix}")));
         }
         if let Some(task) = sampler {

@@ -4,8 +4,10 @@
 //! debt: permits returned while the debt is positive are forgotten instead of released. The number in flight
 //! therefore converges to the new limit as requests finish, without cancelling any.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -20,17 +22,42 @@ struct Inner {
     limit: AtomicUsize,
     debt: AtomicUsize,
     in_flight: AtomicUsize,
+    /// When the permits out were taken (how many at each instant), to tell stalled requests from working ones.
+    taken: Mutex<BTreeMap<Instant, usize>>,
+}
+
+impl Inner {
+    fn taken(&self) -> std::sync::MutexGuard<'_, BTreeMap<Instant, usize>> {
+        self.taken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(&self) -> Instant {
+        let now = Instant::now();
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        *self.taken().entry(now).or_default() += 1;
+        now
+    }
 }
 
 /// Permission to have one request in flight; returned on drop.
 pub struct Permit {
     permit: Option<OwnedSemaphorePermit>,
     inner: Arc<Inner>,
+    taken: Instant,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+        {
+            let mut taken = self.inner.taken();
+            if let Some(n) = taken.get_mut(&self.taken) {
+                *n -= 1;
+                if *n == 0 {
+                    taken.remove(&self.taken);
+                }
+            }
+        }
         let paid = self.inner.debt.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1)).is_ok();
         if let Some(p) = self.permit.take() {
             if paid {
@@ -50,6 +77,7 @@ impl Limiter {
                 limit: AtomicUsize::new(limit),
                 debt: AtomicUsize::new(0),
                 in_flight: AtomicUsize::new(0),
+                taken: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -57,15 +85,15 @@ impl Limiter {
     /// Waits for a permit.
     pub async fn acquire(&self) -> Permit {
         let permit = self.inner.sem.clone().acquire_owned().await.expect("the limiter's semaphore is never closed");
-        self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
-        Permit { permit: Some(permit), inner: self.inner.clone() }
+        let taken = self.inner.take();
+        Permit { permit: Some(permit), inner: self.inner.clone(), taken }
     }
 
     /// A permit if one is free now.
     pub fn try_acquire(&self) -> Option<Permit> {
         let permit = self.inner.sem.clone().try_acquire_owned().ok()?;
-        self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(Permit { permit: Some(permit), inner: self.inner.clone() })
+        let taken = self.inner.take();
+        Some(Permit { permit: Some(permit), inner: self.inner.clone(), taken })
     }
 
     /// The current limit.
@@ -76,6 +104,16 @@ impl Limiter {
     /// Requests holding a permit now.
     pub fn in_flight(&self) -> usize {
         self.inner.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Permits held for longer than `age`: requests stalled, for the controller to count apart from working ones.
+    pub fn held_longer_than(&self, age: Duration) -> usize {
+        Instant::now().checked_sub(age).map_or(0, |cutoff| self.taken_by(cutoff))
+    }
+
+    /// Permits out that were taken at or before `cutoff`.
+    fn taken_by(&self, cutoff: Instant) -> usize {
+        self.inner.taken().range(..=cutoff).map(|(_, n)| n).sum()
     }
 
     /// Changes the limit (at least 1). Only the controller calls this, so there is one writer.
@@ -140,6 +178,24 @@ mod tests {
         assert_eq!(l.inner.sem.available_permits(), 3);
         l.set_limit(5);
         assert_eq!(l.inner.sem.available_permits(), 5);
+    }
+
+    #[tokio::test]
+    async fn permits_held_long_are_counted_apart() {
+        let l = Limiter::new(4);
+        let old = futures_lite(&l, 2).await;
+        let cutoff = Instant::now();
+        while Instant::now() == cutoff {
+            std::hint::spin_loop();
+        }
+        let young = futures_lite(&l, 1).await;
+        assert_eq!(l.taken_by(cutoff), 2, "the two taken before the cutoff");
+        assert_eq!(l.held_longer_than(Duration::from_secs(3600)), 0);
+        drop(old);
+        assert_eq!(l.taken_by(cutoff), 0);
+        assert_eq!(l.held_longer_than(Duration::ZERO), 1);
+        drop(young);
+        assert!(l.inner.taken().is_empty(), "every permit returned leaves nothing behind");
     }
 
     async fn futures_lite(l: &Limiter, n: usize) -> Vec<Permit> {

@@ -7,7 +7,7 @@ mod driver;
 mod limiter;
 mod window;
 
-pub use controller::{Controller, ControllerConfig, Decision, Phase, Sample, SampleOutcome};
+pub use controller::{Controller, ControllerConfig, Decision, FaultCounts, Phase, Sample, SampleOutcome};
 pub use driver::{spawn_controller, spawn_controller_with, Clock, SystemClock, TuneHandle, TuneStatus};
 pub use limiter::{Limiter, Permit};
 pub use window::RateWindow;
