@@ -36,7 +36,7 @@ pub(crate) struct App {
     pub cfg: SimConfig,
     pub runtime: Option<Arc<Runtime>>,
     counters: Counters,
-    faults: FaultPlan,
+    faults: FaultPlan<Fault>,
     next_id: AtomicU64,
 }
 
@@ -152,7 +152,7 @@ impl App {
             Runtime::new(sched, cfg.time_scale)
         });
         Arc::new(App {
-            faults: FaultPlan::new(cfg.faults.clone(), cfg.seed),
+            faults: cfg.faults.plan(cfg.seed),
             cfg,
             runtime,
             counters: Counters::default(),

@@ -29,46 +29,60 @@ pub(crate) enum Fault {
     Truncated,
 }
 
-/// Decides the fault, if any, of each request attempt.
+impl Faults {
+    /// Each kind with its probability, in the order the draw compares them.
+    fn kinds(&self) -> Vec<(f64, Fault)> {
+        vec![
+            (self.error_500, Fault::Error500),
+            (self.error_503_retry_after, Fault::Error503),
+            (self.reset, Fault::Reset),
+            (self.stall, Fault::Stall),
+            (self.truncated, Fault::Truncated),
+        ]
+    }
+
+    /// The simulator's plan for these faults.
+    pub(crate) fn plan(&self, seed: u64) -> FaultPlan<Fault> {
+        FaultPlan::new(self.kinds(), self.max_per_request, seed)
+    }
+}
+
+/// Decides the fault, if any, of each request attempt, among kinds `K` (the simulator's, the fault proxy's).
 #[derive(Debug)]
-pub(crate) struct FaultPlan {
-    faults: Faults,
+pub(crate) struct FaultPlan<K> {
+    /// Each kind and its probability; mutually exclusive, compared in order with one uniform draw.
+    kinds: Vec<(f64, K)>,
+    /// At most this many faults for one request; 0 means no limit.
+    max_per_request: u32,
     seed: u64,
     /// Body hash -> (attempts seen, faults injected).
     seen: Mutex<HashMap<u64, (u32, u32)>>,
 }
 
-impl FaultPlan {
-    /// A plan drawing from `faults` with `seed`.
-    pub fn new(faults: Faults, seed: u64) -> Self {
-        FaultPlan { faults, seed, seen: Mutex::new(HashMap::new()) }
+impl<K: Copy> FaultPlan<K> {
+    /// A plan drawing among `kinds` with `seed`.
+    pub fn new(kinds: Vec<(f64, K)>, max_per_request: u32, seed: u64) -> Self {
+        let kinds = kinds.into_iter().filter(|(p, _)| *p > 0.0).collect();
+        FaultPlan { kinds, max_per_request, seed, seen: Mutex::new(HashMap::new()) }
     }
 
     /// The fault of this attempt of the request with this body.
-    pub fn draw(&self, body: &[u8]) -> Option<Fault> {
-        if !self.faults.any() {
+    pub fn draw(&self, body: &[u8]) -> Option<K> {
+        if self.kinds.is_empty() {
             return None;
         }
         let key = hash(body);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let (attempts, injected) = seen.entry(key).or_default();
         *attempts += 1;
-        let cap = self.faults.max_per_request;
+        let cap = self.max_per_request;
         if cap != 0 && *injected >= cap {
             return None;
         }
         let mut rng = rand::rngs::SmallRng::seed_from_u64(mix(mix(self.seed, key), u64::from(*attempts)));
         let roll: f64 = rng.random();
-        let f = &self.faults;
-        let kinds = [
-            (f.error_500, Fault::Error500),
-            (f.error_503_retry_after, Fault::Error503),
-            (f.reset, Fault::Reset),
-            (f.stall, Fault::Stall),
-            (f.truncated, Fault::Truncated),
-        ];
         let mut edge = 0.0;
-        for (p, kind) in kinds {
+        for &(p, kind) in &self.kinds {
             edge += p;
             if roll < edge {
                 *injected += 1;
@@ -111,18 +125,18 @@ mod tests {
     #[test]
     fn faults_stop_after_max_per_request_and_repeat_by_seed() {
         let faults = Faults { error_500: 0.5, reset: 0.5, max_per_request: 2, ..Faults::default() };
-        let plan = FaultPlan::new(faults.clone(), 7);
+        let plan = faults.plan(7);
         let draws: Vec<_> = (0..5).map(|_| plan.draw(b"job-1")).collect();
         assert_eq!(draws.iter().filter(|d| d.is_some()).count(), 2);
         assert!(draws[2..].iter().all(Option::is_none));
-        let again = FaultPlan::new(faults, 7);
+        let again = faults.plan(7);
         let redraw: Vec<_> = (0..5).map(|_| again.draw(b"job-1")).collect();
         assert_eq!(draws, redraw);
     }
 
     #[test]
     fn no_faults_configured_means_none_drawn() {
-        let plan = FaultPlan::new(Faults::default(), 1);
+        let plan = Faults::default().plan(1);
         assert!((0..100).all(|i| plan.draw(format!("{i}").as_bytes()).is_none()));
     }
 }

@@ -23,6 +23,7 @@ mod faults;
 mod ollama;
 mod openai;
 mod profile;
+mod proxy;
 mod runtime;
 mod scheduler;
 mod server;
@@ -37,6 +38,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{Api, Faults, LengthDist, SimConfig};
 pub use profile::Profile;
+pub use proxy::{FaultProxy, ProxyConfig, ProxyFault, ProxyStats};
 pub use stats::SimStats;
 
 /// A running simulated server on 127.0.0.1.

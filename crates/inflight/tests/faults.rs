@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use inflight_sim::{Faults, Profile, SimConfig};
+use inflight_sim::{FaultProxy, Faults, Profile, ProxyConfig, ProxyFault, SimConfig};
 use serde_json::json;
 
 use crate::util::*;
@@ -58,6 +58,45 @@ fn transient_faults_are_retried_until_every_job_succeeds() {
     assert!(ids.values().all(|&n| n == 1));
     assert!(read_jsonl(&s.errors()).is_empty());
     assert!(String::from_utf8_lossy(&out.stdout).contains("attempts retried"));
+}
+
+#[test]
+fn every_kind_of_proxy_fault_ends_each_job_once_and_a_huge_answer_is_not_read_whole() {
+    let sim = Sim::start(SimConfig::zero_latency());
+    let mut cfg = ProxyConfig::new(sim.url());
+    cfg.burst = 2;
+    let mut cfg = cfg.with_mix(0.26);
+    cfg.seed = 3;
+    cfg.huge_limit = 3;
+    cfg.stall_for = Duration::from_secs(30);
+    let proxy = sim.rt.block_on(FaultProxy::start(cfg)).expect("the proxy starts");
+    let s = Scratch::new();
+    let input = s.write_lines("jobs.jsonl", prompt_lines(400));
+    let out = run(&[
+        "run",
+        input.to_str().unwrap(),
+        "-o",
+        s.out_arg(),
+        "--server",
+        &proxy.url(),
+        "-q",
+        "--request-timeout",
+        "2s",
+        "--max-attempts",
+        "10",
+    ]);
+    assert_exit(&out, 0);
+    let stats = proxy.stats();
+    for kind in ProxyFault::ALL {
+        assert!(stats.faults.get(kind.name()).is_some_and(|&n| n > 0), "no {} injected: {stats:?}", kind.name());
+    }
+    assert_eq!(stats.faults["huge"], 3, "{stats:?}");
+    let ids = id_counts(&s.out(), &s.errors());
+    assert_eq!(ids.len(), 400);
+    assert!(ids.values().all(|&n| n == 1), "every job exactly once");
+    // A 100 MB answer read whole would be a result line of 100 MB: the cap failed those attempts instead.
+    let size = std::fs::metadata(s.out()).unwrap().len();
+    assert!(size < 2_000_000, "output of {size} bytes");
 }
 
 #[test]

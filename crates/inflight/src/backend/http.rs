@@ -8,6 +8,12 @@ use serde_json::Value;
 
 use super::{ApiKey, BackendError};
 
+/// The most of an answer inflight reads: a larger one fails that attempt (as a malformed answer, retried)
+/// instead of growing the process without bound. Embeddings of a few hundred long inputs fit well within it.
+pub(crate) const MAX_ANSWER_BYTES: usize = 32 << 20;
+/// The most of an error answer's body kept for its message and record.
+const MAX_ERROR_BYTES: usize = 64 << 10;
+
 /// A pooled HTTP client for one server.
 #[derive(Clone)]
 pub(crate) struct Http {
@@ -74,6 +80,9 @@ impl Http {
             while let Some(chunk) = resp.chunk().await.map_err(classify)? {
                 let at = started.elapsed();
                 pending.extend_from_slice(&chunk);
+                if pending.len() > MAX_ANSWER_BYTES {
+                    return Err(too_large());
+                }
                 while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=end).collect();
                     on_line(String::from_utf8_lossy(&line).trim_end(), at);
@@ -106,7 +115,10 @@ impl Http {
             return Ok((resp, first_byte));
         }
         let headers = resp.headers().clone();
-        let text = resp.text().await.map_err(classify)?;
+        let text = match read_capped(resp, MAX_ERROR_BYTES).await? {
+            Capped::Whole(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Capped::Cut(bytes) => format!("{}…", String::from_utf8_lossy(&bytes)),
+        };
         let parsed: Option<Value> = serde_json::from_str(&text).ok();
         let message = parsed.as_ref().and_then(error_message).unwrap_or_else(|| short(&text, status));
         Err(BackendError::Status { status, message, body: parsed.map(|_| text), retry_after: retry_after(&headers) })
@@ -118,7 +130,9 @@ impl Http {
             let (resp, first_byte) = self.response(req, started).await?;
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
-            let bytes = resp.bytes().await.map_err(classify)?;
+            let Capped::Whole(bytes) = read_capped(resp, MAX_ANSWER_BYTES).await? else {
+                return Err(too_large());
+            };
             Ok::<_, BackendError>((status, headers, bytes, first_byte))
         };
         let (status, headers, bytes, first_byte) =
@@ -138,6 +152,37 @@ impl Http {
         };
         tokio::time::timeout(timeout, work).await.ok().flatten()
     }
+}
+
+/// A body read up to a limit.
+enum Capped {
+    /// All of it.
+    Whole(Vec<u8>),
+    /// Its first `limit` bytes; the rest was not read.
+    Cut(Vec<u8>),
+}
+
+/// Reads `resp`'s body, stopping at `limit` bytes (at once when its `Content-Length` says it is larger).
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Capped, BackendError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(Capped::Cut(Vec::new()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+        if body.len() + chunk.len() > limit {
+            body.extend_from_slice(&chunk[..limit - body.len()]);
+            return Ok(Capped::Cut(body));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Capped::Whole(body))
+}
+
+fn too_large() -> BackendError {
+    BackendError::malformed(format!(
+        "the answer is larger than {} MiB, the most inflight reads; the rest was not read",
+        MAX_ANSWER_BYTES >> 20
+    ))
 }
 
 fn classify(e: reqwest::Error) -> BackendError {

@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
+
+/// Pings in a row that must all fail before a server counts as unreachable: one lost ping through a flaky
+/// network or proxy is not an outage.
+const PINGS: usize = 3;
 
 /// Shared view of whether the server is reachable.
 #[derive(Clone)]
@@ -70,13 +74,27 @@ impl Health {
     pub async fn judge(&self, sent_at: u64) -> bool {
         let _guard = self.inner.check.lock().await;
         if !self.is_paused() && self.epoch() == sent_at {
-            if self.inner.backend.ping().await.is_ok() {
+            if self.reachable().await {
                 return true;
             }
             tracing::warn!(server = self.inner.backend.url(), "server unreachable: pausing until it is back");
             self.inner.outages.fetch_add(1, Ordering::AcqRel);
             self.inner.open.send_replace(false);
             tokio::spawn(self.clone().probe());
+        }
+        false
+    }
+
+    /// Whether the server answers: a ping that gets any answer but a gateway's or a loading server's
+    /// (502, 503, 504) shows it reachable, even an error status or a garbled body; [`PINGS`] failures in a row
+    /// (no connection, a reset, no answer in time, a gateway error) show it is not.
+    async fn reachable(&self) -> bool {
+        for _ in 0..PINGS {
+            match self.inner.backend.ping().await {
+                Ok(()) => return true,
+                Err(e) if answered(&e) => return true,
+                Err(_) => {}
+            }
         }
         false
     }
@@ -89,7 +107,7 @@ impl Health {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.inner.stop.cancelled() => return,
             }
-            if self.inner.backend.ping().await.is_ok() {
+            if self.reachable().await {
                 tracing::warn!(
                     server = self.inner.backend.url(),
                     "server is back after {:.0}s: resuming (it rejoins the run)",
@@ -100,5 +118,34 @@ impl Health {
             }
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+/// Whether a failed ping still shows the server there: it answered, other than as a gateway or a loading
+/// server does.
+fn answered(e: &BackendError) -> bool {
+    match e {
+        BackendError::Status { status, .. } => !matches!(status, 502..=504),
+        BackendError::Malformed { .. } => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ping_answered_with_an_error_shows_the_server_there_but_a_gateway_error_does_not() {
+        let status = |s| BackendError::Status { status: s, message: String::new(), body: None, retry_after: None };
+        for s in [400, 401, 404, 429, 500] {
+            assert!(answered(&status(s)), "{s}");
+        }
+        for s in [502, 503, 504] {
+            assert!(!answered(&status(s)), "{s}");
+        }
+        assert!(answered(&BackendError::malformed("not json")));
+        assert!(!answered(&BackendError::reset("reset by peer")));
+        assert!(!answered(&BackendError::Timeout(Duration::from_secs(5))));
     }
 }
