@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 
 use clap::Parser;
 use inflight::cli::{execute, Cli, CommandError, Exit};
+use inflight::store::StoreError;
 
 fn main() {
     let cli = Cli::parse();
@@ -34,6 +35,12 @@ fn main() {
             let exit = e.downcast_ref::<CommandError>().map(|c| c.exit).unwrap_or(Exit::Setup);
             if is_broken_pipe(&e) {
                 0
+            } else if is_disk_full(&e) {
+                eprintln!(
+                    "inflight: {e:#}\nThe disk is full. Every result recorded so far is whole and kept; free some space \
+                     and run the same command again to resume."
+                );
+                Exit::DiskFull as i32
             } else {
                 eprintln!("inflight: {e:#}");
                 exit as i32
@@ -42,6 +49,13 @@ fn main() {
     };
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     std::process::exit(code);
+}
+
+fn is_disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<StoreError>().is_some_and(StoreError::is_disk_full)
+            || c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+    })
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

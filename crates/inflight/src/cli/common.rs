@@ -36,6 +36,9 @@ pub enum Exit {
     SomeFailed = 1,
     /// Usage or setup error (also: the first requests all failed the same way).
     Setup = 2,
+    /// The disk holding the state or an output file is full: the run stopped with nothing recorded half, and
+    /// the same command resumes it once there is space.
+    DiskFull = 3,
     /// Interrupted by Ctrl-C or SIGTERM.
     Interrupted = 130,
 }
@@ -47,6 +50,7 @@ impl Exit {
             Exit::Success => "success",
             Exit::SomeFailed => "some_failed",
             Exit::Setup => "setup_error",
+            Exit::DiskFull => "disk_full",
             Exit::Interrupted => "interrupted",
         }
     }

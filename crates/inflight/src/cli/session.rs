@@ -147,7 +147,7 @@ impl Session {
     /// Commits what is left; the error that stopped the writer, if it failed.
     pub fn finish_writer(self) -> anyhow::Result<Finished> {
         let Session { reader, writer, stop, stats, before, out, state, json, _lock } = self;
-        writer.finish().context("recording results")?;
+        writer.finish().with_context(|| format!("recording results (state {})", state.display()))?;
         Ok(Finished { reader, stop, stats, before, out, state, json, _lock })
     }
 }

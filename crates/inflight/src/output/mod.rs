@@ -26,6 +26,8 @@ pub struct OutputFiles {
     done: BufWriter<File>,
     errors: BufWriter<File>,
     format: Format,
+    /// The files' paths, for the errors that name them.
+    paths: [PathBuf; 2],
 }
 
 impl OutputFiles {
@@ -41,7 +43,8 @@ impl OutputFiles {
             // The files hold more than the store: they belong to another run. Rebuild rather than mix.
             return OutputFiles::open(out, store, format, true);
         }
-        let mut files = OutputFiles { done: BufWriter::new(done), errors: BufWriter::new(errors), format };
+        let paths = [out.to_owned(), errors_out];
+        let mut files = OutputFiles { done: BufWriter::new(done), errors: BufWriter::new(errors), format, paths };
         store.for_each_done(done_have as i64, |row| writeln!(files.done, "{}", render_done(&row, format)))?;
         store.for_each_error(errors_have as i64, |row| writeln!(files.errors, "{}", render_error(&row, format)))?;
         files.flush()?;
@@ -50,19 +53,19 @@ impl OutputFiles {
 
     /// Pushes buffered lines to the OS (a killed process then loses nothing that was written).
     pub fn flush(&mut self) -> io::Result<()> {
-        self.done.flush()?;
-        self.errors.flush()
+        self.done.flush().map_err(|e| naming(&self.paths[0], "write", e))?;
+        self.errors.flush().map_err(|e| naming(&self.paths[1], "write", e))
     }
 }
 
 /// The store's writer appends each committed group here.
 impl CommittedSink for OutputFiles {
     fn write_done(&mut self, row: &DoneRow) -> io::Result<()> {
-        writeln!(self.done, "{}", render_done(row, self.format))
+        writeln!(self.done, "{}", render_done(row, self.format)).map_err(|e| naming(&self.paths[0], "write", e))
     }
 
     fn write_error(&mut self, row: &ErrorRow) -> io::Result<()> {
-        writeln!(self.errors, "{}", render_error(row, self.format))
+        writeln!(self.errors, "{}", render_error(row, self.format)).map_err(|e| naming(&self.paths[1], "write", e))
     }
 
     fn flush(&mut self) -> io::Result<()> {

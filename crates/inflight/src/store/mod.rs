@@ -15,12 +15,12 @@ pub use writer::{AttemptKey, CommittedSink, Completion, Failure, WriteMsg, Write
 /// Errors at the store boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite reported an error.
+    /// SQLite reported an error (its message is in this one's; not chained, so it is not printed twice).
     #[error("state database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     /// Reading the input or writing an output file failed.
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The state file belongs to another version of inflight, or is not a state file.
     #[error("{0}")]
     Incompatible(String),
@@ -29,7 +29,28 @@ pub enum StoreError {
     WriterGone,
 }
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Io(e)
+    }
+}
+
 impl StoreError {
+    /// Whether the disk holding the state or an output file is full (SQLite's `SQLITE_FULL`, or `ENOSPC`).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite(e) => e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull),
+            StoreError::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+
     /// Short stable name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
