@@ -188,6 +188,9 @@ pub struct ProxyStats {
     pub forwarded: u64,
     /// Faults injected, by kind name (each 429 of a burst counted under `429-burst`).
     pub faults: BTreeMap<String, u64>,
+    /// The longest a client waited on a stalled, dripping or overlong answer before it gave up (or the answer
+    /// ended), in milliseconds: a client's request timeout shows here.
+    pub longest_held_ms: u64,
 }
 
 struct Proxy {
@@ -198,6 +201,7 @@ struct Proxy {
     forwarded: AtomicU64,
     injected: [AtomicU64; 13],
     huge_sent: AtomicU64,
+    longest_held_ms: AtomicU64,
     /// The current burst of 429: requests it still refuses, and when it ends at the latest.
     burst: Mutex<(u32, Option<Instant>)>,
     stop: watch::Receiver<bool>,
@@ -230,6 +234,7 @@ impl FaultProxy {
             forwarded: AtomicU64::new(0),
             injected: Default::default(),
             huge_sent: AtomicU64::new(0),
+            longest_held_ms: AtomicU64::new(0),
             burst: Mutex::new((0, None)),
             stop: stopped.clone(),
         });
@@ -269,7 +274,12 @@ impl Proxy {
             .map(|k| (k.name().to_owned(), self.injected[k.index()].load(Relaxed)))
             .filter(|(_, n)| *n > 0)
             .collect();
-        ProxyStats { requests: self.requests.load(Relaxed), forwarded: self.forwarded.load(Relaxed), faults }
+        ProxyStats {
+            requests: self.requests.load(Relaxed),
+            forwarded: self.forwarded.load(Relaxed),
+            faults,
+            longest_held_ms: self.longest_held_ms.load(Relaxed),
+        }
     }
 
     fn count(&self, kind: ProxyFault) {
@@ -302,6 +312,25 @@ impl Proxy {
             _ = tokio::time::sleep(d) => {}
             _ = stop.wait_for(|s| *s) => {}
         }
+    }
+}
+
+/// Measures how long a client is kept waiting: from its creation until it is dropped, which happens when the
+/// answer ends or the client goes away (hyper drops the handler and the body with the connection).
+struct Held {
+    proxy: Arc<Proxy>,
+    since: Instant,
+}
+
+impl Held {
+    fn new(proxy: &Arc<Proxy>) -> Held {
+        Held { proxy: proxy.clone(), since: Instant::now() }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.proxy.longest_held_ms.fetch_max(self.since.elapsed().as_millis() as u64, Relaxed);
     }
 }
 
@@ -347,6 +376,7 @@ async fn answer_without_upstream(p: &Arc<Proxy>, kind: ProxyFault, conn: &ConnHa
             return std::future::pending().await;
         }
         ProxyFault::Stall => {
+            let _held = Held::new(p);
             p.hold(p.cfg.stall_for).await;
             conn.reset();
             return std::future::pending().await;
@@ -436,14 +466,14 @@ fn spoil(p: &Arc<Proxy>, kind: ProxyFault, up: Upstream, conn: ConnHandle) -> Re
             (Body::from_stream(chunks), len)
         }
         ProxyFault::LongLength => {
-            let proxy = p.clone();
+            let held = Arc::new(Held::new(p));
             let chunks = futures_util::stream::unfold(Some(up.body), move |body| {
-                let proxy = proxy.clone();
+                let held = held.clone();
                 async move {
                     match body {
                         Some(bytes) => Some((Ok::<_, std::io::Error>(bytes), None)),
                         None => {
-                            proxy.hold(proxy.cfg.stall_for).await;
+                            held.proxy.hold(held.proxy.cfg.stall_for).await;
                             Some((Err(std::io::Error::other("injected short body")), None))
                         }
                     }
@@ -453,14 +483,19 @@ fn spoil(p: &Arc<Proxy>, kind: ProxyFault, up: Upstream, conn: ConnHandle) -> Re
         }
         ProxyFault::Drip => {
             let every = p.cfg.drip_every;
-            let chunks = futures_util::stream::unfold((up.body, 0usize), move |(body, at)| async move {
-                if at >= body.len() {
-                    return None;
+            let held = Arc::new(Held::new(p));
+            let chunks = futures_util::stream::unfold((up.body, 0usize), move |(body, at)| {
+                let held = held.clone();
+                async move {
+                    if at >= body.len() {
+                        drop(held);
+                        return None;
+                    }
+                    if at > 0 {
+                        tokio::time::sleep(every).await;
+                    }
+                    Some((Ok::<_, std::io::Error>(body.slice(at..at + 1)), (body, at + 1)))
                 }
-                if at > 0 {
-                    tokio::time::sleep(every).await;
-                }
-                Some((Ok::<_, std::io::Error>(body.slice(at..at + 1)), (body, at + 1)))
             });
             (Body::from_stream(chunks), len)
         }

@@ -137,6 +137,14 @@ async fn stalls_long_lengths_and_drips_outlast_a_client_timeout() {
             other => panic!("{kind:?}: {other:?}"),
         }
         assert!(started.elapsed() < Duration::from_secs(10), "{kind:?}");
+        // The proxy sees the client leave at its timeout (soon after, as the connection closes), not at the end
+        // of the 30 s stall.
+        let deadline = std::time::Instant::now() + Duration::from_secs(8);
+        while proxy.stats().longest_held_ms == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let held = proxy.stats().longest_held_ms;
+        assert!((500..10_000).contains(&held), "{kind:?} held {held} ms");
     }
 }
 

@@ -85,7 +85,7 @@ impl RunTarget {
             done,
             failed,
             returned,
-            outages: self.health.epoch(),
+            outages: self.health.outages(),
             held: report.held,
             server_slots: report.server_slots,
         };

@@ -149,13 +149,16 @@ impl Attempts {
                 return Tried::Stopped;
             }
             let sent_ms = now_ms();
-            let epoch = self.health.epoch();
+            let sent = self.health.sent();
             let started = Instant::now();
             let result = tokio::select! {
                 r = self.backend.send(req.endpoint, req.body) => r,
                 _ = self.hard.cancelled() => return Tried::Stopped,
             };
             let latency = started.elapsed();
+            if !matches!(&result, Err(e) if e.is_unreachable()) {
+                self.health.answered(&sent);
+            }
             if let (Some(tx), Some(s)) = (lane.samples, sample_of(&result, latency)) {
                 let _ = tx.send(s);
             }
@@ -164,12 +167,12 @@ impl Attempts {
                 Err(e) => e,
             };
             drop(held);
-            if error.is_unreachable() && self.reroute && !self.health.judge(epoch).await {
+            if error.is_unreachable() && self.reroute && !self.health.judge(&sent).await {
                 attempts -= 1;
                 self.refund(req.key, attempts, &error);
                 return Tried::Unreachable { attempts };
             }
-            if error.is_unreachable() && !self.health.unreachable(epoch).await {
+            if error.is_unreachable() && !self.health.unreachable(&sent).await {
                 // Nobody could reach the server: this attempt was not the request's own failure.
                 attempts -= 1;
                 self.refund(req.key, attempts, &error);

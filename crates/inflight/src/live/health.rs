@@ -26,14 +26,34 @@ struct Inner {
     check: Mutex<()>,
     /// Outages so far: a request sent before the latest began failed because of it, not on its own.
     outages: AtomicU64,
+    /// When the latest request the server answered (anything at all) was sent (ms since `origin`).
+    answered: watch::Sender<u64>,
+    origin: Instant,
     stop: CancellationToken,
+}
+
+/// When a request was sent, for judging its failure: the outage count then, and the time (ms since origin).
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    outages: u64,
+    at: u64,
 }
 
 impl Health {
     /// Health of `backend`; waiting stops when `stop` is cancelled.
     pub fn new(backend: Arc<dyn Backend>, stop: CancellationToken) -> Health {
         let (open, _) = watch::channel(true);
-        Health { inner: Arc::new(Inner { backend, open, check: Mutex::new(()), outages: AtomicU64::new(0), stop }) }
+        Health {
+            inner: Arc::new(Inner {
+                backend,
+                open,
+                check: Mutex::new(()),
+                outages: AtomicU64::new(0),
+                answered: watch::channel(0).0,
+                origin: Instant::now(),
+                stop,
+            }),
+        }
     }
 
     /// Whether the run is paused for an outage.
@@ -50,9 +70,34 @@ impl Health {
         }
     }
 
-    /// The outage count now; take it before sending, and pass it to [`Health::unreachable`] on a failure.
-    pub fn epoch(&self) -> u64 {
+    /// Take it before sending, and pass it to [`Health::unreachable`] on a failure.
+    pub fn sent(&self) -> Sent {
+        Sent { outages: self.inner.outages.load(Ordering::Acquire), at: self.now_ms() }
+    }
+
+    /// The outages so far.
+    pub fn outages(&self) -> u64 {
         self.inner.outages.load(Ordering::Acquire)
+    }
+
+    /// The server answered the request sent at `sent` (any answer, an error status too): it was there then.
+    pub fn answered(&self, sent: &Sent) {
+        let ms = sent.at;
+        self.inner.answered.send_if_modified(|last| {
+            let newer = ms > *last;
+            *last = (*last).max(ms);
+            newer
+        });
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.origin.elapsed().as_millis() as u64
+    }
+
+    /// Waits until the server answers some request sent after `failed` (ms since origin): an answer sent
+    /// before it might have been on its way when the server went away.
+    async fn answer_after(&self, failed: u64) {
+        let _ = self.inner.answered.subscribe().wait_for(|&last| last > failed).await;
     }
 
     /// A request sent at outage count `sent_at` could not reach the server. Returns whether that should cost
@@ -61,8 +106,8 @@ impl Health {
     /// run stops) and the attempt is free. Checks are serialized, so a burst of failures costs one ping, and
     /// those behind it find the run paused — or, if it already resumed, find that an outage began after they
     /// were sent (without that, a failure handled late, after the server came back, would cost an attempt).
-    pub async fn unreachable(&self, sent_at: u64) -> bool {
-        if self.judge(sent_at).await {
+    pub async fn unreachable(&self, sent: &Sent) -> bool {
+        if self.judge(sent).await {
             return true;
         }
         self.wait_open().await;
@@ -70,10 +115,21 @@ impl Health {
     }
 
     /// [`Health::unreachable`] without the wait: whether the failure costs the job an attempt; on an outage the
-    /// server is paused and probed, and the caller may send the work elsewhere meanwhile.
-    pub async fn judge(&self, sent_at: u64) -> bool {
+    /// server is paused and probed, and the caller may send the work elsewhere meanwhile. A server that answers
+    /// a request sent after this one failed is there, whatever a ping says (a ping that stalls would hold up
+    /// every other failure waiting to be judged).
+    pub async fn judge(&self, sent: &Sent) -> bool {
+        let failed = self.now_ms();
+        tokio::select! {
+            _ = self.answer_after(failed) => self.outages() == sent.outages,
+            reachable = self.check(sent) => reachable,
+        }
+    }
+
+    /// The ping half of [`Health::judge`], one at a time.
+    async fn check(&self, sent: &Sent) -> bool {
         let _guard = self.inner.check.lock().await;
-        if !self.is_paused() && self.epoch() == sent_at {
+        if !self.is_paused() && self.outages() == sent.outages {
             if self.reachable().await {
                 return true;
             }

@@ -285,6 +285,9 @@ impl Writer {
                 }
             }
         }
+        if let Some(hold) = commit_failpoint() {
+            std::thread::sleep(hold);
+        }
         tx.commit()?;
         for row in &done_rows {
             self.files.write_done(row)?;
@@ -298,4 +301,14 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// A test-only failpoint (`scripts/chaos.sh`): `INFLIGHT_FAILPOINT_COMMIT_MS` holds every group commit open that
+/// long before it commits, so that a signal lands inside one. Unset in normal use; read once.
+fn commit_failpoint() -> Option<Duration> {
+    static HOLD: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *HOLD.get_or_init(|| {
+        let ms: u64 = std::env::var("INFLIGHT_FAILPOINT_COMMIT_MS").ok()?.parse().ok()?;
+        Some(Duration::from_millis(ms))
+    })
 }

@@ -387,6 +387,13 @@ impl Controller {
         (self.longest > Duration::ZERO).then(|| self.longest * 3)
     }
 
+    /// The permits to give with `stalled` requests out: the level counts working requests, so each stalled one
+    /// gets a permit beside it, up to the level again and never past the configured maximum (a server that
+    /// hangs every request is then sent at most twice the level).
+    pub fn permits(&self, stalled: usize) -> usize {
+        (self.level + stalled.min(self.level)).min(self.cfg.max.max(self.level))
+    }
+
     /// The attempts it measured, how many failed, and how those faults were judged.
     pub fn faults(&self) -> FaultCounts {
         FaultCounts {

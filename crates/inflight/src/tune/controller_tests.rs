@@ -381,3 +381,14 @@ fn requests_held_past_three_times_the_longest_answer_count_as_stalled() {
     }
     assert_eq!(c.stall_after(), Some(Duration::from_millis(600)));
 }
+
+#[test]
+fn stalled_requests_get_permits_beside_the_level_up_to_the_level_again_and_the_maximum() {
+    let cfg = ControllerConfig { max: 12, ..ControllerConfig::default() };
+    let c = Controller::starting_at(cfg, Duration::ZERO, 8);
+    assert_eq!(c.permits(0), 8);
+    assert_eq!(c.permits(3), 11);
+    assert_eq!(c.permits(100), 12, "never past --max-concurrency");
+    let c = Controller::starting_at(ControllerConfig::default(), Duration::ZERO, 8);
+    assert_eq!(c.permits(100), 16, "at most the level again");
+}

@@ -111,6 +111,8 @@ pub fn spawn_controller_with(
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut max_tried = controller.level();
         let mut changes = 0;
+        // Requests held past the controller's stall age: they hold permits but do no work.
+        let mut stalled = 0;
         loop {
             let decision = tokio::select! {
                 s = samples.recv() => match s {
@@ -118,7 +120,8 @@ pub fn spawn_controller_with(
                     None => break,
                 },
                 _ = tick.tick() => {
-                    let stalled = controller.stall_after().map_or(0, |age| limiter.held_longer_than(age));
+                    stalled = controller.stall_after().map_or(0, |age| limiter.held_longer_than(age));
+                    limiter.set_limit(controller.permits(stalled));
                     controller.tick(clock.now(), limiter.in_flight().saturating_sub(stalled))
                 }
                 n = next_reading(&mut readings) => {
@@ -132,7 +135,7 @@ pub fn spawn_controller_with(
             };
             if let Some(d) = decision {
                 tracing::info!("concurrency {} → {}: {}", d.from, d.to, d.reason);
-                limiter.set_limit(d.to);
+                limiter.set_limit(controller.permits(stalled));
                 max_tried = max_tried.max(d.to);
                 changes += 1;
             }

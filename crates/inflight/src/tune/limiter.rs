@@ -120,6 +120,9 @@ impl Limiter {
     pub fn set_limit(&self, new: usize) {
         let new = new.max(1);
         let old = self.inner.limit.swap(new, Ordering::AcqRel);
+        if new == old {
+            return;
+        }
         if new > old {
             let mut grow = new - old;
             // Cancel outstanding debt first; only the remainder becomes new permits.
