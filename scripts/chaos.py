@@ -95,20 +95,27 @@ def inflight(args, env=None, timeout=None):
 
 
 def ids_in(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line)["custom_id"] for line in f if line.strip()]
+    """The custom_ids of a JSONL output file, and how many of its lines are not whole records."""
+    ids, torn = [], 0
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    ids.append(json.loads(line)["custom_id"])
+                except (ValueError, KeyError):
+                    torn += 1
+    return ids, torn
 
 
 def tally(out, n):
     """Results, errors, duplicates and lost jobs of a run's output files."""
     errors_path = out[: -len(".jsonl")] + ".errors.jsonl"
-    results, errors = ids_in(out), ids_in(errors_path)
+    (results, torn_r), (errors, torn_e) = ids_in(out), ids_in(errors_path)
     seen = collections.Counter(results + errors)
     duplicates = sum(c - 1 for c in seen.values() if c > 1)
     lost = n - len(seen)
-    return {"results": len(results), "errors": len(errors), "duplicates": duplicates, "lost": lost}
+    return {"results": len(results), "errors": len(errors), "duplicates": duplicates, "lost": lost,
+            "torn": torn_r + torn_e}
 
 
 def attempts_spent(state):
@@ -153,6 +160,7 @@ def scenario_mix(a, procs, work):
     t = tally(out, a.jobs)
     return report("mix", a.jobs, t, attempts_spent(out[:-6] + ".inflight.db"), rss, [
         ("exit 0 or 1", code in (0, 1)),
+        ("no torn line", t["torn"] == 0),
         ("0 lost", t["lost"] == 0),
         ("0 duplicated", t["duplicates"] == 0),
         (f"peak RSS under {RSS_LIMIT_MB} MB", rss < RSS_LIMIT_MB),
@@ -225,7 +233,8 @@ def kill_at_random(argv, sig, moments, rng, work, env=None, on_stop=None):
 
 
 def scenario_sigkill(a, procs, work):
-    sim = procs.sim("--zero-latency")
+    # A server of some 200 jobs/s, so that 50 kills land before the run ends.
+    sim = procs.sim("--profile", "batching32", "--time-scale", "2")
     src, out = os.path.join(work, "kill.jsonl"), os.path.join(work, "kill-out.jsonl")
     write_jobs(src, a.jobs)
     argv = ["run", src, "-o", out, "--server", sim, "-q"]
@@ -246,7 +255,7 @@ def scenario_sigkill(a, procs, work):
 
 
 def scenario_sigint(a, procs, work):
-    sim = procs.sim("--profile", "batching32", "--time-scale", "8")
+    sim = procs.sim("--profile", "batching32", "--time-scale", "2")
     src, out = os.path.join(work, "int.jsonl"), os.path.join(work, "int-out.jsonl")
     write_jobs(src, a.jobs)
     state = out[:-6] + ".inflight.db"
@@ -300,10 +309,12 @@ def scenario_diskfull(a, procs, work):
         subprocess.run(["mount", "-o", "remount,size=256m", mnt], check=True)
         code2, _, _, rss2 = inflight(argv)
         t = tally(out, a.jobs)
-        print(f"  stopped with {partial['results']} results; after freeing space: exit {code2}")
+        print(f"  stopped with {partial['results']} whole results and {partial['torn']} torn lines in the outputs; "
+              f"after freeing space: exit {code2}")
         return report("diskfull", a.jobs, t, attempts_spent(out[:-6] + ".inflight.db"), max(rss, rss2), [
             ("exit code 3", code == 3),
             ("the message says the disk is full", "disk is full" in stderr),
+            ("no half record in the outputs at the stop", partial["torn"] == 0),
             ("resume exit 0", code2 == 0),
             ("0 lost, 0 duplicated", t["lost"] == 0 and t["duplicates"] == 0),
         ])

@@ -100,6 +100,29 @@ fn every_kind_of_proxy_fault_ends_each_job_once_and_a_huge_answer_is_not_read_wh
 }
 
 #[test]
+fn a_steady_share_of_faults_at_every_level_is_not_taken_for_backpressure() {
+    // The field report: 15% of requests faulted by a proxy whatever the load cut auto to 1 and held it there.
+    let sim = Sim::start(fast());
+    let mut cfg = ProxyConfig::new(sim.url());
+    for kind in [ProxyFault::Error500, ProxyFault::Error503, ProxyFault::ResetBefore, ProxyFault::Garbage] {
+        cfg = cfg.with_rate(kind, 0.15 / 4.0);
+    }
+    cfg.seed = 11;
+    let proxy = sim.rt.block_on(FaultProxy::start(cfg)).expect("the proxy starts");
+    let s = Scratch::new();
+    let input = s.write_lines("jobs.jsonl", prompt_lines(1500));
+    let out = run(&["run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", &proxy.url(), "-q", "--json"]);
+    assert_exit(&out, 0);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &summary["concurrency"];
+    assert_eq!(c["faults"]["cuts"], 0, "no cut for faults that do not grow with the level: {c}");
+    assert!(c["faults"]["failed"].as_u64().unwrap() > 0, "{c}");
+    assert!(c["held"].as_u64().unwrap() >= 2, "not decayed to 1: {c}");
+    let ids = id_counts(&s.out(), &s.errors());
+    assert!(ids.len() == 1500 && ids.values().all(|&n| n == 1));
+}
+
+#[test]
 fn model_not_found_fails_each_job_after_one_attempt_with_the_servers_message() {
     let sim = Sim::start(fast().with_missing_models(vec!["ghost".into()]));
     let s = Scratch::new();

@@ -69,7 +69,20 @@ pub async fn connect(
     match server {
         Some(url) => {
             let url = normalize(url);
-            connect_one(&url, api, opts).await.map_err(|reason| ConnectError::Unusable { url, reason })
+            // A server given by name gets a few tries: one reset or garbled answer from a flaky proxy is not a
+            // server to refuse. No answer at all, or refused credentials, is said at once.
+            let mut tries = 1;
+            loop {
+                match connect_one(&url, api, opts).await {
+                    Ok(conn) => return Ok(conn),
+                    Err(e) if e.transient && tries < CONNECT_TRIES => {
+                        tracing::debug!(server = url, "connecting, try {tries}: {}", e.reason);
+                        tokio::time::sleep(Duration::from_millis(250 << tries)).await;
+                        tries += 1;
+                    }
+                    Err(e) => return Err(ConnectError::Unusable { url, reason: e.reason }),
+                }
+            }
         }
         None => {
             let mut tried = Vec::new();
@@ -96,36 +109,63 @@ pub(crate) fn normalize(url: &str) -> String {
     }
 }
 
-async fn connect_one(url: &str, api: Option<Api>, opts: &ConnectOptions) -> Result<Connection, String> {
+/// Tries at connecting to a server given by name, when its failures look transient.
+const CONNECT_TRIES: u32 = 3;
+
+/// Why a server cannot be used, and whether trying again may help.
+struct Unusable {
+    reason: String,
+    transient: bool,
+}
+
+impl Unusable {
+    fn from(e: &BackendError) -> Unusable {
+        Unusable { reason: describe(e), transient: transient(e) }
+    }
+
+    fn setup(e: BackendError) -> Unusable {
+        Unusable { reason: e.to_string(), transient: false }
+    }
+}
+
+/// Whether a failure to connect may pass: not "nobody there" and not refused credentials.
+fn transient(e: &BackendError) -> bool {
+    !matches!(e, BackendError::Connect { .. } | BackendError::Status { status: 401 | 403, .. }) && e.is_retryable()
+}
+
+async fn connect_one(url: &str, api: Option<Api>, opts: &ConnectOptions) -> Result<Connection, Unusable> {
     let api = match api {
         Some(api) => api,
         None => detect(url, opts).await?,
     };
     let backend: Arc<dyn Backend> = match api {
         Api::Openai => {
-            Arc::new(OpenAiBackend::new(url, opts.api_key.clone(), opts.request_timeout).map_err(|e| e.to_string())?)
+            Arc::new(OpenAiBackend::new(url, opts.api_key.clone(), opts.request_timeout).map_err(Unusable::setup)?)
         }
         Api::Ollama => Arc::new(
             OllamaBackend::new(url, opts.api_key.clone(), opts.request_timeout, opts.runner_options.clone())
-                .map_err(|e| e.to_string())?,
+                .map_err(Unusable::setup)?,
         ),
     };
-    let info = backend.probe().await.map_err(|e| describe(&e))?;
+    let info = backend.probe().await.map_err(|e| Unusable::from(&e))?;
     Ok(Connection { backend, info })
 }
 
-async fn detect(url: &str, opts: &ConnectOptions) -> Result<Api, String> {
-    let http = Http::new(url, opts.api_key.clone(), opts.request_timeout).map_err(|e| e.to_string())?;
+async fn detect(url: &str, opts: &ConnectOptions) -> Result<Api, Unusable> {
+    let http = Http::new(url, opts.api_key.clone(), opts.request_timeout).map_err(Unusable::setup)?;
     let short = Duration::from_secs(3);
     // Ollama also serves /v1/models, so ask the Ollama-only endpoint first.
     match http.get("/api/version", short).await {
         Ok(r) if r.body["version"].is_string() => return Ok(Api::Ollama),
-        Err(e @ (BackendError::Connect { .. } | BackendError::Timeout(_))) => return Err(describe(&e)),
+        Err(e @ (BackendError::Connect { .. } | BackendError::Timeout(_))) => return Err(Unusable::from(&e)),
         _ => {}
     }
     match http.get("/v1/models", short).await {
         Ok(_) => Ok(Api::Openai),
-        Err(e) => Err(format!("answers neither Ollama's /api/version nor OpenAI's /v1/models ({})", describe(&e))),
+        Err(e) => Err(Unusable {
+            reason: format!("answers neither Ollama's /api/version nor OpenAI's /v1/models ({})", describe(&e)),
+            transient: transient(&e),
+        }),
     }
 }
 
@@ -142,6 +182,24 @@ fn describe(e: &BackendError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reset_or_garbled_answer_is_tried_again_but_nobody_there_or_refused_credentials_are_not() {
+        let status = |s| BackendError::Status { status: s, message: String::new(), body: None, retry_after: None };
+        for (e, again) in [
+            (BackendError::malformed("garbage"), true),
+            (BackendError::reset("reset by peer"), true),
+            (BackendError::Timeout(Duration::from_secs(3)), true),
+            (status(500), true),
+            (status(503), true),
+            (status(401), false),
+            (status(403), false),
+            (status(404), false),
+            (BackendError::connect("refused", std::io::Error::other("refused")), false),
+        ] {
+            assert_eq!(transient(&e), again, "{e}");
+        }
+    }
 
     #[test]
     fn normalizes_urls() {

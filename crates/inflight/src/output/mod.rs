@@ -21,13 +21,56 @@ pub fn errors_path(out: &Path) -> PathBuf {
     out.with_file_name(format!("{stem}.errors.jsonl"))
 }
 
+/// Bytes of lines buffered before they are written out, at the latest (a group's are written when it is flushed).
+const APPEND_BUFFER: usize = 1 << 20;
+
 /// The two output files of a run, open for appending.
 pub struct OutputFiles {
-    done: BufWriter<File>,
-    errors: BufWriter<File>,
+    done: Appender,
+    errors: Appender,
     format: Format,
-    /// The files' paths, for the errors that name them.
-    paths: [PathBuf; 2],
+}
+
+/// One output file, appended to in whole lines: a write that fails (a full disk) is cut back to the last whole
+/// line, so the file never holds half a record, even before the next start repairs it.
+struct Appender {
+    file: File,
+    path: PathBuf,
+    buf: Vec<u8>,
+    /// The file's length after the last write that succeeded.
+    whole: u64,
+}
+
+impl Appender {
+    fn new(mut file: File, path: &Path) -> io::Result<Appender> {
+        let whole = file.seek(SeekFrom::End(0))?;
+        Ok(Appender { file, path: path.to_owned(), buf: Vec::new(), whole })
+    }
+
+    fn line(&mut self, line: &str) -> io::Result<()> {
+        self.buf.extend_from_slice(line.as_bytes());
+        self.buf.push(b'\n');
+        if self.buf.len() >= APPEND_BUFFER {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            // Cut what was written of the failed lines; the lines stay in the store, and the next start writes
+            // them.
+            self.buf.clear();
+            let _ = self.file.set_len(self.whole).and_then(|_| self.file.seek(SeekFrom::Start(self.whole)));
+            return Err(naming(&self.path, "write", e));
+        }
+        self.whole += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
 }
 
 impl OutputFiles {
@@ -43,29 +86,32 @@ impl OutputFiles {
             // The files hold more than the store: they belong to another run. Rebuild rather than mix.
             return OutputFiles::open(out, store, format, true);
         }
-        let paths = [out.to_owned(), errors_out];
-        let mut files = OutputFiles { done: BufWriter::new(done), errors: BufWriter::new(errors), format, paths };
-        store.for_each_done(done_have as i64, |row| writeln!(files.done, "{}", render_done(&row, format)))?;
-        store.for_each_error(errors_have as i64, |row| writeln!(files.errors, "{}", render_error(&row, format)))?;
+        let mut files = OutputFiles {
+            done: Appender::new(done, out).map_err(|e| naming(out, "open the output", e))?,
+            errors: Appender::new(errors, &errors_out).map_err(|e| naming(&errors_out, "open the output", e))?,
+            format,
+        };
+        store.for_each_done(done_have as i64, |row| files.done.line(&render_done(&row, format)))?;
+        store.for_each_error(errors_have as i64, |row| files.errors.line(&render_error(&row, format)))?;
         files.flush()?;
         Ok(files)
     }
 
     /// Pushes buffered lines to the OS (a killed process then loses nothing that was written).
     pub fn flush(&mut self) -> io::Result<()> {
-        self.done.flush().map_err(|e| naming(&self.paths[0], "write", e))?;
-        self.errors.flush().map_err(|e| naming(&self.paths[1], "write", e))
+        self.done.flush()?;
+        self.errors.flush()
     }
 }
 
 /// The store's writer appends each committed group here.
 impl CommittedSink for OutputFiles {
     fn write_done(&mut self, row: &DoneRow) -> io::Result<()> {
-        writeln!(self.done, "{}", render_done(row, self.format)).map_err(|e| naming(&self.paths[0], "write", e))
+        self.done.line(&render_done(row, self.format))
     }
 
     fn write_error(&mut self, row: &ErrorRow) -> io::Result<()> {
-        writeln!(self.errors, "{}", render_error(row, self.format)).map_err(|e| naming(&self.paths[1], "write", e))
+        self.errors.line(&render_error(row, self.format))
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -170,5 +216,29 @@ mod tests {
         let mut f = open_repaired(&p, false).unwrap();
         assert_eq!(count_lines(&mut f).unwrap(), 0);
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+    }
+}
+
+#[cfg(test)]
+mod append_tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_only_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o.jsonl");
+        std::fs::write(&p, "{\"a\":1}\n").unwrap();
+        let file = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let mut a = Appender::new(file, &p).unwrap();
+        a.line("{\"b\":2}").unwrap();
+        a.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
+        // A failing write (here: a read-only descriptor) is cut back to the last whole line and names the file.
+        let file = OpenOptions::new().read(true).open(&p).unwrap();
+        let mut a = Appender::new(file, &p).unwrap();
+        a.line("{\"c\":3}").unwrap();
+        let e = a.flush().unwrap_err();
+        assert!(e.to_string().contains("o.jsonl"), "{e}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
     }
 }
