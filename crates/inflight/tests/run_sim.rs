@@ -214,3 +214,29 @@ fn sigint_drains_exits_130_and_resumes() {
     assert_eq!(counts.len(), 400);
     assert!(counts.values().all(|&n| n == 1));
 }
+
+#[test]
+fn jobs_sharing_a_prompt_prefix_are_sent_together_unless_prefix_order_is_off() {
+    // 5 documents × 8 questions, the file shuffled so that no two neighbours share a document.
+    let sim = Sim::start(SimConfig::zero_latency());
+    let s = Scratch::new();
+    let lines = (0..40).map(|i| {
+        let (doc, q) = (i % 5, i / 5);
+        let content = format!("Document {doc}: {}\nQuestion {q}?", "words of the document ".repeat(20));
+        json!({"id": format!("d{doc}q{q}"), "messages": [{"role": "user", "content": content}]}).to_string()
+    });
+    let input = s.write_lines("jobs.jsonl", lines);
+    // One in flight: the output's commit order is the order of sending.
+    let sent_order = |order: &str, out: &str| {
+        let out = s.path(out);
+        let args = ["run", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--server", sim.url(), "-q", "-c", "1"];
+        let res = run(&[&args[..], &["--prefix-order", order]].concat());
+        assert_exit(&res, 0);
+        let docs: Vec<String> =
+            read_jsonl(&out).iter().map(|r| r["custom_id"].as_str().unwrap()[..2].to_owned()).collect();
+        assert_eq!(docs.len(), 40);
+        docs.windows(2).filter(|w| w[0] != w[1]).count() + 1
+    };
+    assert_eq!(sent_order("auto", "grouped.jsonl"), 5, "each document's questions sent together");
+    assert_eq!(sent_order("off", "file.jsonl"), 40, "file order: the document changes at every job");
+}

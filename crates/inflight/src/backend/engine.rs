@@ -145,6 +145,7 @@ impl Backend for EngineBackend {
             body: answer.to_string(),
             prompt_tokens,
             completion_tokens,
+            cached_tokens: None,
             finish_reason,
             first_byte: Some(started.elapsed()),
             load: None,

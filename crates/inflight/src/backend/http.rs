@@ -10,7 +10,7 @@ use super::{ApiKey, BackendError};
 
 /// The most of an answer inflight reads: a larger one fails that attempt (as a malformed answer, retried)
 /// instead of growing the process without bound. Embeddings of a few hundred long inputs fit well within it.
-pub(crate) const MAX_ANSWER_BYTES: usize = 32 << 20;
+pub(crate) const MAX_ANSWER_BYTES: usize = 16 << 20;
 /// The most of an error answer's body kept for its message and record.
 const MAX_ERROR_BYTES: usize = 64 << 10;
 

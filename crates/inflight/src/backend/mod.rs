@@ -61,6 +61,9 @@ pub struct Answer {
     pub prompt_tokens: Option<i64>,
     /// Completion tokens, when the server reports them.
     pub completion_tokens: Option<i64>,
+    /// Prompt tokens the server took from its prefix cache instead of computing, when it says (llama-server's
+    /// `timings.cache_n`, `usage.prompt_tokens_details.cached_tokens` of OpenAI-compatible servers).
+    pub cached_tokens: Option<i64>,
     /// Why generation stopped (`stop`, `length`).
     pub finish_reason: Option<String>,
     /// Time from sending to the response headers.
@@ -162,6 +165,11 @@ pub trait Backend: Send + Sync {
 }
 
 /// Extracts token counts and the finish reason from an OpenAI-shaped answer.
+/// The prompt tokens a server says it took from its prefix cache (see [`Answer::cached_tokens`]).
+pub(crate) fn cached_of(body: &serde_json::Value) -> Option<i64> {
+    body["timings"]["cache_n"].as_i64().or_else(|| body["usage"]["prompt_tokens_details"]["cached_tokens"].as_i64())
+}
+
 pub(crate) fn usage_of(body: &serde_json::Value) -> (Option<i64>, Option<i64>, Option<String>) {
     let usage = &body["usage"];
     let finish = body["choices"][0]["finish_reason"].as_str().map(str::to_owned);

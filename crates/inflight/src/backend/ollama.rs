@@ -172,6 +172,7 @@ impl Backend for OllamaBackend {
             body: translated.to_string(),
             prompt_tokens,
             completion_tokens: completion_tokens.filter(|_| endpoint != Endpoint::Embedding),
+            cached_tokens: None,
             finish_reason,
             first_byte: Some(reply.first_byte),
             load: reply.body["load_duration"].as_u64().map(std::time::Duration::from_nanos),

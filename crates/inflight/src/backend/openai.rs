@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::http::Http;
-use super::{usage_of, Answer, Api, ApiKey, Backend, BackendError, ServerInfo, ServerKind, Streamed, TokenClock};
+use super::{
+    cached_of, usage_of, Answer, Api, ApiKey, Backend, BackendError, ServerInfo, ServerKind, Streamed, TokenClock,
+};
 use crate::job::Endpoint;
 
 /// A server speaking `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
@@ -45,6 +47,7 @@ impl Backend for OpenAiBackend {
             body: reply.text,
             prompt_tokens,
             completion_tokens,
+            cached_tokens: cached_of(&reply.body),
             finish_reason,
             first_byte: Some(reply.first_byte),
             load: None,

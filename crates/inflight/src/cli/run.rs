@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::common::{setup_error, CommandError, Exit};
 use super::engine;
-use super::run_args::RunArgs;
+use super::run_args::{PrefixOrder, RunArgs};
 use super::session::{Identity, Locked, Ran};
 use super::targets::{check_models, RunTarget, TargetView};
 use crate::backend::{connect, ConnectOptions, Connection};
@@ -62,8 +62,12 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
         tune: targets[0].tune_status(),
     });
     let started = Instant::now();
-    let config =
-        DispatchConfig { max_attempts: args.max_attempts, drain_timeout: args.drain_timeout, limit: args.limit };
+    let config = DispatchConfig {
+        max_attempts: args.max_attempts,
+        drain_timeout: args.drain_timeout,
+        limit: args.limit,
+        prefix_order: args.prefix_order == PrefixOrder::Auto,
+    };
     let wiring = Wiring {
         targets: targets.iter().map(RunTarget::target).collect(),
         writer: session.writer.sender(),

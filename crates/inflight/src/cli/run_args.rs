@@ -88,9 +88,14 @@ pub struct RunArgs {
     /// Send failed jobs again (their error lines are removed).
     #[arg(long)]
     pub retry_failed: bool,
-    /// Send at most N jobs in this session (e.g. 100, 10k).
+    /// Send at most N jobs in this session (e.g. 100, 10k): the first N in file order.
     #[arg(long, value_parser = parse::count)]
     pub limit: Option<u64>,
+    /// The order jobs are sent in: `auto` sends jobs whose prompts share a prefix one after another (within
+    /// windows of 1,024 pending jobs), so the server's prefix cache still holds the shared part; `off` sends in
+    /// file order. Output files are in commit order either way.
+    #[arg(long, value_enum, default_value = "auto", env = "INFLIGHT_PREFIX_ORDER")]
+    pub prefix_order: PrefixOrder,
     /// Parse and render every line and show what would be sent; send nothing, write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -116,4 +121,13 @@ impl RunArgs {
             runner_options: OllamaBackend::runner_options_of(&self.params),
         }
     }
+}
+
+/// `--prefix-order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrefixOrder {
+    /// Jobs sharing a prompt prefix are sent together.
+    Auto,
+    /// File order.
+    Off,
 }

@@ -182,6 +182,7 @@ impl Finished {
             latency: self.reader.latency_histogram()?,
             session: Some(((counts.done + counts.failed).saturating_sub(finished_before), tokens, ran.wall)),
             retries: self.stats.retries.load(std::sync::atomic::Ordering::Relaxed),
+            cached_prompt_tokens: self.stats.cached_prompt_tokens.load(std::sync::atomic::Ordering::Relaxed),
             steps: ran.steps,
         });
         let outcome = outcome(&summary);

@@ -30,6 +30,7 @@ pub fn execute(args: StatusArgs) -> anyhow::Result<Exit> {
         latency: store.latency_histogram()?,
         session: None,
         retries: 0,
+        cached_prompt_tokens: 0,
         steps: store.step_counts()?,
     });
     let live = is_live(&args.state);

@@ -163,7 +163,11 @@ impl Attempts {
                 let _ = tx.send(s);
             }
             let error = match result {
-                Ok(answer) => return Tried::Answered { answer, attempts, sent_ms, latency, permit: held },
+                Ok(answer) => {
+                    let cached = answer.cached_tokens.unwrap_or(0).max(0) as u64;
+                    self.stats.cached_prompt_tokens.fetch_add(cached, Ordering::Relaxed);
+                    return Tried::Answered { answer, attempts, sent_ms, latency, permit: held };
+                }
                 Err(e) => e,
             };
             drop(held);

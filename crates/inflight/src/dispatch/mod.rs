@@ -5,6 +5,7 @@
 //! `drain_timeout` to finish and be recorded; then the rest are cancelled and stay pending for the next run.
 
 mod attempt;
+mod order;
 mod probation;
 mod recorder;
 pub(crate) mod retry;
@@ -43,8 +44,10 @@ pub struct DispatchConfig {
     pub max_attempts: u32,
     /// How long requests in flight may finish after a stop.
     pub drain_timeout: Duration,
-    /// Send at most this many jobs in this session.
+    /// Send at most this many jobs in this session (the first ones in file order: no reordering then).
     pub limit: Option<u64>,
+    /// Send the jobs of each page with a shared prompt prefix together ([`order::by_prefix`]).
+    pub prefix_order: bool,
 }
 
 /// How a dispatch ended.
@@ -153,11 +156,14 @@ async fn next_job(
             return Ok(Some((job, true)));
         }
         if let Some(job) = page.pop_front() {
-            *cursor = job.seq;
             return Ok(Some((job, false)));
         }
-        let next = reader.pending_page(*cursor, PAGE)?;
-        if !next.is_empty() {
+        let mut next = reader.pending_page(*cursor, PAGE)?;
+        if let Some(last) = next.last() {
+            *cursor = last.seq;
+            if ctx.config.prefix_order && ctx.config.limit.is_none() {
+                order::by_prefix(&mut next);
+            }
             page.extend(next);
             continue;
         }

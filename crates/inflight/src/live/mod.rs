@@ -21,4 +21,6 @@ pub struct LiveStats {
     pub prompt_tokens: AtomicU64,
     /// Completion tokens in this session.
     pub completion_tokens: AtomicU64,
+    /// Prompt tokens the server took from its prefix cache in this session, where it says.
+    pub cached_prompt_tokens: AtomicU64,
 }

@@ -350,6 +350,7 @@ mod tests {
             latency: hdrhistogram::Histogram::new(3).unwrap(),
             session: Some((4, 40, Duration::from_secs(2))),
             retries: 0,
+            cached_prompt_tokens: 0,
             steps: Vec::new(),
         })
     }

@@ -18,6 +18,8 @@ pub struct SummaryInput {
     pub session: Option<(u64, u64, Duration)>,
     /// Retries in this session.
     pub retries: u64,
+    /// Prompt tokens the server took from its prefix cache in this session, where it says.
+    pub cached_prompt_tokens: u64,
     /// Per-step totals of a workflow run (empty otherwise).
     pub steps: Vec<StepCount>,
 }
@@ -51,6 +53,8 @@ pub struct Summary {
     pub latency_ms: Percentiles,
     /// Retried attempts in this session.
     pub retries: u64,
+    /// Prompt tokens the server took from its prefix cache in this session (0 where it does not say).
+    pub cached_prompt_tokens: u64,
     /// `session` when measured over this session, `run` when over the whole run's span.
     pub rate_over: &'static str,
     /// Per-step totals of a workflow run.
@@ -103,6 +107,7 @@ impl Summary {
                 p99: h.value_at_quantile(0.99),
             },
             retries: input.retries,
+            cached_prompt_tokens: input.cached_prompt_tokens,
             rate_over,
             steps: input.steps,
         }
@@ -131,6 +136,9 @@ impl Summary {
             self.latency_ms.p50, self.latency_ms.p95, self.latency_ms.p99
         );
         s += &format!("  tokens in {}, out {}", self.prompt_tokens, self.completion_tokens);
+        if self.cached_prompt_tokens > 0 {
+            s += &format!(" ({} prompt tokens this session from the server's prefix cache)", self.cached_prompt_tokens);
+        }
         if self.length_cut > 0 {
             s += &format!("; {} answers cut by the length limit (raise --max-tokens?)", self.length_cut);
         }
@@ -164,6 +172,7 @@ mod tests {
             latency,
             session: Some((10, 400, Duration::from_secs(5))),
             retries: 0,
+            cached_prompt_tokens: 0,
             steps: vec![StepCount { step: "a".into(), done: 7, invalid: 2, failed: 1 }],
         });
         assert_eq!((s.jobs, s.jobs_per_s, s.output_tokens_per_s), (10, 2.0, 80.0));
