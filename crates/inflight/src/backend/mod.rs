@@ -33,6 +33,13 @@ pub use ollama::OllamaBackend;
 pub use openai::OpenAiBackend;
 pub use stream::{ServerTimings, Streamed, TokenClock};
 
+/// The answer parsers by themselves, for the fuzz targets in `fuzz/`: not an API.
+#[doc(hidden)]
+pub mod parse {
+    pub use super::ollama::{answer_of as ollama_answer, from_ollama, to_ollama};
+    pub use super::openai::answer_of as openai_answer;
+}
+
 use std::time::Duration;
 
 use async_trait::async_trait;
