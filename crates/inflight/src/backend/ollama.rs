@@ -138,7 +138,7 @@ pub fn from_ollama(endpoint: Endpoint, v: &Value, n: u64) -> Value {
             };
             let object = if endpoint == Endpoint::Chat { "chat.completion" } else { "text_completion" };
             json!({"id": format!("ollama-{n}"), "object": object, "model": model, "choices": [choice],
-                   "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+                   "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt.saturating_add(completion)},
                    "x_ollama": timings})
         }
     }
@@ -261,5 +261,14 @@ mod tests {
         assert_eq!(out["x_ollama"]["load_duration"], 10);
         let e = from_ollama(Endpoint::Embedding, &json!({"embeddings": [[1.0], [2.0]]}), 2);
         assert_eq!(e["data"][1]["embedding"], json!([2.0]));
+    }
+
+    #[test]
+    fn token_counts_too_large_to_add_do_not_panic() {
+        // Found by the property tests: the total overflowed (a panic in debug builds, a negative total in release).
+        let v = json!({"done": true, "prompt_eval_count": i64::MAX, "eval_count": 1});
+        assert_eq!(from_ollama(Endpoint::Chat, &v, 0)["usage"]["total_tokens"], i64::MAX);
+        let a = answer_of(Endpoint::Completion, "/api/generate", &v, 0).unwrap();
+        assert_eq!((a.prompt_tokens, a.completion_tokens), (Some(i64::MAX), Some(1)));
     }
 }
