@@ -16,6 +16,8 @@ mod key;
 mod lanes;
 mod ollama;
 mod openai;
+#[cfg(test)]
+mod proptests;
 mod stream;
 
 pub use busy::{metric, BusyCount, BusySampler};
