@@ -229,7 +229,8 @@ fn jobs_sharing_a_prompt_prefix_are_sent_together_unless_prefix_order_is_off() {
     // One in flight: the output's commit order is the order of sending.
     let sent_order = |order: &str, out: &str| {
         let out = s.path(out);
-        let args = ["run", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--server", sim.url(), "-q", "-c", "1"];
+        let args =
+            ["run", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--server", sim.url(), "-q", "-c", "1"];
         let res = run(&[&args[..], &["--prefix-order", order]].concat());
         assert_exit(&res, 0);
         let docs: Vec<String> =

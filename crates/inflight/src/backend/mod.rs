@@ -16,6 +16,8 @@ mod key;
 mod lanes;
 mod ollama;
 mod openai;
+#[cfg(test)]
+mod proptests;
 mod stream;
 
 pub use busy::{metric, BusyCount, BusySampler};
@@ -32,6 +34,13 @@ pub use lanes::{LaneFix, LaneSetting, LLAMA_CONTEXT, LLAMA_SLOTS, SUGGESTED_LANE
 pub use ollama::OllamaBackend;
 pub use openai::OpenAiBackend;
 pub use stream::{ServerTimings, Streamed, TokenClock};
+
+/// The answer parsers by themselves, for the fuzz targets in `fuzz/`: not an API.
+#[doc(hidden)]
+pub mod parse {
+    pub use super::ollama::{answer_of as ollama_answer, from_ollama, to_ollama};
+    pub use super::openai::answer_of as openai_answer;
+}
 
 use std::time::Duration;
 

@@ -138,10 +138,36 @@ pub fn from_ollama(endpoint: Endpoint, v: &Value, n: u64) -> Value {
             };
             let object = if endpoint == Endpoint::Chat { "chat.completion" } else { "text_completion" };
             json!({"id": format!("ollama-{n}"), "object": object, "model": model, "choices": [choice],
-                   "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+                   "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt.saturating_add(completion)},
                    "x_ollama": timings})
         }
     }
+}
+
+/// Reads Ollama's 2xx answer from `path` for `endpoint` as the `n`th answer of this backend: `Err` (malformed) unless it has
+/// its expected fields (`embeddings`, or `done: true`), else the OpenAI-shaped answer ([`from_ollama`]) with its
+/// token counts. The status is 200 and the timing unset: the caller fills them in.
+pub fn answer_of(endpoint: Endpoint, path: &str, body: &Value, n: u64) -> Result<Answer, BackendError> {
+    let ok = match endpoint {
+        Endpoint::Embedding => body["embeddings"].is_array(),
+        _ => body["done"].as_bool() == Some(true),
+    };
+    if !ok {
+        return Err(BackendError::malformed(format!("an answer from {path} without its expected fields")));
+    }
+    let translated = from_ollama(endpoint, body, n);
+    let (prompt_tokens, completion_tokens, finish_reason) = super::usage_of(&translated);
+    Ok(Answer {
+        status_code: 200,
+        request_id: Some(format!("ollama-{n}")),
+        body: translated.to_string(),
+        prompt_tokens,
+        completion_tokens: completion_tokens.filter(|_| endpoint != Endpoint::Embedding),
+        cached_tokens: None,
+        finish_reason,
+        first_byte: None,
+        load: body["load_duration"].as_u64().map(std::time::Duration::from_nanos),
+    })
 }
 
 #[async_trait]
@@ -156,27 +182,9 @@ impl Backend for OllamaBackend {
         let (path, req) = to_ollama(endpoint, &parsed, &self.runner_options)
             .map_err(|message| BackendError::Status { status: 400, message, body: None, retry_after: None })?;
         let reply = self.http.post(path, req.to_string()).await?;
-        let ok = match endpoint {
-            Endpoint::Embedding => reply.body["embeddings"].is_array(),
-            _ => reply.body["done"].as_bool() == Some(true),
-        };
-        if !ok {
-            return Err(BackendError::malformed(format!("an answer from {path} without its expected fields")));
-        }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let translated = from_ollama(endpoint, &reply.body, n);
-        let (prompt_tokens, completion_tokens, finish_reason) = super::usage_of(&translated);
-        Ok(Answer {
-            status_code: reply.status,
-            request_id: Some(format!("ollama-{n}")),
-            body: translated.to_string(),
-            prompt_tokens,
-            completion_tokens: completion_tokens.filter(|_| endpoint != Endpoint::Embedding),
-            cached_tokens: None,
-            finish_reason,
-            first_byte: Some(reply.first_byte),
-            load: reply.body["load_duration"].as_u64().map(std::time::Duration::from_nanos),
-        })
+        let answer = answer_of(endpoint, path, &reply.body, n)?;
+        Ok(Answer { status_code: reply.status, first_byte: Some(reply.first_byte), ..answer })
     }
 
     async fn stream(&self, endpoint: Endpoint, body: &str) -> Result<Streamed, BackendError> {
@@ -254,5 +262,14 @@ mod tests {
         assert_eq!(out["x_ollama"]["load_duration"], 10);
         let e = from_ollama(Endpoint::Embedding, &json!({"embeddings": [[1.0], [2.0]]}), 2);
         assert_eq!(e["data"][1]["embedding"], json!([2.0]));
+    }
+
+    #[test]
+    fn token_counts_too_large_to_add_do_not_panic() {
+        // Found by the property tests: the total overflowed (a panic in debug builds, a negative total in release).
+        let v = json!({"done": true, "prompt_eval_count": i64::MAX, "eval_count": 1});
+        assert_eq!(from_ollama(Endpoint::Chat, &v, 0)["usage"]["total_tokens"], i64::MAX);
+        let a = answer_of(Endpoint::Completion, "/api/generate", &v, 0).unwrap();
+        assert_eq!((a.prompt_tokens, a.completion_tokens), (Some(i64::MAX), Some(1)));
     }
 }

@@ -27,31 +27,9 @@ impl OpenAiBackend {
 impl Backend for OpenAiBackend {
     async fn send(&self, endpoint: Endpoint, body: &str) -> Result<Answer, BackendError> {
         let reply = self.http.post(endpoint.path(), body.to_owned()).await?;
-        let shape_ok = match endpoint {
-            Endpoint::Embedding => reply.body["data"].is_array(),
-            _ => reply.body["choices"].is_array(),
-        };
-        if !shape_ok {
-            return Err(BackendError::malformed(format!("a 2xx answer without the {} shape", endpoint.path())));
-        }
-        let (prompt_tokens, completion_tokens, finish_reason) = usage_of(&reply.body);
-        let request_id = reply
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| reply.body["id"].as_str().map(str::to_owned));
-        Ok(Answer {
-            status_code: reply.status,
-            request_id,
-            body: reply.text,
-            prompt_tokens,
-            completion_tokens,
-            cached_tokens: cached_of(&reply.body),
-            finish_reason,
-            first_byte: Some(reply.first_byte),
-            load: None,
-        })
+        let header_id = reply.headers.get("x-request-id").and_then(|v| v.to_str().ok());
+        let answer = answer_of(endpoint, &reply.body, reply.text, header_id)?;
+        Ok(Answer { status_code: reply.status, first_byte: Some(reply.first_byte), ..answer })
     }
 
     async fn stream(&self, endpoint: Endpoint, body: &str) -> Result<Streamed, BackendError> {
@@ -110,6 +88,37 @@ impl Backend for OpenAiBackend {
     fn url(&self) -> &str {
         self.http.base()
     }
+}
+
+/// Reads a 2xx answer for `endpoint` (`body` parsed from `text`): `Err` (malformed) unless it has the endpoint's
+/// shape (`choices`, or `data` for embeddings); token counts and the finish reason come from it, the id from the
+/// `x-request-id` header, else the body's `id`. The status is 200 and the timing unset: the caller fills them in.
+pub fn answer_of(
+    endpoint: Endpoint,
+    body: &Value,
+    text: String,
+    header_id: Option<&str>,
+) -> Result<Answer, BackendError> {
+    let shape_ok = match endpoint {
+        Endpoint::Embedding => body["data"].is_array(),
+        _ => body["choices"].is_array(),
+    };
+    if !shape_ok {
+        return Err(BackendError::malformed(format!("a 2xx answer without the {} shape", endpoint.path())));
+    }
+    let (prompt_tokens, completion_tokens, finish_reason) = usage_of(body);
+    let request_id = header_id.map(str::to_owned).or_else(|| body["id"].as_str().map(str::to_owned));
+    Ok(Answer {
+        status_code: 200,
+        request_id,
+        body: text,
+        prompt_tokens,
+        completion_tokens,
+        cached_tokens: cached_of(body),
+        finish_reason,
+        first_byte: None,
+        load: None,
+    })
 }
 
 /// The `--parallel` a llama-server router starts its models with (the largest, if they differ), read from the

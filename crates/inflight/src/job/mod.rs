@@ -7,6 +7,8 @@
 mod file;
 mod input;
 mod parse;
+#[cfg(test)]
+pub(crate) mod proptests;
 mod template;
 mod validate;
 
