@@ -60,22 +60,10 @@ pub struct RunArgs {
     /// Send `prompt` lines as raw completions (`/v1/completions`, no chat template) instead of chat.
     #[arg(long)]
     pub completions: bool,
-    /// Requests in flight: `auto` finds and holds the fastest sustainable level while the run goes (and says
-    /// what limits it); a number fixes it.
-    #[arg(short, long, default_value = "auto", value_parser = parse::concurrency)]
-    pub concurrency: parse::Concurrency,
-    /// Upper bound for `--concurrency auto`.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_concurrency: u64,
-    /// Attempts per job for transient failures (connection errors, timeouts, 429/5xx).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_attempts: u32,
-    /// How long one request may take.
-    #[arg(long, default_value = "10m", value_parser = parse::duration)]
-    pub request_timeout: Duration,
-    /// After Ctrl-C, how long requests in flight may finish.
-    #[arg(long, default_value = "30s", value_parser = parse::duration)]
-    pub drain_timeout: Duration,
+    /// `--concurrency`, `--max-concurrency`, `--max-attempts`, `--request-timeout`, `--drain-timeout`: how the
+    /// jobs are sent (`serve` takes the same).
+    #[command(flatten)]
+    pub send: SendArgs,
     /// Output line shape.
     #[arg(long, value_enum, default_value = "batch")]
     pub format: Format,
@@ -100,10 +88,35 @@ pub struct RunArgs {
     /// No progress display.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Serve the run's counters in Prometheus text format at http://ADDR/metrics while it goes (jobs, output
+    /// tokens, requests in flight and the concurrency limit per server, a latency histogram).
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["workflow", "dry_run"])]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// At the end, print the summary as one JSON object on stdout (schema: docs/schema/run-summary.schema.json);
     /// the text summary goes to stderr instead.
     #[arg(long, conflicts_with = "dry_run")]
     pub json: bool,
+}
+
+/// How jobs are sent: the flags `run` and `serve` share (operational: none is part of a run's identity).
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    /// Requests in flight: `auto` finds and holds the fastest sustainable level while the run goes (and says
+    /// what limits it); a number fixes it.
+    #[arg(short, long, default_value = "auto", value_parser = parse::concurrency)]
+    pub concurrency: parse::Concurrency,
+    /// Upper bound for `--concurrency auto`.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_concurrency: u64,
+    /// Attempts per job for transient failures (connection errors, timeouts, 429/5xx).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// How long one request may take.
+    #[arg(long, default_value = "10m", value_parser = parse::duration)]
+    pub request_timeout: Duration,
+    /// After Ctrl-C, how long requests in flight may finish.
+    #[arg(long, default_value = "30s", value_parser = parse::duration)]
+    pub drain_timeout: Duration,
 }
 
 impl RunArgs {
@@ -112,7 +125,7 @@ impl RunArgs {
     pub fn connect_options(&self) -> ConnectOptions {
         ConnectOptions {
             api_key: self.conn.api_key.clone(),
-            request_timeout: self.request_timeout,
+            request_timeout: self.send.request_timeout,
             runner_options: OllamaBackend::runner_options_of(&self.params),
         }
     }

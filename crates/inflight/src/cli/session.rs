@@ -38,6 +38,7 @@ pub(super) struct Locked {
     // Before `lock`: the files are removed while the lock is still held.
     leftovers: Leftovers,
     lock: RunLock,
+    stop: Option<CancellationToken>,
 }
 
 impl Locked {
@@ -51,7 +52,12 @@ impl Locked {
         check_dir_of("the state", &state)?;
         let leftovers = Leftovers::absent(&state, &[out.clone(), errors_path(&out)]);
         let lock = lock(&state)?;
-        Ok(Locked { out, state, leftovers, lock })
+        Ok(Locked { out, state, leftovers, lock, stop: None })
+    }
+
+    /// Stopped by `stop` (it drains as after Ctrl-C) instead of by this process's signals; `None` changes nothing.
+    pub fn stopped_by(self, stop: Option<CancellationToken>) -> Locked {
+        Locked { stop, ..self }
     }
 
     /// Opens the state (anew with `--restart`), checks the run's identity, ingests the input with `parser`,
@@ -63,7 +69,7 @@ impl Locked {
         parser: &Parser,
         format: Format,
     ) -> anyhow::Result<Session> {
-        let Locked { out, state, mut leftovers, lock } = self;
+        let Locked { out, state, mut leftovers, lock, stop } = self;
         if args.restart {
             remove_state(&state)
                 .with_context(|| format!("cannot remove the old state {} (--restart)", state.display()))?;
@@ -90,8 +96,11 @@ impl Locked {
         let files = OutputFiles::open(&out, &store, format, rebuild)?;
         let reader = store.reopen()?;
         let writer = Writer::spawn(store, Box::new(files))?;
-        let stop = CancellationToken::new();
-        spawn_signal_handler(stop.clone(), args.drain_timeout);
+        let stop = stop.unwrap_or_else(|| {
+            let stop = CancellationToken::new();
+            spawn_signal_handler(stop.clone(), args.send.drain_timeout);
+            stop
+        });
         let stats = Arc::new(LiveStats::default());
         leftovers.keep();
         Ok(Session { reader, writer, stop, stats, before, out, state, json: args.json, _lock: lock })
