@@ -327,6 +327,50 @@ fn run_metrics_listen_serves_the_runs_counters_while_it_goes() {
     assert_eq!(read_jsonl(&s.out()).len(), 200);
 }
 
+/// The test bed's python with the pinned `openai` SDK (`scripts/testbed.sh sdk`, cached after the first call).
+fn sdk_python() -> String {
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/testbed.sh");
+    let out = std::process::Command::new("bash").arg(script).arg("sdk").output().expect("testbed.sh runs");
+    assert!(out.status.success(), "testbed.sh sdk failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Runs scripts/serve-sdk-test.py (the unmodified SDK: two batches, polled to completed, outputs checked)
+/// against `serve`; its summary line.
+fn run_sdk_test(serve: &Serve, extra: &[&str]) -> serde_json::Value {
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/serve-sdk-test.py");
+    let out = std::process::Command::new(sdk_python())
+        .arg(script)
+        .args(["--base-url", &format!("{}/v1", serve.base)])
+        .args(extra)
+        .output()
+        .expect("python runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "serve-sdk-test.py failed:\n{stdout}\n{stderr}");
+    serde_json::from_str(stdout.lines().last().expect("a summary line")).unwrap()
+}
+
+#[test]
+#[ignore = "needs the openai SDK from the test bed (scripts/testbed.sh sdk); scripts/test.sh runs it"]
+fn the_official_openai_sdk_runs_two_batches_on_the_simulator() {
+    let sim = Sim::start(lanes4());
+    let s = Scratch::new();
+    let serve = Serve::start(&s.path("data"), &["--server", sim.url()]);
+    let summary = run_sdk_test(&serve, &["--jobs", "200", "--second", "50"]);
+    assert_eq!(summary["request_counts"], json!({"total": 200, "completed": 200, "failed": 0}));
+    assert_eq!(sim.stats().requests, 250, "every job of both batches sent once");
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn the_official_openai_sdk_runs_two_batches_on_the_test_bed_llama_server() {
+    let server = crate::real_server::LlamaServer::start(&["-np", "4", "-t", "2"]);
+    let s = Scratch::new();
+    let serve = Serve::start(&s.path("data"), &["--server", &server.url]);
+    let summary = run_sdk_test(&serve, &["--jobs", "200", "--second", "20", "--max-tokens", "8"]);
+    assert_eq!(summary["request_counts"], json!({"total": 200, "completed": 200, "failed": 0}));
+}
+
 fn lines_in(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0)
 }
