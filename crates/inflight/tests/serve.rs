@@ -371,6 +371,46 @@ fn the_official_openai_sdk_runs_two_batches_on_the_test_bed_llama_server() {
     assert_eq!(summary["request_counts"], json!({"total": 200, "completed": 200, "failed": 0}));
 }
 
+/// Headless Chromium on `url` with `args` (`--dump-dom`, `--screenshot=...`); its stdout. Virtual time lets the
+/// page's own fetches and timers run before the DOM is taken.
+fn chromium(url: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000", "--window-size=1100,700"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("chromium runs (scripts/testbed.sh browser installs it)");
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "needs chromium (scripts/testbed.sh browser); scripts/test.sh runs it"]
+fn the_dashboard_in_headless_chromium_shows_the_running_batchs_progress() {
+    let sim = Sim::start(lanes4());
+    let s = Scratch::new();
+    let serve = Serve::start(&s.path("data"), &["--server", sim.url(), "-c", "4"]);
+    let api = Client::new(&serve, None);
+    let batch = api.batch_of(&batch_lines(600, None));
+    let id = batch["id"].as_str().unwrap();
+    api.poll(id, 60, |b| b["request_counts"]["completed"].as_u64().unwrap() >= 20);
+    let dom = chromium(&format!("{}/", serve.base), &["--dump-dom"]);
+    let row = dom.split(&format!("<tr id=\"{id}\"")).nth(1).unwrap_or_else(|| panic!("no row for {id}:\n{dom}"));
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("data-status=\"in_progress\""), "{row}");
+    let completed: u64 = row.split("data-completed=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
+    assert!((20..600).contains(&completed), "the progress of a running batch: {row}");
+    assert!(row.contains("data-total=\"600\"") && row.contains("jobs/s"), "{row}");
+    assert!(dom.contains(&format!("running: {id}")), "the chart names the running batch");
+    let shot = s.path("dashboard.png");
+    chromium(&format!("{}/", serve.base), &[&format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "a real screenshot ({} bytes)", png.len());
+    if let Some(dir) = std::env::var_os("INFLIGHT_SCREENSHOTS") {
+        std::fs::copy(&shot, std::path::Path::new(&dir).join("serve-dashboard.png")).unwrap();
+    }
+}
+
 fn lines_in(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0)
 }
