@@ -14,6 +14,7 @@ use super::jobs::{JobArgs, DEFAULT_MAX_LINE_BYTES};
 use super::parse;
 use super::run::{build_parser, run_with, Hooks};
 use super::run_args::{RunArgs, SendArgs};
+use super::session::next_signal;
 use super::state::default_state_path;
 use crate::output::Format;
 use crate::serve::{serve, BatchRun, BatchRunner, Keys, RunEnd, ServeConfig};
@@ -86,20 +87,15 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<Exit> {
 }
 
 /// First Ctrl-C or SIGTERM: stop taking requests, let the running batch drain (it goes on at the next start).
+/// Second: exit at once (the data directory is safe either way).
 fn spawn_shutdown(shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let terminated = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = terminated => {} }
-        eprintln!("stopping: the running batch drains and goes on at the next start");
+        next_signal(&mut term).await;
+        eprintln!("stopping: the running batch drains and goes on at the next start (Ctrl-C again to quit now)");
         shutdown.cancel();
+        next_signal(&mut term).await;
+        std::process::exit(Exit::Interrupted as i32);
     });
 }
 

@@ -285,7 +285,8 @@ async fn ingest(store: &mut Store, args: &RunArgs, parser: &Parser, fresh: bool)
     Ok(())
 }
 
-async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
+/// The next Ctrl-C or SIGTERM (`run`'s and `serve`'s handlers).
+pub(super) async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
     match term {
         Some(t) => {
             tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = t.recv() => {} }

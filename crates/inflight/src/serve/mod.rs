@@ -23,6 +23,7 @@ pub use objects::{Batch, BatchError, BatchStatus, FileObject, RequestCounts};
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions, TryLockError};
+use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -190,13 +191,23 @@ impl Shared {
         batch
     }
 
-    /// Counters of every batch run by this process, the running one included.
+    /// Counters of every batch run by this process, the running one included. Locks `running` before
+    /// `retired`, as [`Shared::retire`] does, so a batch is never counted twice or not at all.
     fn stats(&self) -> StatsSnapshot {
+        let running = lock(&self.running);
         let mut total = *lock(&self.retired);
-        if let Some(view) = lock(&self.running).as_ref().and_then(|r| r.view.as_ref()) {
+        if let Some(view) = running.as_ref().and_then(|r| r.view.as_ref()) {
             total += view.stats.snapshot();
         }
         total
+    }
+
+    /// The running batch is over: its counters join the retired ones in the same step.
+    fn retire(&self) {
+        let mut running = lock(&self.running);
+        if let Some(view) = running.take().and_then(|r| r.view) {
+            *lock(&self.retired) += view.stats.snapshot();
+        }
     }
 }
 
@@ -262,7 +273,7 @@ async fn unknown_route(method: axum::http::Method, uri: axum::http::Uri) -> erro
 }
 
 /// Serves on `listener` until `shutdown`: the API, the dashboard, the metrics, and the queue, which runs
-/// batches through `runner`. On shutdown the running batch drains and stays `in_progress`, to go on at the
+/// batches through `runner` on the calling task. On shutdown the running batch drains and stays `in_progress`, to go on at the
 /// next start.
 pub async fn serve(
     config: ServeConfig,
@@ -272,7 +283,13 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let shared = Arc::new(open(config, shutdown.clone())?);
     let app = router(shared.clone());
+    // The HTTP server is a task of its own: a batch's run blocks its thread now and then (ingest, validation),
+    // and requests must not wait for that.
     let http = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let (served, ()) = tokio::join!(http, queue::work(&shared, runner));
-    served.map_err(ServeError::Http)
+    let http = tokio::spawn(http.into_future());
+    queue::work(&shared, runner).await;
+    match http.await {
+        Ok(served) => served.map_err(ServeError::Http),
+        Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
+    }
 }

@@ -46,10 +46,7 @@ pub async fn work(shared: &Arc<Shared>, runner: &dyn BatchRunner) {
             tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = shared.shutdown.cancelled() => {} }
         }
         sampling.cancel();
-        let ended = lock(&shared.running).take();
-        if let Some(view) = ended.and_then(|r| r.view) {
-            *lock(&shared.retired) += view.stats.snapshot();
-        }
+        shared.retire();
     }
 }
 
