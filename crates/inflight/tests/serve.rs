@@ -39,6 +39,12 @@ fn a_batch_runs_to_completed_with_every_custom_id_once_and_metrics_that_match() 
     assert!(lines.iter().all(|l| l["response"]["status_code"] == 200 && l["error"].is_null()));
     let file = api.get(&format!("/v1/files/{}", done["output_file_id"].as_str().unwrap())).json();
     assert_eq!(file["purpose"], "batch_output");
+    let input = done["input_file_id"].as_str().unwrap();
+    let deleted = api.delete(&format!("/v1/files/{input}")).json();
+    assert_eq!(deleted, json!({"id": input, "object": "file", "deleted": true}));
+    assert_eq!(api.get(&format!("/v1/files/{input}")).status, 404);
+    let listed = api.get("/v1/files").json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "only the output is left: {listed}");
 
     let samples = parse_prometheus(&api.get("/metrics").text());
     assert_eq!(metric(&samples, "inflight_jobs_total", &[("status", "done")]), 120.0);
@@ -250,6 +256,91 @@ fn auth_another_keys_batch_and_files_are_404_and_untouched() {
     let done = a.poll(id, 60, |x| x["status"] == "completed");
     assert!(done["cancelling_at"].is_null(), "b's cancel changed nothing: {done}");
     assert_eq!(a.get(&format!("/v1/files/{file}")).status, 200, "b's delete changed nothing");
+}
+
+#[test]
+fn keys_appear_nowhere_serve_writes_at_any_verbosity() {
+    let sim = Sim::start(SimConfig::zero_latency());
+    let s = Scratch::new();
+    let keys = s.path("keys");
+    std::fs::write(&keys, "sk-secret-71c2\n").unwrap();
+    let data = s.path("data");
+    let mut serve = Serve::start(&data, &["--server", sim.url(), "--api-keys", keys.to_str().unwrap(), "-vv"]);
+    let api = Client::new(&serve, Some("sk-secret-71c2"));
+    let batch = api.batch_of(&batch_lines(5, Some(2)));
+    api.poll(batch["id"].as_str().unwrap(), 30, |b| b["status"] == "completed");
+    assert_eq!(Client::new(&serve, Some("sk-wrong-9f3e")).get("/v1/batches").status, 401);
+    let board = api.get("/dashboard.json").text();
+    serve.terminate();
+    let mut texts = vec![serve.stderr(), board];
+    let mut dirs = vec![data];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                texts.push(String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned());
+            }
+        }
+    }
+    assert!(texts.len() > 5, "the data directory was read");
+    for key in ["sk-secret-71c2", "sk-wrong-9f3e"] {
+        assert!(texts.iter().all(|t| !t.contains(key)), "{key} leaked");
+    }
+}
+
+#[test]
+fn an_upload_over_the_limit_is_413_and_leaves_nothing() {
+    let s = Scratch::new();
+    let data = s.path("data");
+    let serve = Serve::start(&data, &["--server", "http://127.0.0.1:9", "--max-upload", "1K"]);
+    let api = Client::new(&serve, None);
+    let big = api.upload("big.jsonl", "batch", &[b'x'; 4096]);
+    assert_eq!(big.status, 413, "{}", big.text());
+    assert_eq!(big.json()["error"]["param"], "file");
+    assert!(dir_listing(&data.join("files")).is_empty(), "no partial upload kept");
+    assert_eq!(api.upload("small.jsonl", "batch", &[b'x'; 1000]).status, 200);
+    assert_eq!(dir_listing(&data.join("files")).len(), 1);
+}
+
+#[test]
+fn a_duplicate_custom_id_goes_to_the_error_file_and_counts_as_failed() {
+    let sim = Sim::start(SimConfig::zero_latency());
+    let s = Scratch::new();
+    let serve = Serve::start(&s.path("data"), &["--server", sim.url()]);
+    let api = Client::new(&serve, None);
+    let mut lines = batch_lines(3, Some(2));
+    lines.push(lines[0].clone());
+    let batch = api.batch_of(&lines);
+    let done = api.poll(batch["id"].as_str().unwrap(), 30, |b| b["status"].as_str().unwrap().ends_with("ed"));
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["request_counts"], json!({"total": 4, "completed": 3, "failed": 1}));
+    let errors = api.lines(&done["error_file_id"]);
+    assert_eq!(errors.len(), 1);
+    assert_eq!((errors[0]["custom_id"].as_str(), errors[0]["line"].as_u64()), (Some("r0"), Some(4)));
+    assert_eq!(errors[0]["error"]["code"], "duplicate_id");
+    assert_eq!(custom_ids(&api.lines(&done["output_file_id"])).len(), 3);
+}
+
+#[test]
+fn sigterm_drains_the_running_batch_which_goes_on_at_the_next_start() {
+    let sim = Sim::start(lanes4());
+    let s = Scratch::new();
+    let data = s.path("data");
+    let mut serve = Serve::start(&data, &["--server", sim.url(), "-c", "4"]);
+    let api = Client::new(&serve, None);
+    let id = api.batch_of(&batch_lines(300, None))["id"].as_str().unwrap().to_owned();
+    api.poll(&id, 60, |b| b["request_counts"]["completed"].as_u64().unwrap() >= 20);
+    assert_eq!(serve.terminate(), Some(130));
+    let serve = Serve::start(&data, &["--server", sim.url(), "-c", "4"]);
+    let api = Client::new(&serve, None);
+    let again = api.get(&format!("/v1/batches/{id}")).json();
+    assert!(["in_progress", "completed"].contains(&again["status"].as_str().unwrap()), "{again}");
+    let done = api.poll(&id, 120, |b| b["status"] == "completed");
+    assert_eq!(done["request_counts"], json!({"total": 300, "completed": 300, "failed": 0}));
+    let ids = custom_ids(&api.lines(&done["output_file_id"]));
+    assert!(ids.len() == 300 && ids.values().all(|&n| n == 1));
 }
 
 #[test]

@@ -15,6 +15,7 @@ use crate::util::*;
 pub struct Serve {
     pub child: Child,
     pub base: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Serve {
@@ -38,9 +39,28 @@ impl Serve {
                 break rest.split_whitespace().next().unwrap().trim_end_matches("/v1").to_owned();
             }
         };
-        // Keep draining stderr so serve never blocks on a full pipe.
-        std::thread::spawn(move || for _ in stderr.lines() {});
-        Serve { child, base }
+        // Keep draining stderr so serve never blocks on a full pipe, and keep it for the tests that read it.
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(line.clone()));
+        let sink = kept.clone();
+        std::thread::spawn(move || {
+            for l in stderr.lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&l);
+                s.push('\n');
+            }
+        });
+        Serve { child, base, stderr: kept }
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for it to exit; its exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        send_signal(self.child.id(), "TERM");
+        self.child.wait().unwrap().code()
     }
 
     /// Kills it with SIGKILL and waits for it.
