@@ -51,6 +51,9 @@ fn a_batch_runs_to_completed_with_every_custom_id_once_and_metrics_that_match() 
     assert_eq!(metric(&samples, "inflight_jobs_total", &[("status", "failed")]), 0.0);
     let tokens: u64 = lines.iter().map(|l| l["response"]["body"]["usage"]["completion_tokens"].as_u64().unwrap()).sum();
     assert_eq!(metric(&samples, "inflight_output_tokens_total", &[]), tokens as f64);
+    assert_eq!(done["usage"]["output_tokens"], tokens);
+    let input = done["usage"]["input_tokens"].as_u64().unwrap();
+    assert!(input > 0 && done["usage"]["total_tokens"] == input + tokens, "{}", done["usage"]);
     assert_eq!(metric(&samples, "inflight_request_duration_seconds_count", &[]), 120.0);
     assert_eq!(metric(&samples, "inflight_in_flight", &[("server", sim.url())]), 0.0);
     assert!(metric(&samples, "inflight_concurrency_limit", &[("server", sim.url())]) >= 1.0);
@@ -291,10 +294,14 @@ fn keys_appear_nowhere_serve_writes_at_any_verbosity() {
 }
 
 #[test]
-fn an_upload_over_the_limit_is_413_and_leaves_nothing() {
+fn an_upload_over_the_limit_is_413_and_no_partial_upload_is_kept() {
     let s = Scratch::new();
     let data = s.path("data");
+    // What a serve killed in the middle of an upload left is removed at the next start.
+    std::fs::create_dir_all(data.join("files")).unwrap();
+    std::fs::write(data.join("files/.upload-file-0123"), "partial").unwrap();
     let serve = Serve::start(&data, &["--server", "http://127.0.0.1:9", "--max-upload", "1K"]);
+    assert!(dir_listing(&data.join("files")).is_empty(), "a partial upload is removed at start");
     let api = Client::new(&serve, None);
     let big = api.upload("big.jsonl", "batch", &[b'x'; 4096]);
     assert_eq!(big.status, 413, "{}", big.text());
@@ -350,6 +357,17 @@ fn without_keys_only_loopback_is_served() {
     assert_exit(&out, 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--api-keys"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!s.path("data").exists(), "nothing made");
+}
+
+#[test]
+fn a_second_serve_on_the_same_data_directory_is_refused() {
+    let s = Scratch::new();
+    let data = s.path("data");
+    let _first = Serve::start(&data, &["--server", "http://127.0.0.1:9"]);
+    let out = run(&["serve", "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()]);
+    assert_exit(&out, 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another inflight serve is using the data directory"), "{err}");
 }
 
 #[test]

@@ -87,10 +87,11 @@ mod tests {
     #[test]
     fn parsed_arguments_print_no_api_key() {
         let key = "sk-parsed-3c1e";
-        let commands: [&[&str]; 3] = [
+        let commands: [&[&str]; 4] = [
             &["inflight", "run", "j.jsonl", "-o", "o.jsonl", "--api-key", key],
             &["inflight", "bench", "--api-key", key],
             &["inflight", "doctor", "--api-key", key],
+            &["inflight", "serve", "--data", "d", "--api-key", key],
         ];
         for argv in commands {
             let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));

@@ -17,7 +17,7 @@ use super::run_args::{RunArgs, SendArgs};
 use super::session::next_signal;
 use super::state::default_state_path;
 use crate::output::Format;
-use crate::serve::{serve, BatchRun, BatchRunner, Keys, RunEnd, ServeConfig};
+use crate::serve::{BatchRun, BatchRunner, Keys, RunEnd, ServeConfig, Server};
 use crate::store::Store;
 
 /// Arguments of `inflight serve`.
@@ -74,15 +74,16 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<Exit> {
         parser: build_parser(&template)?,
         max_line_bytes: template.job.max_line_bytes,
     };
+    let shutdown = CancellationToken::new();
+    let server = Server::open(config, shutdown.clone()).map_err(|e| setup_error(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| setup_error(format!("cannot listen on {}: {e}", args.listen)))?;
     let bound = listener.local_addr().map_err(|e| setup_error(format!("cannot listen on {}: {e}", args.listen)))?;
     eprintln!("serving the OpenAI Files and Batches APIs at http://{bound}/v1 (dashboard http://{bound}/)");
-    let shutdown = CancellationToken::new();
-    spawn_shutdown(shutdown.clone());
+    spawn_shutdown(shutdown);
     let runner = Runner { template };
-    serve(config, listener, &runner, shutdown.clone()).await.map_err(|e| setup_error(e.to_string()))?;
+    server.serve(listener, &runner).await.map_err(|e| setup_error(e.to_string()))?;
     Ok(Exit::Interrupted)
 }
 

@@ -96,6 +96,7 @@ impl Locked {
         let files = OutputFiles::open(&out, &store, format, rebuild)?;
         let reader = store.reopen()?;
         let writer = Writer::spawn(store, Box::new(files))?;
+        let signals = stop.is_none();
         let stop = stop.unwrap_or_else(|| {
             let stop = CancellationToken::new();
             spawn_signal_handler(stop.clone(), args.send.drain_timeout);
@@ -103,7 +104,8 @@ impl Locked {
         });
         let stats = Arc::new(LiveStats::default());
         leftovers.keep();
-        Ok(Session { reader, writer, stop, stats, before, out, state, json: args.json, _lock: lock })
+        let how = Ending { json: args.json, signals };
+        Ok(Session { reader, writer, stop, stats, before, out, state, how, _lock: lock })
     }
 }
 
@@ -121,8 +123,15 @@ pub(super) struct Session {
     pub before: Counts,
     out: PathBuf,
     state: PathBuf,
-    json: bool,
+    how: Ending,
     _lock: RunLock,
+}
+
+/// How the session ends: the summary as JSON (`--json`), and whether this process's signals stop it.
+#[derive(Debug, Clone, Copy)]
+struct Ending {
+    json: bool,
+    signals: bool,
 }
 
 /// How a mode's dispatch went, for the summary.
@@ -155,9 +164,9 @@ impl Session {
 
     /// Commits what is left; the error that stopped the writer, if it failed.
     pub fn finish_writer(self) -> anyhow::Result<Finished> {
-        let Session { reader, writer, stop, stats, before, out, state, json, _lock } = self;
+        let Session { reader, writer, stop, stats, before, out, state, how, _lock } = self;
         writer.finish().context("recording results")?;
-        Ok(Finished { reader, stop, stats, before, out, state, json, _lock })
+        Ok(Finished { reader, stop, stats, before, out, state, how, _lock })
     }
 }
 
@@ -171,7 +180,7 @@ pub(super) struct Finished {
     before: Counts,
     out: PathBuf,
     state: PathBuf,
-    json: bool,
+    how: Ending,
     _lock: RunLock,
 }
 
@@ -213,13 +222,14 @@ impl Finished {
             files,
             exit,
         };
-        if self.json {
+        if self.how.json {
             eprintln!("{}", report.render());
             println!("{}", serde_json::to_string(&report)?);
         } else {
             println!("{}", report.render());
         }
-        if matches!(outcome, Ok(Exit::Interrupted)) {
+        // A run stopped from outside (serve's cancel or shutdown) is not the user's to run again.
+        if matches!(outcome, Ok(Exit::Interrupted)) && self.how.signals {
             eprintln!("interrupted: run the same command again to resume ({} jobs pending)", report.summary.pending);
         }
         outcome.map_err(Into::into)

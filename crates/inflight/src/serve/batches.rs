@@ -85,6 +85,7 @@ pub async fn create(
         cancelled_at: None,
         request_counts: RequestCounts::default(),
         metadata: req.metadata,
+        usage: None,
     };
     shared.meta.insert_batch(&owner, &batch)?;
     shared.wake.notify_one();

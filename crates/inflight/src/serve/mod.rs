@@ -19,7 +19,7 @@ mod validate;
 
 pub use auth::Keys;
 pub use metrics::spawn_run_metrics;
-pub use objects::{Batch, BatchError, BatchStatus, FileObject, RequestCounts};
+pub use objects::{Batch, BatchError, BatchStatus, BatchUsage, FileObject, RequestCounts};
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -169,24 +169,26 @@ impl Shared {
         ids::is_valid(ids::BATCH, id).then(|| self.data.join("batches").join(id))
     }
 
-    /// The running batch's counts now, if `id` is running and has started sending.
-    fn live_counts(&self, id: &str) -> Option<RequestCounts> {
+    /// The running batch's counts and usage now, if `id` is running and has started sending.
+    fn live_counts(&self, id: &str) -> Option<(RequestCounts, BatchUsage)> {
         let running = lock(&self.running);
         let r = running.as_ref().filter(|r| r.id == id)?;
         let view = r.view.as_ref()?;
         let s = view.stats.snapshot();
         let b = view.before;
-        Some(RequestCounts {
+        let counts = RequestCounts {
             total: b.total() + b.bad_lines,
             completed: b.done + s.done,
             failed: b.failed + b.bad_lines + s.failed,
-        })
+        };
+        Some((counts, BatchUsage::new(b.prompt_tokens + s.prompt_tokens, b.completion_tokens + s.completion_tokens)))
     }
 
     /// `batch` with its live counts when it is running.
     fn with_live_counts(&self, mut batch: Batch) -> Batch {
-        if let Some(counts) = self.live_counts(&batch.id) {
+        if let Some((counts, usage)) = self.live_counts(&batch.id) {
             batch.request_counts = counts;
+            batch.usage = Some(usage);
         }
         batch
     }
@@ -228,6 +230,7 @@ fn open(config: ServeConfig, shutdown: CancellationToken) -> Result<Shared, Serv
         Err(TryLockError::WouldBlock) => return Err(ServeError::Locked(data.display().to_string())),
         Err(TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
     }
+    remove_partial_uploads(&data.join("files")).map_err(io(&data.join("files")))?;
     let db = data.join("serve.db");
     let meta = Meta::open(&db).map_err(|source| ServeError::Meta { path: db.display().to_string(), source })?;
     Ok(Shared {
@@ -244,6 +247,17 @@ fn open(config: ServeConfig, shutdown: CancellationToken) -> Result<Shared, Serv
         shutdown,
         _lock: file,
     })
+}
+
+/// Uploads a killed `serve` was receiving (`.upload-ID`, never recorded) are removed at the next start.
+fn remove_partial_uploads(files: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(files)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(".upload-") {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -272,24 +286,32 @@ async fn unknown_route(method: axum::http::Method, uri: axum::http::Uri) -> erro
     }
 }
 
-/// Serves on `listener` until `shutdown`: the API, the dashboard, the metrics, and the queue, which runs
-/// batches through `runner` on the calling task. On shutdown the running batch drains and stays `in_progress`, to go on at the
-/// next start.
-pub async fn serve(
-    config: ServeConfig,
-    listener: tokio::net::TcpListener,
-    runner: &dyn BatchRunner,
-    shutdown: CancellationToken,
-) -> Result<(), ServeError> {
-    let shared = Arc::new(open(config, shutdown.clone())?);
-    let app = router(shared.clone());
-    // The HTTP server is a task of its own: a batch's run blocks its thread now and then (ingest, validation),
-    // and requests must not wait for that.
-    let http = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let http = tokio::spawn(http.into_future());
-    queue::work(&shared, runner).await;
-    match http.await {
-        Ok(served) => served.map_err(ServeError::Http),
-        Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
+/// A data directory opened for serving: its lock held, partial uploads removed, the metadata open.
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Opens `config.data` (made if missing), or says why not (another `serve` holds it, a file cannot be
+    /// made); `shutdown` stops [`Server::serve`].
+    pub fn open(config: ServeConfig, shutdown: CancellationToken) -> Result<Server, ServeError> {
+        Ok(Server { shared: Arc::new(open(config, shutdown)?) })
+    }
+
+    /// Serves on `listener` until `shutdown`: the API, the dashboard, the metrics, and the queue, which runs
+    /// batches through `runner` on the calling task. On shutdown the running batch drains and stays
+    /// `in_progress`, to go on at the next start.
+    pub async fn serve(self, listener: tokio::net::TcpListener, runner: &dyn BatchRunner) -> Result<(), ServeError> {
+        let shared = self.shared;
+        let app = router(shared.clone());
+        // The HTTP server is a task of its own: a batch's run blocks its thread now and then (ingest,
+        // validation), and requests must not wait for that.
+        let http = axum::serve(listener, app).with_graceful_shutdown(shared.shutdown.clone().cancelled_owned());
+        let http = tokio::spawn(http.into_future());
+        queue::work(&shared, runner).await;
+        match http.await {
+            Ok(served) => served.map_err(ServeError::Http),
+            Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
+        }
     }
 }

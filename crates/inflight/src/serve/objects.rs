@@ -54,6 +54,48 @@ pub struct RequestCounts {
     pub failed: u64,
 }
 
+/// Token counts of a batch's answers, as the servers reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchUsage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Always 0 cached: inflight does not count the servers' prompt cache hits here.
+    pub input_tokens_details: InputTokensDetails,
+    /// Completion tokens.
+    pub output_tokens: u64,
+    /// Always 0 reasoning tokens: not counted apart.
+    pub output_tokens_details: OutputTokensDetails,
+    /// Both.
+    pub total_tokens: u64,
+}
+
+impl BatchUsage {
+    /// Usage of `input` prompt and `output` completion tokens.
+    pub fn new(input: u64, output: u64) -> BatchUsage {
+        BatchUsage {
+            input_tokens: input,
+            input_tokens_details: InputTokensDetails::default(),
+            output_tokens: output,
+            output_tokens_details: OutputTokensDetails::default(),
+            total_tokens: input + output,
+        }
+    }
+}
+
+/// `usage.input_tokens_details`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputTokensDetails {
+    /// Prompt tokens served from a cache.
+    pub cached_tokens: u64,
+}
+
+/// `usage.output_tokens_details`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputTokensDetails {
+    /// Reasoning tokens.
+    pub reasoning_tokens: u64,
+}
+
 /// One reason a batch failed (an input line, or the run).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchError {
@@ -127,6 +169,9 @@ pub struct Batch {
     pub request_counts: RequestCounts,
     /// The creator's key-value pairs.
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Tokens of its answers so far (live while it runs).
+    #[serde(default)]
+    pub usage: Option<BatchUsage>,
 }
 
 /// A stored file, as `GET /v1/files/{id}` returns it.

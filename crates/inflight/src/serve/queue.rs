@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::objects::{now_s, Batch, BatchError, BatchErrors, BatchStatus, FileObject, RequestCounts};
+use super::objects::{now_s, Batch, BatchError, BatchErrors, BatchStatus, BatchUsage, FileObject, RequestCounts};
 use super::validate::validate;
 use super::{ids, lock, BatchRun, BatchRunner, Point, RunEnd, Running, Shared};
 use crate::output::errors_path;
@@ -222,6 +222,7 @@ fn finalize(shared: &Shared, id: &str, output: &std::path::Path, counts: crate::
             completed: counts.done,
             failed: counts.failed + counts.bad_lines,
         };
+        b.usage = Some(BatchUsage::new(counts.prompt_tokens, counts.completion_tokens));
         b.output_file_id = out.map(|f| f.id);
         b.error_file_id = err.map(|f| f.id);
         if b.cancelling_at.is_some() {
