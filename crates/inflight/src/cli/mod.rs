@@ -10,6 +10,7 @@ mod jobs;
 mod parse;
 mod run;
 mod run_args;
+mod serve;
 mod session;
 mod state;
 mod status;
@@ -22,7 +23,8 @@ pub use common::{setup_error, CommandError, Exit, ServerArgs};
 pub use doctor::DoctorArgs;
 pub use export::ExportArgs;
 pub use jobs::JobArgs;
-pub use run_args::RunArgs;
+pub use run_args::{RunArgs, SendArgs};
+pub use serve::ServeArgs;
 pub use status::StatusArgs;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +55,9 @@ pub enum Command {
     Bench(Box<BenchArgs>),
     /// Find the bottleneck across client concurrency, server lanes and threads, with the line to paste.
     Doctor(Box<DoctorArgs>),
+    /// Serve OpenAI's Files and Batches APIs on local models: upload a JSONL file, create a batch, poll it,
+    /// download the results; batches run one at a time, first in first out, with a dashboard and /metrics.
+    Serve(Box<ServeArgs>),
     /// The response cache shared by runs: `stats` (with an integrity check), `prune --older-than 30d`.
     Cache(CacheCommandArgs),
 }
@@ -68,6 +73,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Exit> {
         Command::Export(args) => export::execute(args),
         Command::Bench(args) => bench::execute(*args).await,
         Command::Doctor(args) => doctor::execute(*args).await,
+        Command::Serve(args) => serve::execute(*args).await,
         Command::Cache(args) => cache::execute(args),
     }
 }
@@ -81,10 +87,11 @@ mod tests {
     #[test]
     fn parsed_arguments_print_no_api_key() {
         let key = "sk-parsed-3c1e";
-        let commands: [&[&str]; 3] = [
+        let commands: [&[&str]; 4] = [
             &["inflight", "run", "j.jsonl", "-o", "o.jsonl", "--api-key", key],
             &["inflight", "bench", "--api-key", key],
             &["inflight", "doctor", "--api-key", key],
+            &["inflight", "serve", "--data", "d", "--api-key", key],
         ];
         for argv in commands {
             let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));

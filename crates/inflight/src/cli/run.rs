@@ -1,9 +1,12 @@
 //! `inflight run`, one step per line: check the servers, open the run's session (state, ingest, outputs),
 //! dispatch under each server's limiter (fixed, or moved by its controller), summarize. Running the same command
-//! again resumes.
+//! again resumes. `serve` runs each batch through [`run_with`], the same path, with its own stop token and a view
+//! of the live counters.
 
 use std::sync::Arc;
 use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
 
 use super::common::{setup_error, CommandError, Exit};
 use super::engine;
@@ -13,9 +16,10 @@ use super::targets::{check_models, RunTarget, TargetView};
 use crate::backend::{connect, ConnectOptions, Connection};
 use crate::dispatch::{dispatch, DispatchConfig, Ending, Verdict, Wiring};
 use crate::job::{Entry, Parser, RequestDefaults};
-use crate::report::{spawn_progress, Display, ProgressSource, Summary};
+use crate::report::{spawn_progress, Display, ProgressSource, RunView, Summary};
 
-fn build_parser(args: &RunArgs) -> anyhow::Result<Parser> {
+/// The parser a one-step run reads its input with (`serve` checks input files with the same one).
+pub(super) fn build_parser(args: &RunArgs) -> anyhow::Result<Parser> {
     args.job.parser(RequestDefaults {
         model: args.model.clone(),
         max_tokens: args.max_tokens,
@@ -27,13 +31,28 @@ fn build_parser(args: &RunArgs) -> anyhow::Result<Parser> {
     })
 }
 
+/// What a caller adds to a one-step run besides its flags (`serve`'s batches).
+#[derive(Default)]
+pub(super) struct Hooks {
+    /// Stops the run (it drains as after Ctrl-C); without it, Ctrl-C and SIGTERM do.
+    pub stop: Option<CancellationToken>,
+    /// Handed the run's live view once, when it starts sending.
+    pub watch: Option<Box<dyn FnOnce(RunView) + Send>>,
+}
+
 /// Runs the command (one step per line; `--workflow` runs go to `cli::workflow`).
 pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
+    run_with(args, Hooks::default()).await
+}
+
+/// Runs (or resumes) a one-step run: the command's path, and each of `serve`'s batches.
+pub(super) async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<Exit> {
     let parser = build_parser(&args)?;
     if args.dry_run {
         return dry_run(&args, &parser);
     }
-    let locked = Locked::new(&args)?;
+    let metrics = bind_metrics(&args).await?;
+    let locked = Locked::new(&args)?.stopped_by(hooks.stop);
     let opts = args.connect_options();
     let (conns, engine) = connect_all(&args, &opts).await?;
     for conn in &conns {
@@ -61,12 +80,23 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
         display: Display::detect(args.quiet),
         tune: targets[0].tune_status(),
     });
+    let view = RunView {
+        stats: session.stats.clone(),
+        servers: targets.iter().map(RunTarget::gauge).collect(),
+        before: session.before,
+    };
+    if let Some(listener) = metrics {
+        crate::serve::spawn_run_metrics(listener, view.clone());
+    }
+    if let Some(watch) = hooks.watch {
+        watch(view);
+    }
     let started = Instant::now();
     let config = DispatchConfig {
-        max_attempts: args.max_attempts,
-        drain_timeout: args.drain_timeout,
+        max_attempts: args.send.max_attempts,
+        drain_timeout: args.send.drain_timeout,
         limit: args.limit,
-        prefix_order: args.prefix_order == PrefixOrder::Auto,
+        prefix_order: args.send.prefix_order == PrefixOrder::Auto,
     };
     let wiring = Wiring {
         targets: targets.iter().map(RunTarget::target).collect(),
@@ -94,13 +124,25 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Exit> {
     finished.conclude(ran, |summary| outcome(ending, summary))
 }
 
+/// The `--metrics-listen` socket, bound before anything else so a taken address costs nothing.
+async fn bind_metrics(args: &RunArgs) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = args.metrics_listen else { return Ok(None) };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| setup_error(format!("cannot listen on {addr} (--metrics-listen): {e}")))?;
+    if let Ok(bound) = listener.local_addr() {
+        eprintln!("metrics: http://{bound}/metrics");
+    }
+    Ok(Some(listener))
+}
+
 /// The run's servers: each `--server` (several allowed), or the one found on the usual ports, or the engine.
 async fn connect_all(
     args: &RunArgs,
     opts: &ConnectOptions,
 ) -> anyhow::Result<(Vec<Connection>, Option<engine::EngineHandle>)> {
     if args.conn.server.len() <= 1 {
-        let (conn, engine) = engine::open(&args.conn, &args.engine, opts, args.max_concurrency).await?;
+        let (conn, engine) = engine::open(&args.conn, &args.engine, opts, args.send.max_concurrency).await?;
         return Ok((vec![conn], engine));
     }
     let mut conns: Vec<Connection> = Vec::new();

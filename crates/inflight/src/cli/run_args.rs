@@ -60,6 +60,47 @@ pub struct RunArgs {
     /// Send `prompt` lines as raw completions (`/v1/completions`, no chat template) instead of chat.
     #[arg(long)]
     pub completions: bool,
+    /// `--concurrency`, `--max-concurrency`, `--max-attempts`, `--request-timeout`, `--drain-timeout`: how the
+    /// jobs are sent (`serve` takes the same).
+    #[command(flatten)]
+    pub send: SendArgs,
+    /// Output line shape.
+    #[arg(long, value_enum, default_value = "batch")]
+    pub format: Format,
+    /// The state database. Default: OUT.inflight.db beside the output.
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    /// Throw away the existing state and start over.
+    #[arg(long)]
+    pub restart: bool,
+    /// Send failed jobs again (their error lines are removed).
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Send at most N jobs in this session (e.g. 100, 10k): the first N in file order.
+    #[arg(long, value_parser = parse::count)]
+    pub limit: Option<u64>,
+    /// Parse and render every line and show what would be sent; send nothing, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Status line period when stderr is not a terminal.
+    #[arg(long, default_value = "10s", value_parser = parse::duration)]
+    pub status_every: Duration,
+    /// No progress display.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Serve the run's counters in Prometheus text format at http://ADDR/metrics while it goes (jobs, output
+    /// tokens, requests in flight and the concurrency limit per server, a latency histogram).
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["workflow", "dry_run"])]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// At the end, print the summary as one JSON object on stdout (schema: docs/schema/run-summary.schema.json);
+    /// the text summary goes to stderr instead.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub json: bool,
+}
+
+/// How jobs are sent: the flags `run` and `serve` share (operational: none is part of a run's identity).
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
     /// Requests in flight: `auto` finds and holds the fastest sustainable level while the run goes (and says
     /// what limits it); a number fixes it.
     #[arg(short, long, default_value = "auto", value_parser = parse::concurrency)]
@@ -76,39 +117,11 @@ pub struct RunArgs {
     /// After Ctrl-C, how long requests in flight may finish.
     #[arg(long, default_value = "30s", value_parser = parse::duration)]
     pub drain_timeout: Duration,
-    /// Output line shape.
-    #[arg(long, value_enum, default_value = "batch")]
-    pub format: Format,
-    /// The state database. Default: OUT.inflight.db beside the output.
-    #[arg(long, value_name = "PATH")]
-    pub state: Option<PathBuf>,
-    /// Throw away the existing state and start over.
-    #[arg(long)]
-    pub restart: bool,
-    /// Send failed jobs again (their error lines are removed).
-    #[arg(long)]
-    pub retry_failed: bool,
-    /// Send at most N jobs in this session (e.g. 100, 10k): the first N in file order.
-    #[arg(long, value_parser = parse::count)]
-    pub limit: Option<u64>,
     /// The order jobs are sent in: `auto` sends jobs whose prompts share a prefix one after another (within
     /// windows of 1,024 pending jobs), so the server's prefix cache still holds the shared part; `off` sends in
     /// file order. Output files are in commit order either way.
     #[arg(long, value_enum, default_value = "auto", env = "INFLIGHT_PREFIX_ORDER")]
     pub prefix_order: PrefixOrder,
-    /// Parse and render every line and show what would be sent; send nothing, write nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Status line period when stderr is not a terminal.
-    #[arg(long, default_value = "10s", value_parser = parse::duration)]
-    pub status_every: Duration,
-    /// No progress display.
-    #[arg(short, long)]
-    pub quiet: bool,
-    /// At the end, print the summary as one JSON object on stdout (schema: docs/schema/run-summary.schema.json);
-    /// the text summary goes to stderr instead.
-    #[arg(long, conflicts_with = "dry_run")]
-    pub json: bool,
 }
 
 impl RunArgs {
@@ -117,7 +130,7 @@ impl RunArgs {
     pub fn connect_options(&self) -> ConnectOptions {
         ConnectOptions {
             api_key: self.conn.api_key.clone(),
-            request_timeout: self.request_timeout,
+            request_timeout: self.send.request_timeout,
             runner_options: OllamaBackend::runner_options_of(&self.params),
         }
     }

@@ -38,6 +38,7 @@ pub(super) struct Locked {
     // Before `lock`: the files are removed while the lock is still held.
     leftovers: Leftovers,
     lock: RunLock,
+    stop: Option<CancellationToken>,
 }
 
 impl Locked {
@@ -51,7 +52,12 @@ impl Locked {
         check_dir_of("the state", &state)?;
         let leftovers = Leftovers::absent(&state, &[out.clone(), errors_path(&out)]);
         let lock = lock(&state)?;
-        Ok(Locked { out, state, leftovers, lock })
+        Ok(Locked { out, state, leftovers, lock, stop: None })
+    }
+
+    /// Stopped by `stop` (it drains as after Ctrl-C) instead of by this process's signals; `None` changes nothing.
+    pub fn stopped_by(self, stop: Option<CancellationToken>) -> Locked {
+        Locked { stop, ..self }
     }
 
     /// Opens the state (anew with `--restart`), checks the run's identity, ingests the input with `parser`,
@@ -63,7 +69,7 @@ impl Locked {
         parser: &Parser,
         format: Format,
     ) -> anyhow::Result<Session> {
-        let Locked { out, state, mut leftovers, lock } = self;
+        let Locked { out, state, mut leftovers, lock, stop } = self;
         if args.restart {
             remove_state(&state)
                 .with_context(|| format!("cannot remove the old state {} (--restart)", state.display()))?;
@@ -90,11 +96,16 @@ impl Locked {
         let files = OutputFiles::open(&out, &store, format, rebuild)?;
         let reader = store.reopen()?;
         let writer = Writer::spawn(store, Box::new(files))?;
-        let stop = CancellationToken::new();
-        spawn_signal_handler(stop.clone(), args.drain_timeout);
+        let signals = stop.is_none();
+        let stop = stop.unwrap_or_else(|| {
+            let stop = CancellationToken::new();
+            spawn_signal_handler(stop.clone(), args.send.drain_timeout);
+            stop
+        });
         let stats = Arc::new(LiveStats::default());
         leftovers.keep();
-        Ok(Session { reader, writer, stop, stats, before, out, state, json: args.json, _lock: lock })
+        let how = Ending { json: args.json, signals };
+        Ok(Session { reader, writer, stop, stats, before, out, state, how, _lock: lock })
     }
 }
 
@@ -112,8 +123,15 @@ pub(super) struct Session {
     pub before: Counts,
     out: PathBuf,
     state: PathBuf,
-    json: bool,
+    how: Ending,
     _lock: RunLock,
+}
+
+/// How the session ends: the summary as JSON (`--json`), and whether this process's signals stop it.
+#[derive(Debug, Clone, Copy)]
+struct Ending {
+    json: bool,
+    signals: bool,
 }
 
 /// How a mode's dispatch went, for the summary.
@@ -146,9 +164,9 @@ impl Session {
 
     /// Commits what is left; the error that stopped the writer, if it failed.
     pub fn finish_writer(self) -> anyhow::Result<Finished> {
-        let Session { reader, writer, stop, stats, before, out, state, json, _lock } = self;
+        let Session { reader, writer, stop, stats, before, out, state, how, _lock } = self;
         writer.finish().with_context(|| format!("recording results (state {})", state.display()))?;
-        Ok(Finished { reader, stop, stats, before, out, state, json, _lock })
+        Ok(Finished { reader, stop, stats, before, out, state, how, _lock })
     }
 }
 
@@ -162,7 +180,7 @@ pub(super) struct Finished {
     before: Counts,
     out: PathBuf,
     state: PathBuf,
-    json: bool,
+    how: Ending,
     _lock: RunLock,
 }
 
@@ -205,13 +223,14 @@ impl Finished {
             files,
             exit,
         };
-        if self.json {
+        if self.how.json {
             eprintln!("{}", report.render());
             println!("{}", serde_json::to_string(&report)?);
         } else {
             println!("{}", report.render());
         }
-        if matches!(outcome, Ok(Exit::Interrupted)) {
+        // A run stopped from outside (serve's cancel or shutdown) is not the user's to run again.
+        if matches!(outcome, Ok(Exit::Interrupted)) && self.how.signals {
             eprintln!("interrupted: run the same command again to resume ({} jobs pending)", report.summary.pending);
         }
         outcome.map_err(Into::into)
@@ -277,7 +296,8 @@ async fn ingest(store: &mut Store, args: &RunArgs, parser: &Parser, fresh: bool)
     Ok(())
 }
 
-async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
+/// The next Ctrl-C or SIGTERM (`run`'s and `serve`'s handlers).
+pub(super) async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
     match term {
         Some(t) => {
             tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = t.recv() => {} }

@@ -13,7 +13,7 @@ use super::run_args::RunArgs;
 use crate::backend::{Api, BusySampler, Connection, ServerKind};
 use crate::dispatch::{eligible, Models, Target, TargetCounts};
 use crate::live::Health;
-use crate::report::{ConcurrencyMode, ConcurrencyReport, ServerShare};
+use crate::report::{ConcurrencyMode, ConcurrencyReport, ServerGauge, ServerShare};
 use crate::tune::{
     spawn_controller_with, Clock, Controller, ControllerConfig, Limiter, Sample, SystemClock, TuneHandle, TuneStatus,
 };
@@ -58,6 +58,11 @@ impl RunTarget {
             models: models_of(&self.conn),
             counts: self.counts.clone(),
         }
+    }
+
+    /// What the metrics read while the run goes.
+    pub fn gauge(&self) -> ServerGauge {
+        ServerGauge { server: self.conn.backend.url().to_owned(), limiter: self.limiter.clone() }
     }
 
     /// What the progress display reads while the run goes.
@@ -154,12 +159,12 @@ pub fn check_models(targets: &[RunTarget], models: &[String]) -> anyhow::Result<
 
 /// The limiter and, for `--concurrency auto`, the controller that moves it and the channel that feeds it.
 fn concurrency(args: &RunArgs, conn: &Connection) -> (Limiter, Option<UnboundedSender<Sample>>, Option<TuneHandle>) {
-    match args.concurrency {
+    match args.send.concurrency {
         Concurrency::Fixed(n) => (Limiter::new(n), None, None),
         Concurrency::Auto => {
             let limiter = Limiter::new(1);
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let max = conn.info.kind.ceiling(args.max_concurrency as usize);
+            let max = conn.info.kind.ceiling(args.send.max_concurrency as usize);
             let cfg = ControllerConfig { max, ..Default::default() };
             let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
             let controller = Controller::for_lanes(cfg, clock.now(), conn.info.kind.start_level());

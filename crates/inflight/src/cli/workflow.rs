@@ -50,7 +50,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         flow: flow_stats.clone(),
         stop: session.stop.clone(),
         hard: CancellationToken::new(),
-        max_attempts: args.max_attempts,
+        max_attempts: args.send.max_attempts,
         progress: tokio::sync::watch::channel(0).0,
     });
     let plans = server_plans(&conns, &placement, &session.stop);
@@ -71,12 +71,12 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         display: Display::detect(args.quiet),
         tune: None,
     });
-    let concurrency = match args.concurrency {
+    let concurrency = match args.send.concurrency {
         Concurrency::Fixed(n) => GroupConcurrency::Fixed(n),
-        Concurrency::Auto => GroupConcurrency::Auto(args.max_concurrency as usize),
+        Concurrency::Auto => GroupConcurrency::Auto(args.send.max_concurrency as usize),
     };
     let started = Instant::now();
-    let ran = run_servers(&session.reader, shared.clone(), plans, concurrency, args.drain_timeout).await;
+    let ran = run_servers(&session.reader, shared.clone(), plans, concurrency, args.send.drain_timeout).await;
     let wall = started.elapsed();
     progress.finish().await;
     let verdict = shared.verdict.lock().expect("verdict lock").take();
@@ -86,7 +86,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
 
     let mut step_counts = finished.reader.step_counts()?;
     step_counts.sort_by_key(|c| steps.iter().position(|(n, _)| *n == c.step).unwrap_or(usize::MAX));
-    let report = workflow_report(&flow_stats, &conns, &args.concurrency);
+    let report = workflow_report(&flow_stats, &conns, &args.send.concurrency);
     let interrupted = finished.stop.is_cancelled();
     let ran = Ran {
         wall,
@@ -278,7 +278,7 @@ async fn connect_servers(
 #[cfg(feature = "engine")]
 async fn engine_pool(files: Vec<(String, std::path::PathBuf)>, args: &RunArgs) -> anyhow::Result<Connection> {
     use crate::backend::{default_budget, Backend, EnginePool};
-    let config = args.engine.config(&files[0].1, args.max_concurrency);
+    let config = args.engine.config(&files[0].1, args.send.max_concurrency);
     let budget = args.engine.engine_memory.unwrap_or_else(default_budget);
     let pool = EnginePool::open(files, config, budget).await.map_err(setup_error)?;
     let info = pool.probe().await.map_err(|e| setup_error(e.to_string()))?;

@@ -60,6 +60,7 @@ pub async fn record(
         let sent = match outcome {
             Outcome::Done(c) => {
                 stats.done.fetch_add(1, Ordering::Relaxed);
+                stats.latency.record((c.finished_ms - c.sent_ms).max(0) as u64);
                 stats.prompt_tokens.fetch_add(c.prompt_tokens.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
                 stats.completion_tokens.fetch_add(c.completion_tokens.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
                 send_all(probation.answered(0), Some(WriteMsg::Done(c)))
