@@ -118,9 +118,11 @@ pub struct SendArgs {
     #[arg(long, default_value = "30s", value_parser = parse::duration)]
     pub drain_timeout: Duration,
     /// The order jobs are sent in: `auto` sends jobs whose prompts share a prefix one after another (within
-    /// windows of 1,024 pending jobs), so the server's prefix cache still holds the shared part; `off` sends in
-    /// file order. Output files are in commit order either way.
-    #[arg(long, value_enum, default_value = "auto", env = "INFLIGHT_PREFIX_ORDER")]
+    /// windows of 1,024 pending jobs), which pays on a server whose prompt cache is smaller than the documents'
+    /// working set; `off` (the default for now) sends in file order: on llama-server with its default prompt
+    /// cache, grouping measured slower (see the README's Order section). Output files are in commit order
+    /// either way.
+    #[arg(long, value_enum, default_value = "off", env = "INFLIGHT_PREFIX_ORDER")]
     pub prefix_order: PrefixOrder,
 }
 
