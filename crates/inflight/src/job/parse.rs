@@ -357,6 +357,15 @@ mod tests {
     }
 
     #[test]
+    fn numbers_are_sent_as_written() {
+        // Found by the property tests: serde_json's default float parsing is off by one unit in the last place
+        // for some 17-digit numbers, so the body sent was not the line's.
+        let p = Parser::new(RequestDefaults::default(), None);
+        let job = p.parse(1, br#"{"prompt": "x", "temperature": 1.1624331322112293}"#).unwrap().unwrap();
+        assert!(job.body.contains(r#""temperature":1.1624331322112293"#), "{}", job.body);
+    }
+
+    #[test]
     fn fingerprint_changes_with_settings() {
         let a = parser().fingerprint();
         let b = Parser::new(RequestDefaults { model: Some("n".into()), ..Default::default() }, None).fingerprint();
