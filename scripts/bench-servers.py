@@ -5,14 +5,18 @@ Three simulators of different lanes and speeds. Each alone is swept over fixed c
 level's jobs/s is its rate); then one `--concurrency auto` run over all three takes --jobs jobs. Prints each
 server's best level and rate, the combined rate, its ratio to the sum, and the per-server counts. Then the
 overhead check: the same jobs against one zero-latency simulator at -c 64 and against four at -c 16 each (the
-same requests in flight), with both rates.
+same requests in flight), alternated --overhead-rounds times, with both rates and inflight's own CPU time per
+1,000 jobs (user + system of the inflight process alone: the simulators' share of the two cores differs
+between one process and four, inflight's does not depend on it).
 
-    scripts/bench-servers.py [--jobs 6000] [--level-jobs 400]
+    scripts/bench-servers.py [--jobs 6000] [--level-jobs 400] [--overhead-only]
 """
 
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,16 +47,30 @@ def jobs(path, n, tag):
             f.write(json.dumps({"id": f"{tag}{i}", "prompt": f"Summarize item {i} ({tag}).", "max_tokens": 32}) + "\n")
 
 
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run(work, tag, n, urls, extra):
     src = os.path.join(work, f"{tag}.jsonl")
-    jobs(src, n, tag)
-    cmd = [f"{BIN}/inflight", "run", src, "-o", os.path.join(work, f"{tag}-out.jsonl"), "-q", "--json"] + extra
+    if not os.path.exists(src):
+        jobs(src, n, tag)
+    out_path = os.path.join(work, f"{tag}-out.jsonl")
+    for f in (out_path, out_path.replace(".jsonl", ".errors.jsonl"), out_path.replace(".jsonl", ".inflight.db")):
+        if os.path.exists(f):
+            os.remove(f)
+    cmd = [f"{BIN}/inflight", "run", src, "-o", out_path, "-q", "--json"] + extra
     for u in urls:
         cmd += ["--server", u]
+    cpu = children_cpu()
     out = subprocess.run(cmd, capture_output=True, text=True)
+    cpu = children_cpu() - cpu
     if out.returncode != 0:
         sys.exit(f"inflight failed ({out.returncode}): {out.stderr[-2000:]}")
-    return json.loads(out.stdout)
+    summary = json.loads(out.stdout)
+    summary["cpu_s"] = cpu
+    return summary
 
 
 def main():
@@ -60,6 +78,8 @@ def main():
     ap.add_argument("--jobs", type=int, default=6000)
     ap.add_argument("--level-jobs", type=int, default=300)
     ap.add_argument("--overhead-jobs", type=int, default=20000)
+    ap.add_argument("--overhead-rounds", type=int, default=3)
+    ap.add_argument("--overhead-only", action="store_true", help="skip the three-server part")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "--bin", "inflight", "--bin", "inflight-sim"], cwd=ROOT,
                    check=True, env={**os.environ, "CARGO_TARGET_DIR": TARGET})
@@ -67,14 +87,14 @@ def main():
     procs = []
     try:
         urls = []
-        for _, flags in SERVERS:
+        for _, flags in ([] if a.overhead_only else SERVERS):
             p, u = start(flags)
             procs.append(p)
             urls.append(u)
         print(f"settings: {a.jobs} jobs of 32 tokens, {os.cpu_count()} cores; each server alone at levels {LEVELS}, "
               f"{a.level_jobs} jobs a level")
         best_sum = 0.0
-        for (name, _), url in zip(SERVERS, urls):
+        for (name, _), url in zip(SERVERS if urls else [], urls):
             rates = {}
             for level in LEVELS:
                 s = run(work, f"alone{len(rates)}{name[:2]}", a.level_jobs, [url], ["-c", str(level)])
@@ -83,12 +103,13 @@ def main():
             best_sum += rates[level]
             print(f"  {name:14} alone: best fixed level {level}, {rates[level]:.1f} jobs/s "
                   f"({', '.join(f'{k}: {v:.0f}' for k, v in rates.items())})")
-        s = run(work, "together", a.jobs, urls, [])
-        rate = s["summary"]["jobs_per_s"]
-        print(f"all three, --concurrency auto: {rate:.1f} jobs/s; sum of the three alone {best_sum:.1f} jobs/s; "
-              f"ratio {rate / best_sum:.3f}")
-        for (name, _), share in zip(SERVERS, s["servers"]):
-            print(f"  {name:14} answered {share['done']} jobs at level {share['held']}")
+        if urls:
+            s = run(work, "together", a.jobs, urls, [])
+            rate = s["summary"]["jobs_per_s"]
+            print(f"all three, --concurrency auto: {rate:.1f} jobs/s; sum of the three alone {best_sum:.1f} jobs/s; "
+                  f"ratio {rate / best_sum:.3f}")
+            for (name, _), share in zip(SERVERS, s["servers"]):
+                print(f"  {name:14} answered {share['done']} jobs at level {share['held']}")
         for p in procs:
             p.terminate()
         procs = []
@@ -97,11 +118,24 @@ def main():
             p, u = start(["--zero-latency"])
             procs.append(p)
             zero.append(u)
-        # The same 64 requests in flight in both: one server at -c 64, four at -c 16 each.
-        one = run(work, "zero1", a.overhead_jobs, zero[:1], ["-c", "64"])["summary"]["jobs_per_s"]
-        four = run(work, "zero4", a.overhead_jobs, zero, ["-c", "16"])["summary"]["jobs_per_s"]
-        print(f"overhead, {a.overhead_jobs} jobs, 64 in flight, zero-latency simulators: one server at -c 64 "
-              f"{one:.0f} jobs/s, four at -c 16 each {four:.0f} jobs/s (ratio {four / one:.2f})")
+        # The same 64 requests in flight in both: one server at -c 64, four at -c 16 each; alternated, so drift
+        # of the machine falls on both.
+        ones, fours, one_cpu, four_cpu = [], [], [], []
+        for _ in range(a.overhead_rounds):
+            s1 = run(work, "zero1", a.overhead_jobs, zero[:1], ["-c", "64"])
+            s4 = run(work, "zero4", a.overhead_jobs, zero, ["-c", "16"])
+            ones.append(s1["summary"]["jobs_per_s"])
+            fours.append(s4["summary"]["jobs_per_s"])
+            one_cpu.append(s1["cpu_s"] * 1000 / a.overhead_jobs)
+            four_cpu.append(s4["cpu_s"] * 1000 / a.overhead_jobs)
+            print(f"  round: one server {ones[-1]:.0f} jobs/s ({one_cpu[-1] * 1000:.0f} ms of inflight CPU per 1,000 "
+                  f"jobs), four servers {fours[-1]:.0f} jobs/s ({four_cpu[-1] * 1000:.0f} ms)")
+        one, four = statistics.median(ones), statistics.median(fours)
+        c1, c4 = statistics.median(one_cpu), statistics.median(four_cpu)
+        print(f"overhead, {a.overhead_jobs} jobs x {a.overhead_rounds} rounds, 64 in flight, zero-latency simulators "
+              f"(medians): one server at -c 64 {one:.0f} jobs/s, four at -c 16 each {four:.0f} jobs/s "
+              f"(ratio {four / one:.2f}); inflight's CPU per 1,000 jobs: one {c1 * 1000:.0f} ms, four {c4 * 1000:.0f} ms "
+              f"(ratio {c4 / c1:.2f})")
     finally:
         for p in procs:
             p.terminate()

@@ -242,7 +242,7 @@ fn kill_9_during_an_engine_run_then_resume_gives_every_job_once_and_decodes_no_f
     let mut child =
         bin().args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
-    while read_jsonl(&s.out()).len() < 8 && child.try_wait().unwrap().is_none() {
+    while whole_lines(&s.out()) < 8 && child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "no progress");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -337,4 +337,14 @@ fn a_three_step_workflow_over_two_gguf_files_runs_every_step_once_on_the_engine(
     let loads = loads_in(&log);
     assert!(loads >= 3, "a, b, then a again: {loads} loads\n{log}");
     assert!(log.contains("unloading a model to make room"), "{log}");
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn the_engine_beside_a_server_is_one_more_server_of_the_run() {
+    let _turn = turn();
+    let model = testbed_model();
+    let sim = Sim::start(inflight_sim::SimConfig::profile(inflight_sim::Profile::Lanes4).with_time_scale(2.0));
+    let engine = ["--engine", model.to_str().unwrap()];
+    crate::real_server::one_run_over_two_backends(&[sim.url()], &engine, Some((1, &sim)));
 }

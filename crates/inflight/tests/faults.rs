@@ -216,7 +216,7 @@ fn outage_pauses_the_run_and_resumes_without_spending_attempts() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while read_jsonl(&s.out()).len() < 20 {
+    while whole_lines(&s.out()) < 20 {
         assert!(Instant::now() < deadline, "no results");
         std::thread::sleep(Duration::from_millis(10));
     }

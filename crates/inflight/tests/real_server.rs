@@ -230,3 +230,47 @@ fn bench_streams_and_reads_the_servers_own_figures() {
         assert!(load["running_mean"].as_f64().unwrap() > 0.0, "requests seen running: {l}");
     }
 }
+
+/// Runs 40 chat jobs over `servers` (`--server` each, plus `extra`); checks every job once, that each server
+/// answered some (the summary's count equal to `sim`'s own where a simulator is one of them), and that every
+/// line has one shape whoever answered it.
+pub fn one_run_over_two_backends(servers: &[&str], extra: &[&str], sim: Option<(usize, &Sim)>) {
+    let s = Scratch::new();
+    let lines = (0..40).map(|i| json!({"id": format!("j{i}"), "prompt": format!("Name a colour number {i}.")}));
+    let input = s.write_lines("jobs.jsonl", lines.map(|l| l.to_string()));
+    let mut args = vec!["run", input.to_str().unwrap(), "-o", s.out_arg(), "-q", "--json", "--max-tokens", "8"];
+    args.extend(["-c", "4"]);
+    for url in servers {
+        args.extend(["--server", url]);
+    }
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    assert_exit(&out, 0);
+    let ids = id_counts(&s.out(), &s.errors());
+    assert_eq!(ids.len(), 40);
+    assert!(ids.values().all(|&c| c == 1), "every job once");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let done: Vec<u64> =
+        v["servers"].as_array().expect("servers").iter().map(|s| s["done"].as_u64().unwrap()).collect();
+    println!("answered per server: {done:?}");
+    assert_eq!(done.len(), 2);
+    assert!(done.iter().all(|&d| d > 0), "both answered jobs: {done:?}");
+    if let Some((i, sim)) = sim {
+        assert_eq!(done[i], sim.stats().requests, "the summary counts what the simulator answered");
+    }
+    let records = read_jsonl(&s.out());
+    let shape = chat_line_shape(&records[0]);
+    assert!(shape.iter().all(|(_, kind)| *kind != "absent"), "{shape:?}");
+    for r in &records {
+        assert_matches_schema(r, "batch-output.schema.json");
+        assert_eq!(chat_line_shape(r), shape, "one shape whoever answered: {r}");
+    }
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn llama_server_and_the_simulator_in_one_run_both_answer_in_one_shape() {
+    let server = LlamaServer::start(&["-np", "4", "-t", "2"]);
+    let sim = Sim::start(inflight_sim::SimConfig::profile(inflight_sim::Profile::Lanes4).with_time_scale(2.0));
+    one_run_over_two_backends(&[&server.url, sim.url()], &[], Some((1, &sim)));
+}

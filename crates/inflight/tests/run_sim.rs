@@ -200,7 +200,7 @@ fn sigint_drains_exits_130_and_resumes() {
     let mut child =
         bin().args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while read_jsonl(&s.out()).len() < 5 {
+    while whole_lines(&s.out()) < 5 {
         assert!(Instant::now() < deadline, "no results within 60 s");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -312,7 +312,7 @@ fn an_upload_over_the_limit_is_413_and_no_partial_upload_is_kept() {
 }
 
 #[test]
-fn a_duplicate_custom_id_goes_to_the_error_file_and_counts_as_failed() {
+fn a_duplicate_custom_id_fails_validation_at_its_line_and_nothing_is_sent() {
     let sim = Sim::start(SimConfig::zero_latency());
     let s = Scratch::new();
     let serve = Serve::start(&s.path("data"), &["--server", sim.url()]);
@@ -321,13 +321,12 @@ fn a_duplicate_custom_id_goes_to_the_error_file_and_counts_as_failed() {
     lines.push(lines[0].clone());
     let batch = api.batch_of(&lines);
     let done = api.poll(batch["id"].as_str().unwrap(), 30, |b| b["status"].as_str().unwrap().ends_with("ed"));
-    assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(done["request_counts"], json!({"total": 4, "completed": 3, "failed": 1}));
-    let errors = api.lines(&done["error_file_id"]);
-    assert_eq!(errors.len(), 1);
-    assert_eq!((errors[0]["custom_id"].as_str(), errors[0]["line"].as_u64()), (Some("r0"), Some(4)));
-    assert_eq!(errors[0]["error"]["code"], "duplicate_id");
-    assert_eq!(custom_ids(&api.lines(&done["output_file_id"])).len(), 3);
+    assert_eq!(done["status"], "failed", "{done}");
+    let errors = done["errors"]["data"].as_array().expect("errors.data");
+    assert_eq!(errors.len(), 1, "{done}");
+    assert_eq!((errors[0]["code"].as_str(), errors[0]["line"].as_u64()), (Some("duplicate_custom_id"), Some(4)));
+    assert_eq!(errors[0]["param"], "custom_id");
+    assert_eq!(sim.stats().requests, 0, "nothing sent");
 }
 
 #[test]

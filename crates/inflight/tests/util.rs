@@ -88,6 +88,11 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}"))).collect()
 }
 
+/// The complete lines of a file another process is appending to (a torn last line is not counted).
+pub fn whole_lines(path: &Path) -> usize {
+    std::fs::read(path).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0)
+}
+
 /// Whether an error record is a bad input line: it never became a job, so it has no batch request id.
 pub fn is_bad_line(record: &Value) -> bool {
     record["id"].is_null() && record["line"].is_u64()
@@ -160,4 +165,34 @@ pub fn assert_matches_schema(doc: &Value, schema: &str) {
     let validator = jsonschema::validator_for(&schema_doc).unwrap_or_else(|e| panic!("{schema}: {e}"));
     let errors: Vec<String> = validator.iter_errors(doc).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{doc} violates {schema}: {errors:?}");
+}
+
+/// The shape of an OpenAI Batch output line of a chat job: the JSON type at each place a client reads, so
+/// lines answered by different servers (or the engine) can be compared.
+pub fn chat_line_shape(record: &Value) -> Vec<(&'static str, &'static str)> {
+    const PLACES: [&str; 13] = [
+        "/id",
+        "/custom_id",
+        "/error",
+        "/response/status_code",
+        "/response/request_id",
+        "/response/body/object",
+        "/response/body/model",
+        "/response/body/choices/0/message/role",
+        "/response/body/choices/0/message/content",
+        "/response/body/choices/0/finish_reason",
+        "/response/body/usage/prompt_tokens",
+        "/response/body/usage/completion_tokens",
+        "/response/body/usage/total_tokens",
+    ];
+    let kind = |v: Option<&Value>| match v {
+        None => "absent",
+        Some(Value::Null) => "null",
+        Some(Value::Bool(_)) => "bool",
+        Some(Value::Number(_)) => "number",
+        Some(Value::String(_)) => "string",
+        Some(Value::Array(_)) => "array",
+        Some(Value::Object(_)) => "object",
+    };
+    PLACES.iter().map(|&p| (p, kind(record.pointer(p)))).collect()
 }

@@ -8,6 +8,11 @@ pub struct ServerArgs {
     /// (each server's concurrency is tuned on its own); in a workflow, steps name theirs with `server:`.
     #[arg(long, env = "INFLIGHT_SERVER")]
     pub server: Vec<String>,
+    /// `run`: more servers, one URL per line (blank lines and `#` comments skipped). The file is read again
+    /// when it changes, or on SIGHUP: a server added joins the run within seconds, one removed takes no new
+    /// jobs; a listed server that does not answer is tried again every few seconds.
+    #[arg(long, value_name = "FILE", env = "INFLIGHT_SERVERS_FILE")]
+    pub servers_file: Option<std::path::PathBuf>,
     /// The server's API; detected when not given.
     #[arg(long, value_enum)]
     pub api: Option<crate::backend::Api>,
@@ -19,6 +24,9 @@ pub struct ServerArgs {
 impl ServerArgs {
     /// The server of a command that talks to one; `None` to look on the usual ports.
     pub fn single(&self) -> anyhow::Result<Option<&str>> {
+        if self.servers_file.is_some() {
+            return Err(setup_error("--servers-file is for `run`; give this command one --server"));
+        }
         match self.server.as_slice() {
             [] => Ok(None),
             [one] => Ok(Some(one)),

@@ -15,8 +15,9 @@ use crate::backend::{connect, ConnectOptions, Connection};
 pub struct EngineArgs {
     /// Run on this GGUF model in-process (llama.cpp), with no server: inflight picks the threads by
     /// measuring, decodes as many sequences together as the concurrency says, and sizes the KV cache from
-    /// the jobs. (In a workflow, name GGUF files in the steps' `model:` instead.)
-    #[arg(long, value_name = "MODEL.gguf", conflicts_with_all = ["server", "api"])]
+    /// the jobs. `run` takes it beside --server URLs too: the engine is then one more server of the run.
+    /// (In a workflow, name GGUF files in the steps' `model:` instead.)
+    #[arg(long, value_name = "MODEL.gguf")]
     pub engine: Option<PathBuf>,
     /// Decode threads. Default: each count up to the physical cores is measured and the fastest kept.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -133,6 +134,9 @@ pub async fn open(
             }
             let c = connect(conn.single()?, conn.api, opts).await.map_err(|e| setup_error(e.to_string()))?;
             Ok((c, None))
+        }
+        Some(_) if !conn.server.is_empty() || conn.servers_file.is_some() => {
+            Err(setup_error("--engine and --server together: only `run` sends to both; give this command one"))
         }
         Some(model) => load(model, engine, max_concurrency).await,
     }

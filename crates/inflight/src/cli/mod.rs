@@ -11,6 +11,7 @@ mod parse;
 mod run;
 mod run_args;
 mod serve;
+mod servers_file;
 mod session;
 mod state;
 mod status;

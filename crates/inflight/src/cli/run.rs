@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 use super::common::{setup_error, CommandError, Exit};
 use super::engine;
 use super::run_args::{PrefixOrder, RunArgs};
+use super::servers_file::{self, Listed};
 use super::session::{Identity, Locked, Ran};
-use super::targets::{check_models, RunTarget, TargetView};
+use super::targets::{check_models, Fleet, RunTarget};
 use crate::backend::{connect, ConnectOptions, Connection};
 use crate::dispatch::{dispatch, DispatchConfig, Ending, Verdict, Wiring};
 use crate::job::{Entry, Parser, RequestDefaults};
@@ -54,7 +55,7 @@ pub(super) async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<Exit
     let metrics = bind_metrics(&args).await?;
     let locked = Locked::new(&args)?.stopped_by(hooks.stop);
     let opts = args.connect_options();
-    let (conns, engine) = connect_all(&args, &opts).await?;
+    let (conns, engine, listed) = connect_all(&args, &opts).await?;
     for conn in &conns {
         tracing::info!(server = conn.backend.url(), "{}", conn.info.description);
     }
@@ -64,27 +65,36 @@ pub(super) async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<Exit
         engine::plan(engine, &session.reader)?;
     }
     // One server's model identity keys the cache; answers from several servers are not told apart by it.
-    let identity = if conns.len() == 1 { conns[0].info.identity.clone() } else { None };
+    let identity = if conns.len() == 1 && listed.is_none() { conns[0].info.identity.clone() } else { None };
     let cache = args.cache.open(identity);
     let targets: Vec<RunTarget> = conns.into_iter().map(|c| RunTarget::new(&args, c, &session.stop)).collect();
     check_models(&targets, &session.reader.pending_models()?)?;
+    let fleet = Fleet::new(targets);
+    let (changes, watching) = match listed {
+        Some(listed) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let stop = session.stop.child_token();
+            let watch = listed.watch(args.clone(), fleet.clone(), tx, stop.clone(), session.stop.clone());
+            (Some(rx), Some((watch, stop)))
+        }
+        None => (None, None),
+    };
+    let several = fleet.len() > 1 || changes.is_some();
+    let (limiter, health, tune) = fleet.first();
     let progress = spawn_progress(ProgressSource {
         stats: session.stats.clone(),
-        limiter: (targets.len() == 1).then(|| targets[0].limiter.clone()),
-        detail: progress_detail(&targets),
-        health: targets[0].health().clone(),
+        limiter: (!several).then_some(limiter),
+        detail: several.then(|| progress_detail(fleet.clone())),
+        servers: several.then(|| servers_live(fleet.clone())),
+        health,
         live: session.live_sink(),
         finished_before: session.before.done + session.before.failed,
         total: session.before.total(),
         status_every: args.status_every,
         display: Display::detect(args.quiet),
-        tune: targets[0].tune_status(),
+        tune,
     });
-    let view = RunView {
-        stats: session.stats.clone(),
-        servers: targets.iter().map(RunTarget::gauge).collect(),
-        before: session.before,
-    };
+    let view = RunView { stats: session.stats.clone(), servers: fleet.gauges(), before: session.before };
     if let Some(listener) = metrics {
         crate::serve::spawn_run_metrics(listener, view.clone());
     }
@@ -99,20 +109,22 @@ pub(super) async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<Exit
         prefix_order: args.send.prefix_order == PrefixOrder::Auto,
     };
     let wiring = Wiring {
-        targets: targets.iter().map(RunTarget::target).collect(),
+        targets: fleet.targets(),
         writer: session.writer.sender(),
         stats: session.stats.clone(),
         stop: session.stop.clone(),
         cache: cache.clone(),
+        changes,
     };
     let ending = dispatch(&session.reader, wiring, config).await;
     let wall = started.elapsed();
-    progress.finish().await;
-    let several = targets.len() > 1;
-    let mut reports = Vec::new();
-    for t in targets {
-        reports.push(t.finish().await);
+    if let Some((watch, stop)) = watching {
+        stop.cancel();
+        let _ = watch.await;
     }
+    progress.finish().await;
+    let several = several || fleet.len() > 1;
+    let reports = fleet.finish().await;
     let finished = session.finish_writer()?;
     let ending = ending?;
     let (concurrency, servers): (Vec<_>, Vec<_>) = reports.into_iter().unzip();
@@ -136,33 +148,64 @@ async fn bind_metrics(args: &RunArgs) -> anyhow::Result<Option<tokio::net::TcpLi
     Ok(Some(listener))
 }
 
-/// The run's servers: each `--server` (several allowed), or the one found on the usual ports, or the engine.
+/// The run's servers: each `--server` (several allowed), those of `--servers-file` that answer (the others are
+/// tried again while the run goes), the engine (beside servers too), or else the one server found on the usual
+/// ports. With a servers file, what the watcher needs to follow it.
 async fn connect_all(
     args: &RunArgs,
     opts: &ConnectOptions,
-) -> anyhow::Result<(Vec<Connection>, Option<engine::EngineHandle>)> {
-    if args.conn.server.len() <= 1 {
+) -> anyhow::Result<(Vec<Connection>, Option<engine::EngineHandle>, Option<Listed>)> {
+    let file = args.conn.servers_file.as_deref().map(servers_file::read).transpose()?;
+    let given = &args.conn.server;
+    if file.is_none() && given.len() + usize::from(args.engine.engine.is_some()) <= 1 {
         let (conn, engine) = engine::open(&args.conn, &args.engine, opts, args.send.max_concurrency).await?;
-        return Ok((vec![conn], engine));
+        return Ok((vec![conn], engine, None));
     }
     let mut conns: Vec<Connection> = Vec::new();
-    for url in &args.conn.server {
+    let mut engine_handle = None;
+    if args.engine.engine.is_some() {
+        let alone = super::common::ServerArgs { server: Vec::new(), servers_file: None, ..args.conn.clone() };
+        let (conn, engine) = engine::open(&alone, &args.engine, opts, args.send.max_concurrency).await?;
+        conns.push(conn);
+        engine_handle = engine;
+    }
+    for url in given {
         let conn = connect(Some(url), args.conn.api, opts).await.map_err(|e| setup_error(e.to_string()))?;
         if conns.iter().any(|c| c.backend.url() == conn.backend.url()) {
             return Err(setup_error(format!("--server {url} is given twice")));
         }
         conns.push(conn);
     }
-    Ok((conns, None))
+    let listed = match (file, &args.conn.servers_file) {
+        (Some((text, _)), Some(path)) => {
+            let (listed, more) = Listed::connect(path, text, given, args, opts).await;
+            for conn in more {
+                if !conns.iter().any(|k| k.backend.url() == conn.backend.url()) {
+                    conns.push(conn);
+                }
+            }
+            if conns.is_empty() {
+                return Err(setup_error(format!(
+                    "no server in the servers file {} answers, and no --server or --engine is given",
+                    path.display()
+                )));
+            }
+            Some(listed)
+        }
+        _ => None,
+    };
+    Ok((conns, engine_handle, listed))
 }
 
 /// With several servers, the progress line lists each one's requests in flight, limit and answers.
-fn progress_detail(targets: &[RunTarget]) -> Option<Arc<dyn Fn() -> String + Send + Sync>> {
-    if targets.len() < 2 {
-        return None;
-    }
-    let views: Vec<TargetView> = targets.iter().map(RunTarget::view).collect();
-    Some(Arc::new(move || views.iter().map(|v| v.line()).collect::<Vec<_>>().join(" || ")))
+fn progress_detail(fleet: Fleet) -> Arc<dyn Fn() -> String + Send + Sync> {
+    Arc::new(move || fleet.progress_line())
+}
+
+/// With several servers, each one's state for `status --json`.
+fn servers_live(fleet: Fleet) -> Arc<dyn Fn() -> serde_json::Value + Send + Sync> {
+    let started = Instant::now();
+    Arc::new(move || fleet.live(started.elapsed()))
 }
 
 /// The exit code a dispatch ending means, or the error that stops the command.

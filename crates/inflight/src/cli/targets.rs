@@ -2,7 +2,7 @@
 //! for `--concurrency auto`, its own controller (its lanes, threads and speed are its own); the check that
 //! every job's model is on one of them; their progress line and summary.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -36,11 +36,6 @@ impl RunTarget {
         let (limiter, samples, tune) = concurrency(args, &conn);
         let health = Health::new(conn.backend.clone(), stop.clone());
         RunTarget { conn, limiter, samples, tune, health, counts: Arc::new(TargetCounts::default()) }
-    }
-
-    /// Its health (the progress line shows a pause).
-    pub fn health(&self) -> &Health {
-        &self.health
     }
 
     /// The controller's live status, if auto.
@@ -95,6 +90,100 @@ impl RunTarget {
             server_slots: report.server_slots,
         };
         (report, share)
+    }
+}
+
+/// The servers of a run, shared by the run and the servers-file watcher (servers join while it goes).
+#[derive(Clone)]
+pub struct Fleet(Arc<Mutex<Vec<RunTarget>>>);
+
+impl Fleet {
+    /// A fleet of these servers.
+    pub fn new(targets: Vec<RunTarget>) -> Fleet {
+        Fleet(Arc::new(Mutex::new(targets)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<RunTarget>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A server that joins while the run goes: a new target (its own limiter and controller), or the one it
+    /// had if it was in the run before. What the dispatcher takes of it.
+    pub fn join(&self, conn: Connection, args: &RunArgs, stop: &CancellationToken) -> Target {
+        let mut targets = self.lock();
+        if let Some(known) = targets.iter().find(|t| t.conn.backend.url() == conn.backend.url()) {
+            return known.target();
+        }
+        let target = RunTarget::new(args, conn, stop);
+        let taken = target.target();
+        targets.push(target);
+        taken
+    }
+
+    /// How many servers it has had.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// What the dispatcher takes of each server.
+    pub fn targets(&self) -> Vec<Target> {
+        self.lock().iter().map(RunTarget::target).collect()
+    }
+
+    /// Each server's limiter, for the metrics.
+    pub fn gauges(&self) -> Vec<ServerGauge> {
+        self.lock().iter().map(RunTarget::gauge).collect()
+    }
+
+    /// The first server's limiter, health and controller status (what a one-server progress line shows).
+    pub fn first(&self) -> (Limiter, Health, Option<Arc<Mutex<TuneStatus>>>) {
+        let targets = self.lock();
+        (targets[0].limiter.clone(), targets[0].health.clone(), targets[0].tune_status())
+    }
+
+    /// Each server's requests in flight, limit and answers, for the progress line.
+    pub fn progress_line(&self) -> String {
+        self.lock().iter().map(|t| t.view().line()).collect::<Vec<_>>().join(" || ")
+    }
+
+    /// Each server's state now (`elapsed` into the session), as `status --json` shows it: its URL, requests in
+    /// flight and limit, the level its controller holds (`null` while it searches or for a fixed level), its
+    /// lanes where the server says, answers, failures, jobs handed on, outages, whether it is paused, and its
+    /// rate over the session.
+    pub fn live(&self, elapsed: std::time::Duration) -> serde_json::Value {
+        let secs = elapsed.as_secs_f64().max(1e-3);
+        let servers: Vec<serde_json::Value> = self
+            .lock()
+            .iter()
+            .map(|t| {
+                let (done, failed, returned) = t.counts.get();
+                let held = t.tune.as_ref().and_then(|h| h.status.lock().ok().and_then(|s| s.held));
+                serde_json::json!({
+                    "url": t.conn.backend.url(),
+                    "in_flight": t.limiter.in_flight(),
+                    "limit": t.limiter.limit(),
+                    "held": held,
+                    "lanes": t.conn.info.kind.lanes(),
+                    "done": done,
+                    "failed": failed,
+                    "returned": returned,
+                    "outages": t.health.outages(),
+                    "paused": t.health.is_paused(),
+                    "jobs_per_s": done as f64 / secs,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(servers)
+    }
+
+    /// Stops every controller: each server's concurrency and share of the run, for the summary.
+    pub async fn finish(self) -> Vec<(ConcurrencyReport, ServerShare)> {
+        let targets = std::mem::take(&mut *self.lock());
+        let mut reports = Vec::new();
+        for t in targets {
+            reports.push(t.finish().await);
+        }
+        reports
     }
 }
 

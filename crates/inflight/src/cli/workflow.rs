@@ -65,6 +65,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         detail: Some(Arc::new(detail)),
         health: plans[0].health.clone(),
         live: session.live_sink(),
+        servers: None,
         finished_before: session.reader.step_counts()?.iter().map(|c| c.done).sum(),
         total: session.before.total() * steps.len() as u64,
         status_every: args.status_every,

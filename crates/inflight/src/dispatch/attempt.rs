@@ -212,9 +212,9 @@ impl Attempts {
         }
     }
 
-    /// Gives back an attempt that an outage made free (not waited for: a kill before it commits charges the
+    /// Gives back an attempt that an outage (or a server on trial) made free (not waited for: a kill before it commits charges the
     /// attempt, which keeps the bound on sends).
-    fn refund(&self, key: &AttemptKey, attempts: u32, error: &BackendError) {
+    pub(super) fn refund(&self, key: &AttemptKey, attempts: u32, error: &BackendError) {
         let _ = self.writer.send(WriteMsg::Attempt { key: key.clone(), attempts, error: Some(error.to_string()) });
     }
 }

@@ -14,15 +14,15 @@ mod targets;
 pub use attempt::{Attempts, Lane, Request, Tried, Work};
 pub use probation::{Judged, Probation, PROBATION};
 pub use recorder::{Outcome, Verdict};
-pub use targets::{eligible, Models, Target, TargetCounts, OUTAGES_BEFORE_CRASHED};
+pub use targets::{eligible, Models, Target, TargetChange, TargetCounts, OUTAGES_BEFORE_CRASHED};
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ use crate::code::ErrorCode;
 use crate::live::LiveStats;
 use crate::store::{now_ms, AttemptKey, Completion, PendingJob, Store, StoreError, WriteMsg};
 use crate::tune::{Permit, Sample, SampleOutcome};
-use targets::{acquire_any, Routed};
+use targets::{acquire_any, Refusal, Routed};
 
 const PAGE: usize = 1024;
 
@@ -63,8 +63,12 @@ pub enum Ending {
 
 /// Everything a job task needs.
 struct Ctx {
-    targets: Vec<Routed>,
     outcomes: UnboundedSender<Outcome>,
+    /// What a target's attempt path is built from (targets can join while the run goes).
+    writer: Sender<WriteMsg>,
+    stats: Arc<LiveStats>,
+    /// Other servers can take the work of one that goes away.
+    reroute: bool,
     cache: Option<Arc<ResponseCache>>,
     config: DispatchConfig,
     stop: CancellationToken,
@@ -74,6 +78,8 @@ struct Ctx {
     returned_ready: Notify,
     /// Per job: the outages of its server it was in flight for.
     outages: Mutex<HashMap<i64, u32>>,
+    /// The servers set aside by their trial, each with why.
+    set_aside: Mutex<Vec<String>>,
 }
 
 /// What the dispatcher works with.
@@ -88,38 +94,22 @@ pub struct Wiring {
     pub stop: CancellationToken,
     /// Answers to requests already answered in earlier runs (`None`: `--cache off`).
     pub cache: Option<Arc<ResponseCache>>,
+    /// Servers joining and leaving while the run goes (`--servers-file`); `None`: the targets are fixed.
+    pub changes: Option<UnboundedReceiver<TargetChange>>,
 }
 
 /// Runs until every pending job is recorded, or until `stop`.
 pub async fn dispatch(reader: &Store, wiring: Wiring, config: DispatchConfig) -> Result<Ending, StoreError> {
-    let Wiring { targets, writer, stats, stop, cache } = wiring;
+    let Wiring { targets, writer, stats, stop, cache, changes } = wiring;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let hard = CancellationToken::new();
     let recorder = tokio::spawn(recorder::record(rx, writer.clone(), stats.clone(), [stop.clone(), hard.clone()]));
-    // With other servers to take it, work in flight on a server that goes away is handed back at once.
-    let reroute = targets.len() > 1;
-    let targets = targets
-        .into_iter()
-        .map(|t| Routed {
-            attempts: Attempts {
-                backend: t.backend,
-                health: t.health,
-                writer: writer.clone(),
-                stats: stats.clone(),
-                max_attempts: config.max_attempts,
-                stop: stop.clone(),
-                hard: hard.clone(),
-                reroute,
-            },
-            limiter: t.limiter,
-            samples: t.samples,
-            models: t.models,
-            counts: t.counts,
-        })
-        .collect();
     let ctx = Arc::new(Ctx {
-        targets,
         outcomes: tx,
+        writer,
+        stats,
+        // With other servers to take it, work in flight on a server that goes away is handed back at once.
+        reroute: targets.len() > 1 || changes.is_some(),
         cache,
         config,
         stop: stop.clone(),
@@ -127,9 +117,11 @@ pub async fn dispatch(reader: &Store, wiring: Wiring, config: DispatchConfig) ->
         returned: Mutex::new(VecDeque::new()),
         returned_ready: Notify::new(),
         outages: Mutex::new(HashMap::new()),
+        set_aside: Mutex::new(Vec::new()),
     });
+    let targets = targets.into_iter().map(|t| ctx.route(t)).collect();
     let mut tasks = JoinSet::new();
-    let claimed = claim_loop(reader, &ctx, &mut tasks).await;
+    let claimed = claim_loop(reader, &ctx, &mut tasks, targets, changes).await;
     drain(&mut tasks, &ctx.stop, &ctx.hard, ctx.config.drain_timeout).await;
     let signalled = stop.is_cancelled();
     drop(ctx);
@@ -140,6 +132,89 @@ pub async fn dispatch(reader: &Store, wiring: Wiring, config: DispatchConfig) ->
         None if signalled => Ending::Interrupted,
         None => Ending::Finished,
     })
+}
+
+impl Ctx {
+    /// A target as the job tasks use it: its attempt path over this run's writer, counters and stop tokens.
+    fn route(&self, t: Target) -> Arc<Routed> {
+        Arc::new(Routed {
+            attempts: Attempts {
+                backend: t.backend,
+                health: t.health,
+                writer: self.writer.clone(),
+                stats: self.stats.clone(),
+                max_attempts: self.config.max_attempts,
+                stop: self.stop.clone(),
+                hard: self.hard.clone(),
+                reroute: self.reroute,
+            },
+            limiter: t.limiter,
+            samples: t.samples,
+            models: t.models,
+            counts: t.counts,
+            retired: AtomicBool::new(false),
+            trial: Default::default(),
+        })
+    }
+
+    /// Queues `job` to be sent again, ahead of new ones, by whichever server takes it.
+    fn hand_on(&self, job: PendingJob) {
+        self.returned.lock().expect("returned lock").push_back(job);
+        self.returned_ready.notify_one();
+    }
+
+    /// Takes a server that refuses everything out of the run, saying so.
+    fn set_aside(&self, target: &Routed, why: String) {
+        if !target.retired.swap(true, Ordering::Relaxed) {
+            let url = target.attempts.backend.url();
+            eprintln!("server {url} set aside: {why}; the others go on");
+            self.set_aside.lock().expect("set-aside lock").push(format!("{url}: {why}"));
+        }
+    }
+
+    /// Applies a change to the run's targets: a server joins (or comes back), or leaves.
+    fn apply(&self, targets: &mut Vec<Arc<Routed>>, change: TargetChange) {
+        let url = match &change {
+            TargetChange::Add(t) => t.backend.url().to_owned(),
+            TargetChange::Retire(url) => url.clone(),
+        };
+        let known = targets.iter().find(|t| t.attempts.backend.url() == url);
+        match (change, known) {
+            (TargetChange::Add(_), Some(t)) => t.retired.store(false, Ordering::Relaxed),
+            (TargetChange::Add(t), None) => targets.push(self.route(t)),
+            (TargetChange::Retire(_), Some(t)) => t.retired.store(true, Ordering::Relaxed),
+            (TargetChange::Retire(_), None) => {}
+        }
+    }
+}
+
+/// The targets a job naming `model` may go to: the active ones that have its model. A job none of them has
+/// (every pending job's model was checked against the servers before the run) may go to any active one, which
+/// answers or refuses it as a single server would. Empty only when no target is active.
+fn route_for(targets: &[Arc<Routed>], model: Option<&str>) -> Vec<usize> {
+    let active: Vec<usize> = (0..targets.len()).filter(|&i| targets[i].is_active()).collect();
+    if active.len() <= 1 {
+        return active;
+    }
+    let models: Vec<&Models> = active.iter().map(|&i| &targets[i].models).collect();
+    match eligible(&models, model) {
+        none if none.is_empty() => active,
+        some => some.into_iter().map(|k| active[k]).collect(),
+    }
+}
+
+/// Whether a job's model changes where it may go: the active targets do not all take the same models.
+fn models_differ(targets: &[Arc<Routed>]) -> bool {
+    let mut active = targets.iter().filter(|t| t.is_active());
+    let Some(first) = active.next() else { return false };
+    active.any(|t| t.models != first.models)
+}
+
+/// What the claim loop waited for: a permit (`None`: the run is stopping), or a change of targets (`None`: no
+/// more changes will come).
+enum Woken {
+    Permit(Option<(usize, Permit)>),
+    Change(Option<TargetChange>),
 }
 
 /// The next job to send: one handed back by a server that went away, else the next pending one in store
@@ -179,10 +254,14 @@ async fn next_job(
     }
 }
 
-async fn claim_loop(reader: &Store, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) -> Result<(), StoreError> {
+async fn claim_loop(
+    reader: &Store,
+    ctx: &Arc<Ctx>,
+    tasks: &mut JoinSet<()>,
+    mut targets: Vec<Arc<Routed>>,
+    mut changes: Option<UnboundedReceiver<TargetChange>>,
+) -> Result<(), StoreError> {
     let (mut page, mut cursor, mut sent) = (VecDeque::new(), 0, 0u64);
-    let models: Vec<&Models> = ctx.targets.iter().map(|t| &t.models).collect();
-    let all: Vec<usize> = (0..ctx.targets.len()).collect();
     while let Some((job, again)) = next_job(reader, ctx, &mut page, &mut cursor, tasks).await? {
         if !again {
             if ctx.config.limit.is_some_and(|l| sent >= l) {
@@ -199,13 +278,44 @@ async fn claim_loop(reader: &Store, ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) -> 
             let _ = ctx.outcomes.send(Outcome::Done(Box::new(completion(job, answer, attempts, now_ms()))));
             continue;
         }
-        let eligible =
-            if ctx.targets.len() == 1 { all.clone() } else { eligible(&models, model_of(&job.body).as_deref()) };
-        // Every pending job's model was checked against the servers before the run; a job none of them matches
-        // anyway may go to any server (which answers it or refuses it as for one server).
-        let eligible = if eligible.is_empty() { all.clone() } else { eligible };
-        let Some((t, permit)) = acquire_any(&ctx.targets, &eligible, sent as usize).await else { return Ok(()) };
-        tasks.spawn(run_job(ctx.clone(), t, job, permit));
+        // Reading the body's model costs a JSON parse per job: only where the servers differ in their models.
+        let model = if models_differ(&targets) { model_of(&job.body) } else { None };
+        let (target, permit) = loop {
+            while let Some(change) = changes.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                ctx.apply(&mut targets, change);
+            }
+            let eligible = route_for(&targets, model.as_deref());
+            if eligible.is_empty() {
+                let set_aside = ctx.set_aside.lock().expect("set-aside lock").join("; ");
+                if changes.is_none() || !set_aside.is_empty() {
+                    // No server is usable: stop as a single server's run stops on its refusals.
+                    let _ = ctx.outcomes.send(Outcome::NoServer(format!("no server is usable: {set_aside}")));
+                    return Ok(());
+                }
+            }
+            let woken = match changes.as_mut() {
+                None => Woken::Permit(acquire_any(&targets, &eligible, sent as usize).await),
+                // No server is left in the run: wait for one to join.
+                Some(rx) if eligible.is_empty() => tokio::select! {
+                    change = rx.recv() => Woken::Change(change),
+                    _ = ctx.stop.cancelled() => Woken::Permit(None),
+                },
+                Some(rx) => tokio::select! {
+                    got = acquire_any(&targets, &eligible, sent as usize) => Woken::Permit(got),
+                    change = rx.recv() => Woken::Change(change),
+                },
+            };
+            match woken {
+                // A target retired while the loop waited on it: its permit goes back, and the job looks again.
+                Woken::Permit(Some((t, _))) if !targets[t].is_active() => continue,
+                Woken::Permit(Some((t, permit))) => break (targets[t].clone(), permit),
+                Woken::Permit(None) => return Ok(()),
+                Woken::Change(Some(change)) => ctx.apply(&mut targets, change),
+                Woken::Change(None) if targets.iter().any(|t| t.is_active()) => changes = None,
+                Woken::Change(None) => return Ok(()),
+            }
+        };
+        tasks.spawn(run_job(ctx.clone(), target, job, permit));
         while tasks.try_join_next().is_some() {}
     }
     Ok(())
@@ -241,15 +351,33 @@ async fn join_all(tasks: &mut JoinSet<()>) {
 
 /// Sends one job to target `t` until it succeeds, fails for good, or the run stops (then it stays pending);
 /// a job whose server goes away is handed back for another.
-async fn run_job(ctx: Arc<Ctx>, t: usize, mut job: PendingJob, permit: Permit) {
-    let target = &ctx.targets[t];
+async fn run_job(ctx: Arc<Ctx>, target: Arc<Routed>, mut job: PendingJob, permit: Permit) {
     let key = AttemptKey::Job(job.seq);
     let lane = Lane { limiter: &target.limiter, samples: target.samples.as_ref() };
     let req = Request { key: &key, endpoint: job.endpoint, body: &job.body, attempts: job.attempts };
     let tried = target.attempts.send(&lane, req, permit).await;
+    // In a run of several servers, a server's refusals before it ever answered may be its own fault: the job
+    // goes to another with its attempt handed back, and the server is set aside if it refuses everything.
+    if let Tried::Failed { error, attempts, .. } = &tried {
+        let judged = match ctx.reroute && !error.is_retryable() {
+            true => target.trial.refused(&error.to_string()),
+            false => Refusal::Record,
+        };
+        if judged != Refusal::Record {
+            job.attempts = attempts - 1;
+            target.attempts.refund(&key, job.attempts, error);
+            target.counts.returned.fetch_add(1, Ordering::Relaxed);
+            if let Refusal::SetAside(why) = judged {
+                ctx.set_aside(&target, why);
+            }
+            ctx.hand_on(job);
+            return;
+        }
+    }
     let work = Work { seq: job.seq, id: &job.id, line: job.line, step: None };
     let outcome = match tried {
         Tried::Answered { answer, attempts, sent_ms, .. } => {
+            target.trial.answered();
             if let Some(cache) = &ctx.cache {
                 cache.store(job.endpoint, &job.body, &answer);
             }
@@ -267,8 +395,7 @@ async fn run_job(ctx: Arc<Ctx>, t: usize, mut job: PendingJob, permit: Permit) {
             };
             if outages < OUTAGES_BEFORE_CRASHED {
                 job.attempts = attempts;
-                ctx.returned.lock().expect("returned lock").push_back(job);
-                ctx.returned_ready.notify_one();
+                ctx.hand_on(job);
                 return;
             }
             let message = format!(

@@ -28,6 +28,8 @@ pub enum Outcome {
         /// Refused outright (a non-retryable error).
         permanent: bool,
     },
+    /// No server of the run can take jobs (each was set aside): stop with this message.
+    NoServer(String),
 }
 
 /// Why the recorder stopped the run.
@@ -64,6 +66,11 @@ pub async fn record(
                 stats.prompt_tokens.fetch_add(c.prompt_tokens.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
                 stats.completion_tokens.fetch_add(c.completion_tokens.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
                 send_all(probation.answered(0), Some(WriteMsg::Done(c)))
+            }
+            Outcome::NoServer(why) => {
+                verdict = Some(Verdict::SameFailure(why));
+                stop_now();
+                true
             }
             Outcome::Failed { failure, permanent } => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);

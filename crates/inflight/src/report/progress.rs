@@ -42,6 +42,8 @@ pub struct ProgressSource {
     pub limiter: Option<Limiter>,
     /// What is in flight, for runs with several limiters (workflows: the loaded model, the step mix, switches).
     pub detail: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Each server's state, for `status --json` (runs of several servers).
+    pub servers: Option<Arc<dyn Fn() -> serde_json::Value + Send + Sync>>,
     /// Health (for the paused state).
     pub health: Health,
     /// Where the `live` blob goes (the session stores it for `inflight status`).
@@ -138,7 +140,8 @@ async fn run(src: ProgressSource, stop: CancellationToken) {
         if now.duration_since(last_live) >= Duration::from_secs(1) || stopping {
             let blob = json!({"pid": std::process::id(), "updated_ms": now_ms(), "line": line,
                               "jobs_per_s": rate, "in_flight": src.limiter.as_ref().map(Limiter::in_flight),
-                              "limit": src.limiter.as_ref().map(Limiter::limit), "paused": src.health.is_paused()});
+                              "limit": src.limiter.as_ref().map(Limiter::limit), "paused": src.health.is_paused(),
+                              "servers": src.servers.as_ref().map(|s| s())});
             (src.live)(blob.to_string());
             last_live = now;
         }

@@ -1,8 +1,10 @@
 //! A batch's input file checked before anything is sent, as OpenAI checks one while the batch is `validating`:
 //! every line is read by the run's own reader and parser ([`JobReader`]), so a line refused here is exactly a
-//! line the run would have refused, and each line must go to the batch's endpoint. Any bad line fails the
-//! batch, with the first [`MAX_ERRORS`] of them in its `errors`.
+//! line the run would have refused, and each line must go to the batch's endpoint. Each `custom_id` must be
+//! unique, as OpenAI requires (the ids are held while the file is read: memory grows with the file, which
+//! `--max-upload` bounds). Any bad line fails the batch, with the first [`MAX_ERRORS`] of them in its `errors`.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use super::objects::BatchError;
@@ -16,7 +18,7 @@ pub fn validate(input: &Path, endpoint: &str, parser: &Parser, max_line_bytes: u
     let one = |code: &str, message: String| vec![BatchError { code: code.into(), message, param: None, line: None }];
     let mut reader =
         JobReader::open(input, max_line_bytes, parser).map_err(|e| one("input_file_missing", e.to_string()))?;
-    let (mut jobs, mut errors) = (0u64, Vec::new());
+    let (mut jobs, mut errors, mut ids) = (0u64, Vec::new(), HashSet::new());
     loop {
         let entry = match reader.next_entry() {
             Ok(Some(entry)) => entry,
@@ -24,10 +26,19 @@ pub fn validate(input: &Path, endpoint: &str, parser: &Parser, max_line_bytes: u
             Err(e) => return Err(one("input_file_unreadable", format!("cannot read the input file: {e}"))),
         };
         let error = match entry {
-            Entry::Job(job) if job.endpoint.path() == endpoint => {
+            Entry::Job(job) if job.endpoint.path() == endpoint && ids.insert(job.id.clone()) => {
                 jobs += 1;
                 continue;
             }
+            Entry::Job(job) if job.endpoint.path() == endpoint => BatchError {
+                code: "duplicate_custom_id".into(),
+                message: format!(
+                    "the custom_id {:?} is a duplicate of another request's: each request of a batch needs its own",
+                    job.id
+                ),
+                param: Some("custom_id".into()),
+                line: Some(job.line),
+            },
             Entry::Job(job) => BatchError {
                 code: "mismatched_endpoint".into(),
                 message: format!("this line goes to {}, the batch's endpoint is {endpoint}", job.endpoint.path()),
@@ -66,10 +77,24 @@ mod tests {
         let chat = r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"messages":[{"role":"user","content":"hi"}]}}"#;
         let emb = r#"{"custom_id":"b","method":"POST","url":"/v1/embeddings","body":{"input":"x"}}"#;
         let nope = r#"{"custom_id":"c","method":"POST","url":"/v1/images","body":{}}"#;
-        assert_eq!(check(&format!("{chat}\n{chat}\n"), "/v1/chat/completions"), Ok(2));
+        let chat2 = chat.replace(r#""custom_id":"a""#, r#""custom_id":"a2""#);
+        assert_eq!(check(&format!("{chat}\n{chat2}\n"), "/v1/chat/completions"), Ok(2));
         let errors = check(&format!("{chat}\nnot json\n{emb}\n{nope}\n"), "/v1/chat/completions").unwrap_err();
         let got: Vec<(&str, Option<u64>)> = errors.iter().map(|e| (e.code.as_str(), e.line)).collect();
         assert_eq!(got, [("invalid_json", Some(2)), ("mismatched_endpoint", Some(3)), ("bad_url", Some(4))]);
         assert_eq!(check("", "/v1/embeddings").unwrap_err()[0].code, "empty_file");
+    }
+
+    #[test]
+    fn a_custom_id_used_twice_fails_the_batch_at_the_later_line() {
+        let line = |id: &str| {
+            format!(r#"{{"custom_id":"{id}","method":"POST","url":"/v1/embeddings","body":{{"input":"x"}}}}"#)
+        };
+        let lines = [line("a"), line("b"), line("a"), line("c")].join("\n");
+        let errors = check(&lines, "/v1/embeddings").unwrap_err();
+        let got: Vec<(&str, Option<u64>, Option<&str>)> =
+            errors.iter().map(|e| (e.code.as_str(), e.line, e.param.as_deref())).collect();
+        assert_eq!(got, [("duplicate_custom_id", Some(3), Some("custom_id"))]);
+        assert!(errors[0].message.contains("\"a\""), "{}", errors[0].message);
     }
 }
