@@ -326,3 +326,21 @@ fn run_json_reports_each_step_and_each_models_concurrency() {
     assert_eq!((&v["exit"]["code"], &v["exit"]["meaning"]), (&json!(0), &json!("success")));
     assert_eq!(switches_in(&out.stderr), server["switches"].as_u64().unwrap(), "the text on stderr says the same");
 }
+
+#[test]
+fn a_step_naming_no_server_runs_on_the_server_that_lists_its_model() {
+    let lists = |m: &str| SimConfig::profile(Profile::Lanes4).with_time_scale(50.0).with_models(vec![m.into()]);
+    let (one, two) = (Sim::start(lists("A")), Sim::start(lists("B")));
+    let s = Scratch::new();
+    let input = s.write_lines("jobs.jsonl", text_lines(100));
+    let flow = s.path("flow.yaml");
+    let text =
+        "steps:\n  a:\n    model: A\n    template: 'Claims in {{ text }}'\n    max_tokens: 8\n  b:\n    model: B\n    \
+                template: 'Critique {{ steps.a.output }}'\n    max_tokens: 8\n";
+    std::fs::write(&flow, text).unwrap();
+    let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg(), "-q"];
+    let out = run(&[&args[..], &["--server", one.url(), "--server", two.url()]].concat());
+    assert_exit(&out, 0);
+    assert_eq!(read_jsonl(&s.out()).len(), 100);
+    assert_eq!((one.stats().requests, two.stats().requests), (100, 100), "each step where its model is");
+}

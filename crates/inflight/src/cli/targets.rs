@@ -215,7 +215,7 @@ impl TargetView {
 
 /// The models `conn` takes jobs for: the ones it lists, or any name for a server that serves one model
 /// whatever the request names (a llama-server that is not a router, the engine).
-fn models_of(conn: &Connection) -> Models {
+pub(super) fn models_of(conn: &Connection) -> Models {
     let single = conn.info.models.len() <= 1;
     let any = match conn.info.kind {
         ServerKind::Engine { .. } => true,

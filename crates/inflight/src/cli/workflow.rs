@@ -13,8 +13,9 @@ use super::common::{setup_error, CommandError, Exit};
 use super::parse::Concurrency;
 use super::run_args::RunArgs;
 use super::session::{Identity, Locked, Ran};
+use super::targets::models_of;
 use crate::backend::{connect, normalize, Api, ConnectOptions, Connection, OllamaBackend};
-use crate::dispatch::Probation;
+use crate::dispatch::{eligible, Models, Probation};
 use crate::job::Parser;
 use crate::live::Health;
 use crate::output::Format;
@@ -203,7 +204,7 @@ fn is_gguf(model: &str) -> bool {
 /// Connects to every server: the `--server` flags in order, then servers that only steps name, then the
 /// embedded engine for the steps whose model is a GGUF file (relative paths are read from the workflow file's
 /// directory). Returns the connections and, per step, the index of its connection (server steps naming none
-/// run on the first server).
+/// run on the first server that lists their model).
 async fn connect_servers(
     workflow: &Workflow,
     args: &RunArgs,
@@ -255,7 +256,10 @@ async fn connect_servers(
             placement.push(engine_at);
             continue;
         }
-        let i = s.server.as_deref().and_then(|u| urls.iter().position(|x| *x == normalize(u))).unwrap_or(0);
+        let i = match s.server.as_deref() {
+            Some(u) => urls.iter().position(|x| *x == normalize(u)).unwrap_or(0),
+            None => server_for(&s.model, &conns[..engine_at]),
+        };
         let conn = &conns[i];
         if conn.backend.api() == Api::Ollama {
             let known = |m: &String| m == &s.model || m.strip_suffix(":latest") == Some(s.model.as_str());
@@ -273,6 +277,14 @@ async fn connect_servers(
         placement.push(i);
     }
     Ok((conns, placement))
+}
+
+/// The server a step that names none runs on: the first that lists its model (the rule a one-step run routes
+/// jobs by), else the first server.
+fn server_for(model: &str, conns: &[Connection]) -> usize {
+    let models: Vec<Models> = conns.iter().map(models_of).collect();
+    let refs: Vec<&Models> = models.iter().collect();
+    eligible(&refs, Some(model)).first().copied().unwrap_or(0)
 }
 
 /// The embedded engine for the workflow's GGUF models (each as the steps name it, and its file).
