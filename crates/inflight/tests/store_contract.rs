@@ -291,6 +291,26 @@ fn an_expired_lease_is_taken_over_and_the_late_answer_is_stale(mut store: Box<dy
     assert_eq!(store.counts().unwrap(), counts(0, 1, 1, 0));
 }
 
+/// Attempts recorded under a claim are what the next claim of the job sees, after an expiry or a release; a
+/// lost claim's record writes nothing.
+fn attempts_outlive_the_claim(mut store: Box<dyn WorkStore>) {
+    store.ingest(&jobs(0..1)).unwrap();
+    let a = worker(&mut *store, "a");
+    let b = worker(&mut *store, "b");
+    let first = store.claim(a, 1, HELD).unwrap().pop().unwrap();
+    assert_eq!(first.attempts, 0);
+    assert_eq!(store.record_attempts(&[(first.lease, 1)]).unwrap(), vec![Fence::Recorded]);
+    assert_eq!(store.record_attempts(&[(first.lease, 2)]).unwrap(), vec![Fence::Recorded]);
+    store.renew(&[first.lease], Duration::ZERO).unwrap();
+    let second = claim_one_when_expired(&mut *store, b);
+    assert_eq!(second.attempts, 2, "the attempts spent under the expired claim were lost");
+    assert_eq!(store.record_attempts(&[(first.lease, 5)]).unwrap(), vec![Fence::Stale]);
+    assert_eq!(store.record_attempts(&[(second.lease, 3)]).unwrap(), vec![Fence::Recorded]);
+    assert_eq!(store.release(b).unwrap(), 1);
+    let third = store.claim(a, 1, HELD).unwrap().pop().unwrap();
+    assert_eq!(third.attempts, 3, "a stale record changed the attempts, or the release lost them");
+}
+
 /// Releasing a worker's claims makes them ready at once; its tokens are stale from then on.
 fn release_makes_claims_ready_at_once(mut store: Box<dyn WorkStore>) {
     store.ingest(&jobs(0..10)).unwrap();
@@ -422,6 +442,7 @@ contract!(
     concurrent_claimers_never_share_a_job,
     every_job_once_across_four_workers,
     an_expired_lease_is_taken_over_and_the_late_answer_is_stale,
+    attempts_outlive_the_claim,
     release_makes_claims_ready_at_once,
     results_come_in_one_gap_free_commit_order,
     counts_are_right,

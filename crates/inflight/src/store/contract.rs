@@ -69,7 +69,7 @@ pub struct Claimed {
     pub endpoint: Endpoint,
     /// The serialized OpenAI-shaped request body.
     pub body: String,
-    /// Attempts already spent on the job (recorded by earlier completions or failures of it).
+    /// Attempts already spent on the job (by earlier claims, as [`WorkStore::record_attempts`] recorded them).
     pub attempts: u32,
 }
 
@@ -162,6 +162,11 @@ pub trait WorkStore: Send {
     /// is lost (taken by another worker, released, or finished) and its work should stop. A lease that expired
     /// but that no other worker has taken yet is renewed.
     fn renew(&mut self, leases: &[Lease], lease: Duration) -> Result<Vec<Lease>, StoreError>;
+
+    /// Records the attempts spent on claimed jobs (`(lease, attempts)`), fenced by their tokens: before each
+    /// request is sent, so that a job whose worker dies mid-request still has that attempt spent when another
+    /// worker takes it ([`Claimed::attempts`]). A stale one writes nothing.
+    fn record_attempts(&mut self, attempts: &[(Lease, u32)]) -> Result<Vec<Fence>, StoreError>;
 
     /// Records successes, each fenced by its claim's token (`Completion::seq` names the job), in one transaction.
     /// A recorded job is done and its result gets the next position in the commit order; a stale one writes

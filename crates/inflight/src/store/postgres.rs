@@ -37,6 +37,7 @@ struct Statements {
     ingest_present: Statement,
     claim: Statement,
     renew: Statement,
+    record_attempts: Statement,
     complete: Statement,
     next_ords: Statement,
     insert_results: Statement,
@@ -57,6 +58,7 @@ impl Statements {
             ingest_present: p(include_str!("sql/postgres/ingest_present.sql"))?,
             claim: p(include_str!("sql/postgres/claim.sql"))?,
             renew: p(include_str!("sql/postgres/renew.sql"))?,
+            record_attempts: p(include_str!("sql/postgres/record_attempts.sql"))?,
             complete: p(include_str!("sql/postgres/complete.sql"))?,
             next_ords: p(include_str!("sql/postgres/next_ords.sql"))?,
             insert_results: p(include_str!("sql/postgres/insert_results.sql"))?,
@@ -183,6 +185,15 @@ impl WorkStore for PgWork {
         let rows = self.client.query(&self.sql.renew, &[&self.run, &seqs, &tokens, &millis(lease)])?;
         let renewed: std::collections::HashSet<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         Ok(leases.iter().copied().filter(|l| renewed.contains(&(l.seq, l.token.0))).collect())
+    }
+
+    fn record_attempts(&mut self, attempts: &[(Lease, u32)]) -> Result<Vec<Fence>, StoreError> {
+        let seqs: Vec<i64> = attempts.iter().map(|(l, _)| l.seq).collect();
+        let tokens: Vec<i64> = attempts.iter().map(|(l, _)| l.token.0).collect();
+        let counts: Vec<i32> = attempts.iter().map(|(_, n)| *n as i32).collect();
+        let rows = self.client.query(&self.sql.record_attempts, &[&self.run, &seqs, &tokens, &counts])?;
+        let written: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(fences(seqs.iter().copied(), &written))
     }
 
     fn complete(&mut self, done: &[(LeaseToken, Completion)]) -> Result<Vec<Fence>, StoreError> {

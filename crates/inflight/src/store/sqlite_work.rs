@@ -272,6 +272,23 @@ impl WorkStore for SqliteWork {
         Ok(renewed)
     }
 
+    fn record_attempts(&mut self, attempts: &[(Lease, u32)]) -> Result<Vec<Fence>, StoreError> {
+        let mut sh = self.lock();
+        let sh = &mut *sh;
+        let mut fences = Vec::with_capacity(attempts.len());
+        let tx = sh.store.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut record = tx.prepare_cached(include_str!("sql/record_attempt.sql"))?;
+            for (lease, n) in attempts {
+                let held = sh.leases.get(&lease.seq).is_some_and(|h| h.token == lease.token.0);
+                let changed = held && record.execute(params![lease.seq, n, None::<String>])? > 0;
+                fences.push(if changed { Fence::Recorded } else { Fence::Stale });
+            }
+        }
+        tx.commit()?;
+        Ok(fences)
+    }
+
     fn complete(&mut self, done: &[(LeaseToken, Completion)]) -> Result<Vec<Fence>, StoreError> {
         self.lock().complete(done)
     }
