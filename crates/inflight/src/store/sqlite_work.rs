@@ -96,12 +96,12 @@ fn lease_ms(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
-impl Shared {
-    /// Whether `token` still holds job `seq`.
-    fn holds(&self, seq: i64, token: LeaseToken) -> bool {
-        self.leases.get(&seq).is_some_and(|h| h.token == token.0)
-    }
+/// Whether `token` still holds job `seq`: the fence every write about a claimed job passes.
+fn holds(leases: &HashMap<i64, Held>, seq: i64, token: LeaseToken) -> bool {
+    leases.get(&seq).is_some_and(|h| h.token == token.0)
+}
 
+impl Shared {
     fn claim(&mut self, worker: WorkerId, limit: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
         let now = now_ms();
         let expires_ms = now.saturating_add(lease_ms(lease));
@@ -152,7 +152,7 @@ impl Shared {
         {
             let mut record = tx.prepare_cached(include_str!("sql/record_done.sql"))?;
             for (token, c) in done {
-                let held = self.leases.get(&c.seq).is_some_and(|h| h.token == token.0);
+                let held = holds(&self.leases, c.seq, *token);
                 let changed = held
                     && record.execute(params![
                         c.seq,
@@ -188,7 +188,7 @@ impl Shared {
         {
             let mut record = tx.prepare_cached(include_str!("sql/record_failed.sql"))?;
             for (token, f) in failed {
-                let held = self.leases.get(&f.seq).is_some_and(|h| h.token == token.0);
+                let held = holds(&self.leases, f.seq, *token);
                 let changed = held
                     && record.execute(params![
                         f.seq,
@@ -262,11 +262,9 @@ impl WorkStore for SqliteWork {
         let expires_ms = now_ms().saturating_add(lease_ms(lease));
         let mut renewed = Vec::with_capacity(leases.len());
         for l in leases {
-            if sh.holds(l.seq, l.token) {
-                if let Some(h) = sh.leases.get_mut(&l.seq) {
-                    h.expires_ms = expires_ms;
-                    renewed.push(*l);
-                }
+            if let Some(h) = sh.leases.get_mut(&l.seq).filter(|h| h.token == l.token.0) {
+                h.expires_ms = expires_ms;
+                renewed.push(*l);
             }
         }
         Ok(renewed)
@@ -280,7 +278,7 @@ impl WorkStore for SqliteWork {
         {
             let mut record = tx.prepare_cached(include_str!("sql/record_attempt.sql"))?;
             for (lease, n) in attempts {
-                let held = sh.leases.get(&lease.seq).is_some_and(|h| h.token == lease.token.0);
+                let held = holds(&sh.leases, lease.seq, lease.token);
                 let changed = held && record.execute(params![lease.seq, n, None::<String>])? > 0;
                 fences.push(if changed { Fence::Recorded } else { Fence::Stale });
             }
