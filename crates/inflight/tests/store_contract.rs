@@ -417,6 +417,17 @@ fn workers_are_listed_with_their_beats(mut store: Box<dyn WorkStore>) {
     assert_eq!(err.kind(), "unknown_worker");
 }
 
+/// The run's metadata is kept, replaced by a later value, and seen by every handle.
+fn meta_is_kept(mut store: Box<dyn WorkStore>) {
+    assert_eq!(store.meta("input_sha256").unwrap(), None);
+    store.set_meta("input_sha256", "abc").unwrap();
+    store.set_meta("input_sha256", "def").unwrap();
+    store.set_meta("ingest_lines", "20000").unwrap();
+    let mut other = store.try_clone().unwrap();
+    assert_eq!(other.meta("input_sha256").unwrap().as_deref(), Some("def"));
+    assert_eq!(other.meta("ingest_lines").unwrap().as_deref(), Some("20000"));
+}
+
 /// Every property, as one test for SQLite and one for PostgreSQL.
 macro_rules! contract {
     ($($property:ident),* $(,)?) => {
@@ -447,7 +458,31 @@ contract!(
     results_come_in_one_gap_free_commit_order,
     counts_are_right,
     workers_are_listed_with_their_beats,
+    meta_is_kept,
 );
+
+/// Two runs in one PostgreSQL database are apart: the same lines and ids in both, each run's claims, results,
+/// counts, metadata and workers its own.
+#[test]
+fn postgres_runs_in_one_database_are_apart() {
+    let mut one = PgWork::open(&pg_url("apart_one", "")).unwrap();
+    let mut two = PgWork::open(&pg_url("apart_two", "")).unwrap();
+    assert_eq!(one.ingest(&jobs(0..10)).unwrap().inserted, 10);
+    assert_eq!(two.ingest(&jobs(0..5)).unwrap().inserted, 5, "the other run's ids blocked these");
+    one.set_meta("k", "one").unwrap();
+    let w = worker(&mut two, "two");
+    let claimed = two.claim(w, 100, HELD).unwrap();
+    assert_eq!(claimed.len(), 5);
+    let answers: Vec<_> = claimed.iter().map(|c| done(c.lease, "two")).collect();
+    assert_eq!(two.complete(&answers).unwrap(), vec![Fence::Recorded; 5]);
+    assert_eq!(one.counts().unwrap(), counts(10, 0, 0, 0));
+    assert_eq!(two.counts().unwrap(), counts(0, 0, 5, 0));
+    assert!(one.results_from(0, 100).unwrap().is_empty());
+    assert_eq!(two.results_from(0, 100).unwrap().len(), 5);
+    assert_eq!(two.meta("k").unwrap(), None);
+    assert!(one.workers().unwrap().is_empty());
+    assert_eq!(one.release(w).unwrap(), 0);
+}
 
 /// A PostgreSQL connection that the server drops is a retryable error, and no error shows the password.
 #[test]

@@ -189,6 +189,12 @@ pub trait WorkStore: Send {
     /// stopped misses nothing.
     fn results_from(&mut self, from: i64, limit: usize) -> Result<Vec<Committed>, StoreError>;
 
+    /// A value of the run's metadata (its identity, ingest progress, …), `None` when never set.
+    fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// Sets a value of the run's metadata.
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError>;
+
     /// Joins the run as a new worker; its first beat is now.
     fn register_worker(&mut self, info: &WorkerInfo) -> Result<WorkerId, StoreError>;
 

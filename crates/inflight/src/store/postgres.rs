@@ -45,6 +45,8 @@ struct Statements {
     release: Statement,
     counts: Statement,
     results_from: Statement,
+    meta: Statement,
+    set_meta: Statement,
     register_worker: Statement,
     beat: Statement,
     workers: Statement,
@@ -66,6 +68,8 @@ impl Statements {
             release: p(include_str!("sql/postgres/release.sql"))?,
             counts: p(include_str!("sql/postgres/counts.sql"))?,
             results_from: p(include_str!("sql/postgres/results_from.sql"))?,
+            meta: p(include_str!("sql/postgres/meta.sql"))?,
+            set_meta: p(include_str!("sql/postgres/set_meta.sql"))?,
             register_worker: p(include_str!("sql/postgres/register_worker.sql"))?,
             beat: p(include_str!("sql/postgres/beat.sql"))?,
             workers: p(include_str!("sql/postgres/workers.sql"))?,
@@ -304,6 +308,15 @@ impl WorkStore for PgWork {
                 },
             })
             .collect())
+    }
+
+    fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.client.query_opt(&self.sql.meta, &[&self.run, &key])?.map(|r| r.get(0)))
+    }
+
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.client.execute(&self.sql.set_meta, &[&self.run, &key, &value])?;
+        Ok(())
     }
 
     fn register_worker(&mut self, info: &WorkerInfo) -> Result<WorkerId, StoreError> {

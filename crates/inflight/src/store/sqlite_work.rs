@@ -331,6 +331,14 @@ impl WorkStore for SqliteWork {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
+        self.lock().store.meta(key)
+    }
+
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.lock().store.set_meta(key, value)
+    }
+
     fn register_worker(&mut self, info: &WorkerInfo) -> Result<WorkerId, StoreError> {
         let mut sh = self.lock();
         sh.workers.push(Joined { info: info.clone(), beat: Instant::now() });

@@ -9,6 +9,14 @@ CREATE TABLE inflight.runs (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- A run's metadata (its identity, ingest progress, …), as the SQLite state's `meta` table.
+CREATE TABLE inflight.meta (
+    run   bigint NOT NULL REFERENCES inflight.runs (id) ON DELETE CASCADE,
+    key   text   NOT NULL,
+    value text   NOT NULL,
+    PRIMARY KEY (run, key)
+);
+
 -- One row per accepted job. state: 0 ready, 1 claimed, 2 done, 3 failed. seq is the input line number.
 -- lease_token grows by one with each claim: a write about a claimed job names the token it holds, so a claim
 -- that expired and was taken by another worker can no longer write (a fenced write).
