@@ -1,7 +1,7 @@
 //! The store contract (`inflight::store::WorkStore`), one property per function, each run against SQLite and
 //! against PostgreSQL. PostgreSQL is the database `INFLIGHT_TEST_PG` names (a URL without `run=`), else one
 //! throwaway cluster per test process started by `scripts/pg.sh` (stopped when the process exits); each test
-//! has a run of its own. Leases expire by renewing them for zero time, never by sleeping.
+//! has a run of its own. (One test makes a role: `INFLIGHT_TEST_PG`'s user must be allowed to.) Leases expire by renewing them for zero time, never by sleeping.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Barrier, OnceLock};
@@ -482,6 +482,34 @@ fn postgres_runs_in_one_database_are_apart() {
     assert_eq!(two.meta("k").unwrap(), None);
     assert!(one.workers().unwrap().is_empty());
     assert_eq!(one.release(w).unwrap(), 0);
+}
+
+/// A worker whose role may read and write inflight's tables but create nothing opens a run of a database
+/// already migrated (as a DBA would set it up).
+#[test]
+fn postgres_a_role_that_cannot_create_opens_a_migrated_database() {
+    let mut store = PgWork::open(&pg_url("migrated", "")).unwrap();
+    store.ingest(&jobs(0..3)).unwrap();
+    let role = format!("inflight_worker_{}", std::process::id());
+    let mut admin = ::postgres::Client::connect(pg_database(), ::postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN;
+             GRANT USAGE ON SCHEMA inflight TO {role};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA inflight TO {role};
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA inflight TO {role};"
+        ))
+        .unwrap();
+    let mut as_worker = url::Url::parse(&pg_url("migrated", "").to_string()).unwrap();
+    as_worker.set_username(&role).unwrap();
+    let opened = PgWork::open(&PgUrl::parse(as_worker.as_str()).unwrap());
+    let claimed = opened.map(|mut store| {
+        assert_eq!(store.ingest(&jobs(0..3)).unwrap().inserted, 3);
+        let w = worker(&mut store, "limited");
+        store.claim(w, 10, HELD).unwrap().len()
+    });
+    admin.batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};")).unwrap();
+    assert_eq!(claimed.unwrap(), 3);
 }
 
 /// A PostgreSQL connection that the server drops is a retryable error, and no error shows the password.

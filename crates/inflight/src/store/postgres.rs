@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, GenericClient, NoTls, Statement};
 
 use super::contract::{
     Claimed, Committed, Fence, Ingested, Lease, LeaseToken, NewJob, WorkCounts, WorkStore, WorkerId, WorkerInfo,
@@ -94,24 +94,39 @@ impl PgWork {
     }
 }
 
-/// Brings the database's schema to this version's, once even when several workers start at the same moment.
+/// Brings the database's schema to this version's, once even when several workers start at the same moment. A
+/// database already at this version is only read: a worker's role may be allowed to read and write the tables
+/// without being allowed to create anything.
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    if schema_version(client)? == MIGRATIONS.len() {
+        return Ok(());
+    }
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
     tx.batch_execute(BOOTSTRAP)?;
-    let version: i32 = tx.query_one("SELECT COALESCE(MAX(version), 0) FROM inflight.migrations", &[])?.get(0);
-    if version as usize > MIGRATIONS.len() {
+    let version = schema_version(&mut tx)?;
+    if version > MIGRATIONS.len() {
         return Err(StoreError::Incompatible(format!(
             "the database was migrated by a newer inflight (schema {version}, this one knows {})",
             MIGRATIONS.len()
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         tx.batch_execute(sql)?;
         tx.execute("INSERT INTO inflight.migrations (version) VALUES ($1)", &[&(i as i32 + 1)])?;
     }
     tx.commit()?;
     Ok(())
+}
+
+/// The migrations the database has had (0 before the first).
+fn schema_version(client: &mut impl GenericClient) -> Result<usize, StoreError> {
+    let present: bool = client.query_one("SELECT to_regclass('inflight.migrations') IS NOT NULL", &[])?.get(0);
+    if !present {
+        return Ok(0);
+    }
+    let version: i32 = client.query_one("SELECT COALESCE(MAX(version), 0) FROM inflight.migrations", &[])?.get(0);
+    Ok(version.max(0) as usize)
 }
 
 fn millis(lease: Duration) -> i64 {
