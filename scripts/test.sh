@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 # Builds are cached in the user's cache directory, so a fresh clone does not rebuild every dependency.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/inflight-target}"
 scripts/testbed.sh setup >/dev/null
+# PostgreSQL for the store's contract tests (Debian's package, installed when missing); each test process starts
+# its own throwaway cluster from it, unless INFLIGHT_TEST_PG names a database.
+scripts/pg.sh setup >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The codebase's shape: no import loops, short cli functions, no repeated blocks (installs jscpd from npm once).

@@ -41,5 +41,7 @@ mod serve_util;
 mod servers;
 /// Setup errors name the path or URL, exit 2, and leave no file behind.
 mod setup;
+/// The store contract (claims, leases, fenced writes, commit order), each property against SQLite and PostgreSQL.
+mod store_contract;
 /// Workflows: validation, scheduling around model swaps, per-step durability.
 mod workflow;

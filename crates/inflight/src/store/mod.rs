@@ -3,12 +3,27 @@
 //! Every job's state, timings, tokens and result live here; the output files are derived from it and can be
 //! rebuilt at any time ([`crate::output`]). Reads (claiming pages, status, export) use their own connections;
 //! all writes during a run go through one [`Writer`] thread that owns its connection and commits in groups.
+//!
+//! [`WorkStore`] is the contract several workers sharing one run need (claims as leases, fenced writes, one
+//! commit order), implemented over the SQLite state ([`SqliteWork`]) and in PostgreSQL ([`PgWork`], for runs
+//! shared by several machines). `run` does not use it yet.
 
+mod contract;
+mod pg_url;
+mod postgres;
 mod sqlite;
+mod sqlite_work;
 mod steps;
 mod writer;
 
+pub use contract::{
+    Claimed, Committed, Fence, Ingested, Lease, LeaseToken, NewJob, WorkCounts, WorkStore, WorkerId, WorkerInfo,
+    WorkerRow,
+};
+pub use pg_url::PgUrl;
+pub use postgres::PgWork;
 pub use sqlite::{BadLineRow, Counts, DoneRow, ErrorRow, FailedAnswer, FailedRow, IngestReport, PendingJob, Store};
+pub use sqlite_work::SqliteWork;
 pub use steps::{ReadyUnit, StepCount, StepDone};
 pub use writer::{AttemptKey, CommittedSink, Completion, Failure, WriteMsg, Writer, WriterHandle};
 
@@ -18,6 +33,15 @@ pub enum StoreError {
     /// SQLite reported an error (its message is in this one's; not chained, so it is not printed twice).
     #[error("state database: {0}")]
     Sqlite(rusqlite::Error),
+    /// PostgreSQL reported an error, or the connection to it failed (never with the URL's password).
+    #[error("state database (PostgreSQL): {}", postgres_message(.0))]
+    Postgres(::postgres::Error),
+    /// A PostgreSQL state URL that cannot be used (the message never repeats its password).
+    #[error("{0}")]
+    BadUrl(String),
+    /// A worker that never joined the run (or whose row is gone).
+    #[error("no worker {0} in this run")]
+    UnknownWorker(i64),
     /// Reading the input or writing an output file failed.
     #[error("{0}")]
     Io(std::io::Error),
@@ -35,6 +59,12 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+impl From<::postgres::Error> for StoreError {
+    fn from(e: ::postgres::Error) -> Self {
+        StoreError::Postgres(e)
+    }
+}
+
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> Self {
         StoreError::Io(e)
@@ -47,6 +77,7 @@ impl StoreError {
         match self {
             StoreError::Sqlite(e) => e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull),
             StoreError::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+            StoreError::Postgres(e) => e.code() == Some(&::postgres::error::SqlState::DISK_FULL),
             _ => false,
         }
     }
@@ -55,21 +86,60 @@ impl StoreError {
     pub fn kind(&self) -> &'static str {
         match self {
             StoreError::Sqlite(_) => "sqlite",
+            StoreError::Postgres(_) => "postgres",
+            StoreError::BadUrl(_) => "bad_url",
+            StoreError::UnknownWorker(_) => "unknown_worker",
             StoreError::Io(_) => "io",
             StoreError::Incompatible(_) => "incompatible",
             StoreError::WriterGone => "writer_gone",
         }
     }
 
-    /// Whether trying the same operation again may succeed (a busy database, a transient I/O error).
+    /// Whether trying the same operation again may succeed (a busy database, a transient I/O error, a lost or
+    /// refused PostgreSQL connection, a deadlock or serialization failure PostgreSQL resolved by aborting us).
     pub fn is_retryable(&self) -> bool {
         match self {
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
                 matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             }
+            StoreError::Postgres(e) => postgres_retryable(e),
             StoreError::Io(e) => e.kind() == std::io::ErrorKind::Interrupted,
             _ => false,
         }
+    }
+}
+
+/// Whether a PostgreSQL error may pass: the connection is gone or could not be made (an I/O error underneath),
+/// the server is starting or shutting down, or it aborted the transaction to resolve a conflict.
+fn postgres_retryable(e: &::postgres::Error) -> bool {
+    use ::postgres::error::SqlState;
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        // Class 08: connection exceptions.
+        return code.code().starts_with("08")
+            || [
+                SqlState::T_R_SERIALIZATION_FAILURE,
+                SqlState::T_R_DEADLOCK_DETECTED,
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::TOO_MANY_CONNECTIONS,
+            ]
+            .contains(code);
+    }
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+/// A PostgreSQL error's text: the server's message (and detail) where it sent one, else the client's.
+fn postgres_message(e: &::postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => e.to_string(),
     }
 }
 

@@ -286,7 +286,7 @@ impl Store {
                                 continue;
                             }
                             let first: i64 =
-                                tx.query_row("SELECT line FROM jobs WHERE id = ?1", [&job.id], |r| r.get(0))?;
+                                tx.query_row(include_str!("sql/job_line_by_id.sql"), [&job.id], |r| r.get(0))?;
                             if first != line {
                                 let message = format!("duplicate id {:?} (first on line {first})", job.id);
                                 let custom_id = Some(job.id);
