@@ -294,7 +294,10 @@ fn a_server_that_refuses_every_request_is_set_aside_and_the_others_take_its_jobs
     assert_eq!(ids.len(), 300);
     assert!(ids.values().all(|&c| c == 1), "every job once");
     println!("the broken server refused {} requests", bad.stats().not_found);
-    assert!(bad.stats().not_found <= 10 + 4, "it stopped getting jobs once set aside: {}", bad.stats().not_found);
+    // Ten refusals set it aside; besides those, only requests that held one of its 4 permits around that moment
+    // (in flight, or taken while the tenth answer was being judged) reached it. Without the rule it would get
+    // about half of the 300.
+    assert!(bad.stats().not_found <= 10 + 2 * 4, "it stopped getting jobs once set aside: {}", bad.stats().not_found);
     assert_eq!(good.stats().requests, 300);
 
     // When every server refuses everything, the run stops with exit 2 and the message, recording nothing.

@@ -278,13 +278,16 @@ async fn claim_loop(
             let _ = ctx.outcomes.send(Outcome::Done(Box::new(completion(job, answer, attempts, now_ms()))));
             continue;
         }
-        // Reading the body's model costs a JSON parse per job: only where the servers differ in their models.
-        let model = if models_differ(&targets) { model_of(&job.body) } else { None };
+        let mut model: Option<Option<String>> = None;
         let (target, permit) = loop {
             while let Some(change) = changes.as_mut().and_then(|rx| rx.try_recv().ok()) {
                 ctx.apply(&mut targets, change);
             }
-            let eligible = route_for(&targets, model.as_deref());
+            // Reading the body's model costs a JSON parse: only where the servers differ in their models.
+            if model.is_none() && models_differ(&targets) {
+                model = Some(model_of(&job.body));
+            }
+            let eligible = route_for(&targets, model.as_ref().and_then(|m| m.as_deref()));
             if eligible.is_empty() {
                 let set_aside = ctx.set_aside.lock().expect("set-aside lock").join("; ");
                 if changes.is_none() || !set_aside.is_empty() {
@@ -295,11 +298,13 @@ async fn claim_loop(
             }
             let woken = match changes.as_mut() {
                 None => Woken::Permit(acquire_any(&targets, &eligible, sent as usize).await),
-                // No server is left in the run: wait for one to join.
-                Some(rx) if eligible.is_empty() => tokio::select! {
-                    change = rx.recv() => Woken::Change(change),
-                    _ = ctx.stop.cancelled() => Woken::Permit(None),
-                },
+                Some(rx) if eligible.is_empty() => {
+                    eprintln!("no server is left in the run: waiting for one to be added to the servers file");
+                    tokio::select! {
+                        change = rx.recv() => Woken::Change(change),
+                        _ = ctx.stop.cancelled() => Woken::Permit(None),
+                    }
+                }
                 Some(rx) => tokio::select! {
                     got = acquire_any(&targets, &eligible, sent as usize) => Woken::Permit(got),
                     change = rx.recv() => Woken::Change(change),
