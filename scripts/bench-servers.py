@@ -91,8 +91,9 @@ def main():
             p, u = start(flags)
             procs.append(p)
             urls.append(u)
-        print(f"settings: {a.jobs} jobs of 32 tokens, {os.cpu_count()} cores; each server alone at levels {LEVELS}, "
-              f"{a.level_jobs} jobs a level")
+        if urls:
+            print(f"settings: {a.jobs} jobs of 32 tokens, {os.cpu_count()} cores; each server alone at levels "
+                  f"{LEVELS}, {a.level_jobs} jobs a level")
         best_sum = 0.0
         for (name, _), url in zip(SERVERS if urls else [], urls):
             rates = {}
