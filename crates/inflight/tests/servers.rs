@@ -185,7 +185,7 @@ fn a_server_added_to_the_servers_file_joins_the_run_and_one_removed_takes_no_new
     let cfg = || SimConfig::profile(Profile::Lanes4).with_time_scale(20.0);
     let sims = [Sim::start(cfg()), Sim::start(cfg()), Sim::start(cfg()), Sim::start(cfg())];
     let s = Scratch::new();
-    let input = s.write_lines("jobs.jsonl", prompt_lines(4000));
+    let input = s.write_lines("jobs.jsonl", prompt_lines(6000));
     let file = s.path("servers.txt");
     let listed = |which: &[usize]| {
         let urls: Vec<&str> = which.iter().map(|&i| sims[i].url()).collect();
@@ -237,16 +237,17 @@ fn a_server_added_to_the_servers_file_joins_the_run_and_one_removed_takes_no_new
     wait_for_line(&rx, "left the servers file", &mut seen);
     let removed_at = sims[0].stats().requests;
     let results_at = whole_lines(&s.out());
-    assert!(results_at < 3000, "the run is still going ({results_at} of 4000 done)");
+    // Enough is left to send for a server still taking jobs to get dozens of them (a quarter of what is left).
+    assert!(results_at <= 5700, "the run is still going ({results_at} of 6000 done)");
     seen.extend(rx.iter());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{seen:#?}");
     let ids = id_counts(&s.out(), &s.errors());
-    assert_eq!(ids.len(), 4000);
+    assert_eq!(ids.len(), 6000);
     assert!(ids.values().all(|&c| c == 1), "every job once");
     let requests: Vec<u64> = sims.iter().map(|s| s.stats().requests).collect();
     println!("requests per server: {requests:?}; the removed one had {removed_at} when it left");
-    assert_eq!(requests.iter().sum::<u64>(), 4000, "no job sent twice: {requests:?}");
+    assert_eq!(requests.iter().sum::<u64>(), 6000, "no job sent twice: {requests:?}");
     // Jobs that had their permit on it when it left may still have gone to it (at most its level, 8).
     assert!(requests[0] <= removed_at + 8, "the removed server kept taking jobs: {requests:?}");
     let v = summary(&out);
