@@ -17,7 +17,7 @@ fn params(lanes: usize, knee: f64, base: f64, per_request: f64, prefill: f64) ->
 }
 
 fn job(id: u64, prompt: u32, out: u32) -> Job {
-    Job { id, prompt_tokens: prompt, output_tokens: out, stream: false }
+    Job { id, prompt_tokens: prompt, output_tokens: out, stream: false, service: 0.0 }
 }
 
 /// Keeps `concurrency` jobs in flight until `total` finished; returns the jobs

@@ -109,6 +109,7 @@ pub(super) async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<Exit
     let wall = started.elapsed();
     progress.finish().await;
     let several = targets.len() > 1;
+    let packing = targets[0].conn.backend.packing().filter(|p| p.requests > 0);
     let mut reports = Vec::new();
     for t in targets {
         reports.push(t.finish().await);
@@ -120,7 +121,7 @@ pub(super) async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<Exit
     let cache = cache.map(|c| c.finish());
     let concurrency = concurrency.into_iter().next();
     let servers = if several { servers } else { Vec::new() };
-    let ran = Ran { wall, steps: Vec::new(), concurrency, workflow: None, engine, cache, servers };
+    let ran = Ran { wall, steps: Vec::new(), concurrency, workflow: None, engine, cache, servers, packing };
     finished.conclude(ran, |summary| outcome(ending, summary))
 }
 
