@@ -167,8 +167,16 @@ async fn generate(app: Arc<App>, conn: ConnHandle, body: Bytes, kind: Kind) -> R
     if let Some(resp) = app.fault(&body, &conn, rendered).await {
         return resp;
     }
-    let spec =
-        Spec { model, prompt_tokens, max_tokens, stream, embed: false, inputs: 0, opts: RunnerOpts::default(), keep_alive: None };
+    let spec = Spec {
+        model,
+        prompt_tokens,
+        max_tokens,
+        stream,
+        embed: false,
+        inputs: 0,
+        opts: RunnerOpts::default(),
+        keep_alive: None,
+    };
     let Ok(mut run) = app.start(spec) else {
         return app.busy();
     };

@@ -170,25 +170,28 @@ fn packed_embeddings_fail_only_the_line_over_the_context() {
     // 4 slots of 256 tokens (-c 1024), a physical batch that takes any of them (-ub 1024): a ~600-token input is
     // over a slot's context, which llama-server refuses with 400 for the whole request that carries it.
     let server = LlamaServer::start(&[
-        "-np", "4", "-t", "2", "-c", "1024", "-b", "1024", "-ub", "1024", "--embeddings", "--pooling", "mean",
+        "-np",
+        "4",
+        "-t",
+        "2",
+        "-c",
+        "1024",
+        "-b",
+        "1024",
+        "-ub",
+        "1024",
+        "--embeddings",
+        "--pooling",
+        "mean",
     ]);
     let s = Scratch::new();
-    let mut lines: Vec<String> =
-        (0..96).map(|i| json!({"id": format!("e{i}"), "input": format!("a short text, number {i}")}).to_string()).collect();
+    let mut lines: Vec<String> = (0..96)
+        .map(|i| json!({"id": format!("e{i}"), "input": format!("a short text, number {i}")}).to_string())
+        .collect();
     lines[41] = json!({"id": "long", "input": "many words over the context ".repeat(120)}).to_string();
     let input = s.write_lines("jobs.jsonl", lines);
-    let out = run(&[
-        "run",
-        input.to_str().unwrap(),
-        "-o",
-        s.out_arg(),
-        "--server",
-        &server.url,
-        "-q",
-        "--json",
-        "-c",
-        "32",
-    ]);
+    let out =
+        run(&["run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", &server.url, "-q", "--json", "-c", "32"]);
     assert_exit(&out, 1);
     let errors = read_jsonl(&s.errors());
     assert_eq!(errors.len(), 1, "{errors:?}");

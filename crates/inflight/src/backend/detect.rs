@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::http::Http;
-use super::{Api, ApiKey, Backend, BackendError, InputsPerRequest, OllamaBackend, OpenAiBackend, PackingBackend, ServerInfo};
+use super::{
+    Api, ApiKey, Backend, BackendError, InputsPerRequest, OllamaBackend, OpenAiBackend, PackingBackend, ServerInfo,
+};
 
 /// The ports local servers listen on by default: Ollama, llama-server (8080, and 9931, which newer builds
 /// announce as their default), vLLM, LM Studio, SGLang.

@@ -196,10 +196,10 @@ mod tests {
         assert_eq!(sizes(&g.add(ms(0), "c", 4, 500)), vec![1], "an input larger than the bound goes alone");
         let mut due = g.due(ms(10));
         due.sort_by(|x, y| x.key.cmp(&y.key));
-        assert_eq!(due.iter().map(|f| (f.key.as_str(), f.ids.clone())).collect::<Vec<_>>(), [
-            ("a", vec![3]),
-            ("b", vec![2])
-        ]);
+        assert_eq!(
+            due.iter().map(|f| (f.key.as_str(), f.ids.clone())).collect::<Vec<_>>(),
+            [("a", vec![3]), ("b", vec![2])]
+        );
     }
 
     #[test]

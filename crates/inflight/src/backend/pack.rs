@@ -135,7 +135,10 @@ impl PackingBackend {
     pub fn new(inner: Arc<dyn Backend>, per_request: InputsPerRequest) -> PackingBackend {
         let max = per_request.max();
         let mode = if per_request == InputsPerRequest::Auto { "auto" } else { "fixed" };
-        let status = Arc::new(Mutex::new(Status { report: PackReport { mode, max, ..Default::default() }, ..Default::default() }));
+        let status = Arc::new(Mutex::new(Status {
+            report: PackReport { mode, max, ..Default::default() },
+            ..Default::default()
+        }));
         let (tx, rx) = mpsc::unbounded_channel();
         let owner = Owner { inner: inner.clone(), status: status.clone(), done: tx.downgrade() };
         tokio::spawn(owner.run(rx, Gather::new(max, MAX_PACK_BYTES)));
@@ -441,7 +444,10 @@ mod tests {
             "usage": {"prompt_tokens": 10, "total_tokens": 10}});
         let parts = split_answer(&answer(body), &["abcd", "abcdefghijklmnop"]).unwrap();
         let bodies: Vec<Value> = parts.iter().map(|a| serde_json::from_str(&a.body).unwrap()).collect();
-        assert_eq!(bodies[0]["data"], serde_json::json!([{"object": "embedding", "index": 0, "embedding": [1.0, 0.0]}]));
+        assert_eq!(
+            bodies[0]["data"],
+            serde_json::json!([{"object": "embedding", "index": 0, "embedding": [1.0, 0.0]}])
+        );
         assert_eq!(bodies[1]["data"][0]["embedding"], serde_json::json!([0.0, 1.0]));
         assert_eq!(bodies[1]["data"][0]["index"], 0);
         assert_eq!((parts[0].prompt_tokens, parts[1].prompt_tokens), (Some(2), Some(8)), "shares by length");

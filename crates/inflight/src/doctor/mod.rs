@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::backend::{connect, Api, BusySampler, ConnectError, ConnectOptions, InputsPerRequest, OllamaBackend, ServerKind};
+use crate::backend::{
+    connect, Api, BusySampler, ConnectError, ConnectOptions, InputsPerRequest, OllamaBackend, ServerKind,
+};
 use crate::job::{Endpoint, JobFileError, Parser, RequestDefaults, TemplateFile};
 pub use verdict::{Change, Verdict, VerdictKind};
 
