@@ -22,7 +22,7 @@ use crate::runtime::{Runtime, Ticket};
 use crate::scheduler::{Busy, KeepAlive, RunnerOpts, Scheduler};
 use crate::server::ConnHandle;
 use crate::stats::{Counters, SimStats};
-use crate::wire::{completion_text, hash, mix};
+use crate::wire::{completion_text, estimate_tokens, hash, mix};
 
 /// Tokens of the fixed zero-latency completion.
 const ZERO_LATENCY_TOKENS: u32 = 8;
@@ -49,6 +49,8 @@ pub(crate) struct Spec {
     pub stream: bool,
     /// Embeddings generate nothing: only the prompt is processed.
     pub embed: bool,
+    /// The inputs of an embedding request (0 for generation).
+    pub inputs: u32,
     pub opts: RunnerOpts,
     pub keep_alive: Option<KeepAlive>,
 }
@@ -62,6 +64,12 @@ impl Flight {
     pub fn succeed(&self, tokens: u32) {
         self.0.counters.ok.fetch_add(1, Relaxed);
         self.0.counters.completion_tokens.fetch_add(u64::from(tokens), Relaxed);
+    }
+
+    /// Records a successful embedding answer for `inputs` inputs.
+    pub fn embedded(&self, inputs: usize) {
+        self.succeed(0);
+        self.0.counters.embed_inputs.fetch_add(inputs as u64, Relaxed);
     }
 }
 
@@ -188,6 +196,7 @@ impl App {
             completion_tokens: c.completion_tokens.load(Relaxed),
             model_loads: self.runtime.as_ref().map_or(0, |rt| rt.loads()),
             invalid_json: c.invalid_json.load(Relaxed),
+            embed_inputs: c.embed_inputs.load(Relaxed),
         }
     }
 
@@ -273,6 +282,22 @@ impl App {
         }
     }
 
+    /// The embedding request's refusal, if the configuration refuses it: more inputs than
+    /// [`SimConfig::with_embed_max_inputs`] (413), or an input over [`SimConfig::with_embed_context`] (400, in
+    /// llama-server's words). Either refuses the whole request, as those servers do.
+    pub fn refuse_embedding(&self, inputs: &[String]) -> Option<Response> {
+        if let Some(max) = self.cfg.embed_max_inputs.filter(|&m| inputs.len() > m) {
+            self.counters.bad_request.fetch_add(1, Relaxed);
+            let msg = format!("batch size {} > maximum allowed batch size {max}", inputs.len());
+            return Some(self.error(StatusCode::PAYLOAD_TOO_LARGE, &msg, "validation"));
+        }
+        let context = self.cfg.embed_context?;
+        let long = inputs.iter().map(|i| estimate_tokens(i)).find(|&t| t > context)?;
+        self.counters.bad_request.fetch_add(1, Relaxed);
+        let msg = format!("input ({long} tokens) is larger than the max context size ({context} tokens). skipping");
+        Some(self.error(StatusCode::BAD_REQUEST, &msg, "exceed_context_size_error"))
+    }
+
     /// A 503 for a full queue, in the API's shape (OpenAI adds `Retry-After`).
     pub fn busy(&self) -> Response {
         self.counters.busy_503.fetch_add(1, Relaxed);
@@ -313,11 +338,18 @@ impl App {
             self.cfg.lengths.draw(&mut rng)
         };
         let output_tokens = spec.max_tokens.map_or(draw, |m| m.min(draw));
+        // The embedding cost profile replaces the prompt's prefill with a fixed overhead plus a per-input cost.
+        let (prompt_tokens, service) = match (spec.embed, self.cfg.embed_cost) {
+            (true, Some((overhead, per_input))) => {
+                (0, overhead.as_secs_f64() + per_input.as_secs_f64() * f64::from(spec.inputs))
+            }
+            _ => (spec.prompt_tokens, 0.0),
+        };
         let req = crate::scheduler::Request {
             model: spec.model,
             opts: spec.opts,
             keep_alive: spec.keep_alive.unwrap_or(KeepAlive::For(self.cfg.keep_alive.as_secs_f64())),
-            job: Job { id, prompt_tokens: spec.prompt_tokens, output_tokens, stream: spec.stream },
+            job: Job { id, prompt_tokens, output_tokens, stream: spec.stream, service },
         };
         let ticket = rt.submit(req)?;
         Ok(Run { id, cut: output_tokens < draw, source: Source::Model(ticket) })

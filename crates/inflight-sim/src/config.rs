@@ -119,6 +119,9 @@ pub struct SimConfig {
     pub(crate) max_loaded_models: usize,
     pub(crate) keep_alive: Duration,
     pub(crate) json_answers: Option<f64>,
+    pub(crate) embed_cost: Option<(Duration, Duration)>,
+    pub(crate) embed_max_inputs: Option<usize>,
+    pub(crate) embed_context: Option<u32>,
 }
 
 impl Default for SimConfig {
@@ -150,6 +153,9 @@ impl Default for SimConfig {
             max_loaded_models: 3,
             keep_alive: Duration::from_secs(300),
             json_answers: None,
+            embed_cost: None,
+            embed_max_inputs: None,
+            embed_context: None,
         }
     }
 }
@@ -278,6 +284,25 @@ impl SimConfig {
         self.json_answers = Some(invalid.clamp(0.0, 1.0));
         self
     }
+
+    /// An embedding request costs `overhead + inputs × per_input` of simulated time, instead of its prompt
+    /// tokens' prefill: a server whose per-request work (HTTP, JSON, scheduling) is paid once however many inputs
+    /// a request carries, so packing inputs pays by a known amount.
+    pub fn with_embed_cost(mut self, overhead: Duration, per_input: Duration) -> Self {
+        self.embed_cost = Some((overhead, per_input));
+        self
+    }
+
+    setter!(
+        /// The most inputs one embedding request may carry; more are refused whole with 413, as TEI refuses a
+        /// batch above its `--max-client-batch-size`.
+        with_embed_max_inputs, embed_max_inputs: Option<usize>
+    );
+    setter!(
+        /// The most tokens (estimated, 4 bytes each) one embedding input may have; a request with a longer input is
+        /// refused whole with 400 `exceed_context_size_error`, as llama-server refuses an input over its context.
+        with_embed_context, embed_context: Option<u32>
+    );
 
     /// Simulated time runs `s` times faster than wall time (default 1).
     pub fn with_time_scale(mut self, s: f64) -> Self {

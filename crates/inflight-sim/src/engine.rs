@@ -52,6 +52,9 @@ pub(crate) struct Job {
     pub output_tokens: u32,
     /// Whether to report every token as it is produced.
     pub stream: bool,
+    /// Simulated seconds of work paid once at admission besides prefill (an embedding request's fixed
+    /// overhead plus its per-input cost, [`crate::SimConfig::with_embed_cost`]); 0 otherwise.
+    pub service: f64,
 }
 
 /// Something the caller must deliver to a waiting request.
@@ -235,7 +238,7 @@ impl Engine {
             };
             let (ls, le) = self.load_window;
             let load = (self.clock.min(le) - q.arrived.max(ls)).max(0.0);
-            prefill += f64::from(q.job.prompt_tokens) * self.params.prefill_per_token;
+            prefill += f64::from(q.job.prompt_tokens) * self.params.prefill_per_token + q.job.service;
             self.active.push(Active { job: q.job, arrived: q.arrived, admitted: self.clock, load, produced: 0 });
         }
         prefill

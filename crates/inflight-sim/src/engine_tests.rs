@@ -17,7 +17,7 @@ fn params(lanes: usize, knee: f64, base: f64, per_request: f64, prefill: f64) ->
 }
 
 fn job(id: u64, prompt: u32, out: u32) -> Job {
-    Job { id, prompt_tokens: prompt, output_tokens: out, stream: false }
+    Job { id, prompt_tokens: prompt, output_tokens: out, stream: false, service: 0.0 }
 }
 
 /// Keeps `concurrency` jobs in flight until `total` finished; returns the jobs
@@ -238,4 +238,26 @@ fn cancel_frees_a_lane_for_the_queue() {
     };
     assert_eq!(f.id, 2);
     assert!(close(f.finished, 0.07, 1e-12), "{f:?}");
+}
+
+#[test]
+fn service_time_is_paid_once_at_admission_one_request_at_a_time() {
+    // The `embed` profile: no decode cost, 6 ms + 2 ms an input paid when a request is admitted.
+    let mut e = Engine::new(params(1, 1.0, 0.0, 0.0, 0.0), 0.0);
+    e.submit(Job { service: 0.006 + 4.0 * 0.002, ..job(1, 0, 0) }, 0.0);
+    e.submit(Job { service: 0.006 + 0.002, ..job(2, 0, 0) }, 0.0);
+    let mut events = Vec::new();
+    while let Some(at) = e.next_event_at() {
+        e.advance(at, &mut events);
+    }
+    let finished: Vec<(u64, f64)> = events
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::Done(f) => Some((f.id, f.finished)),
+            Event::Token { .. } => None,
+        })
+        .collect();
+    assert_eq!(finished.len(), 2);
+    assert!(finished[0].0 == 1 && close(finished[0].1, 0.014, 1e-9), "{finished:?}");
+    assert!(finished[1].0 == 2 && close(finished[1].1, 0.022, 1e-9), "{finished:?}");
 }

@@ -71,6 +71,12 @@ struct Args {
     /// Simulated seconds to load a model (Ollama mode).
     #[arg(long, default_value_t = 0.5)]
     load_secs: f64,
+    /// The most inputs one embedding request may carry (413 above, as TEI's --max-client-batch-size).
+    #[arg(long)]
+    embed_max_inputs: Option<usize>,
+    /// The most tokens (4 bytes each) one embedding input may have (400 above, as llama-server's context).
+    #[arg(long)]
+    embed_context: Option<u32>,
 }
 
 fn config(a: &Args) -> SimConfig {
@@ -93,6 +99,8 @@ fn config(a: &Args) -> SimConfig {
         .with_stall_for(Duration::from_secs_f64(a.stall_secs.max(0.0)))
         .with_max_loaded_models(a.max_loaded_models)
         .with_load_time(Duration::from_secs_f64(a.load_secs.max(0.0)))
+        .with_embed_max_inputs(a.embed_max_inputs)
+        .with_embed_context(a.embed_context)
         .with_faults(Faults {
             error_500: a.fault_500,
             error_503_retry_after: a.fault_503,

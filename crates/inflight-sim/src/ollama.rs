@@ -219,6 +219,7 @@ async fn infer(app: Arc<App>, conn: ConnHandle, body: Bytes, kind: Kind) -> Resp
         max_tokens: if load_only { Some(0) } else { num_predict },
         stream,
         embed: false,
+        inputs: 0,
         opts: runner_opts(&v["options"]),
         keep_alive: ka,
     };
@@ -262,6 +263,9 @@ async fn embed(State(app): State<Arc<App>>, Extension(conn): Extension<ConnHandl
     if inputs.is_empty() {
         return app.bad_request("input must be a string or an array of strings");
     }
+    if let Some(refused) = app.refuse_embedding(&inputs) {
+        return refused;
+    }
     let prompt_tokens: u32 = inputs.iter().map(|i| estimate_tokens(i)).sum();
     let render = |f: Option<&Finished>| {
         let vectors: Vec<Vec<f32>> = inputs.iter().map(|i| embedding(i)).collect();
@@ -283,6 +287,7 @@ async fn embed(State(app): State<Arc<App>>, Extension(conn): Extension<ConnHandl
         max_tokens: None,
         stream: false,
         embed: true,
+        inputs: u32::try_from(inputs.len()).unwrap_or(u32::MAX),
         opts: runner_opts(&v["options"]),
         keep_alive: ka,
     };
@@ -292,7 +297,7 @@ async fn embed(State(app): State<Arc<App>>, Extension(conn): Extension<ConnHandl
     let Some(done) = run.finish().await else {
         return gone(&app);
     };
-    flight.succeed(0);
+    flight.embedded(inputs.len());
     Json(render(Some(&done))).into_response()
 }
 

@@ -167,8 +167,16 @@ async fn generate(app: Arc<App>, conn: ConnHandle, body: Bytes, kind: Kind) -> R
     if let Some(resp) = app.fault(&body, &conn, rendered).await {
         return resp;
     }
-    let spec =
-        Spec { model, prompt_tokens, max_tokens, stream, embed: false, opts: RunnerOpts::default(), keep_alive: None };
+    let spec = Spec {
+        model,
+        prompt_tokens,
+        max_tokens,
+        stream,
+        embed: false,
+        inputs: 0,
+        opts: RunnerOpts::default(),
+        keep_alive: None,
+    };
     let Ok(mut run) = app.start(spec) else {
         return app.busy();
     };
@@ -200,6 +208,9 @@ async fn embeddings(State(app): State<Arc<App>>, Extension(conn): Extension<Conn
     if inputs.is_empty() {
         return app.bad_request("'input' must be a string or an array of strings");
     }
+    if let Some(refused) = app.refuse_embedding(&inputs) {
+        return refused;
+    }
     let prompt_tokens: u32 = inputs.iter().map(|i| estimate_tokens(i)).sum();
     let render = || {
         let data: Vec<Value> = inputs
@@ -223,6 +234,7 @@ async fn embeddings(State(app): State<Arc<App>>, Extension(conn): Extension<Conn
         max_tokens: None,
         stream: false,
         embed: true,
+        inputs: u32::try_from(inputs.len()).unwrap_or(u32::MAX),
         opts: RunnerOpts::default(),
         keep_alive: None,
     };
@@ -232,7 +244,7 @@ async fn embeddings(State(app): State<Arc<App>>, Extension(conn): Extension<Conn
     if run.finish().await.is_none() {
         return gone(&app);
     }
-    flight.succeed(0);
+    flight.embedded(inputs.len());
     Json(render()).into_response()
 }
 

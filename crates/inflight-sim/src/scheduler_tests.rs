@@ -21,7 +21,7 @@ fn req(id: u64, model: &str, keep_alive: KeepAlive) -> Request {
         model: model.to_string(),
         opts: RunnerOpts::default(),
         keep_alive,
-        job: Job { id, prompt_tokens: 0, output_tokens: 10, stream: false },
+        job: Job { id, prompt_tokens: 0, output_tokens: 10, stream: false, service: 0.0 },
     }
 }
 

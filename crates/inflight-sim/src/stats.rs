@@ -36,6 +36,8 @@ pub struct SimStats {
     pub model_loads: u64,
     /// Answers sent as invalid JSON (see `SimConfig::with_json_answers`).
     pub invalid_json: u64,
+    /// Inputs embedded by successful embedding requests (a request may carry several).
+    pub embed_inputs: u64,
 }
 
 /// Live counters behind [`SimStats`].
@@ -56,4 +58,5 @@ pub(crate) struct Counters {
     pub max_in_flight: AtomicU64,
     pub completion_tokens: AtomicU64,
     pub invalid_json: AtomicU64,
+    pub embed_inputs: AtomicU64,
 }

@@ -166,6 +166,49 @@ fn chat_completion_and_embedding_jobs_against_llama_server() {
 
 #[test]
 #[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn packed_embeddings_fail_only_the_line_over_the_context() {
+    // 4 slots of 256 tokens (-c 1024), a physical batch that takes any of them (-ub 1024): a ~600-token input is
+    // over a slot's context, which llama-server refuses with 400 for the whole request that carries it.
+    let server = LlamaServer::start(&[
+        "-np",
+        "4",
+        "-t",
+        "2",
+        "-c",
+        "1024",
+        "-b",
+        "1024",
+        "-ub",
+        "1024",
+        "--embeddings",
+        "--pooling",
+        "mean",
+    ]);
+    let s = Scratch::new();
+    let mut lines: Vec<String> = (0..96)
+        .map(|i| json!({"id": format!("e{i}"), "input": format!("a short text, number {i}")}).to_string())
+        .collect();
+    lines[41] = json!({"id": "long", "input": "many words over the context ".repeat(120)}).to_string();
+    let input = s.write_lines("jobs.jsonl", lines);
+    let out =
+        run(&["run", input.to_str().unwrap(), "-o", s.out_arg(), "--server", &server.url, "-q", "--json", "-c", "32"]);
+    assert_exit(&out, 1);
+    let errors = read_jsonl(&s.errors());
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["custom_id"], "long", "{}", errors[0]);
+    let results = read_jsonl(&s.out());
+    assert_eq!(results.len(), 95, "every other line answered");
+    for r in &results {
+        assert_eq!(r["response"]["body"]["data"].as_array().map(Vec::len), Some(1), "{r}");
+        assert!(r["response"]["body"]["data"][0]["embedding"].as_array().unwrap().len() > 100, "{r}");
+    }
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(summary["packing"]["largest"].as_u64().unwrap() > 1, "packed: {summary}");
+    assert!(summary["packing"]["splits"].as_u64().unwrap() >= 1, "{summary}");
+}
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
 fn embeddings_without_the_flag_fail_permanently_with_the_servers_message() {
     let server = LlamaServer::start(&["-np", "2", "-t", "2", "-c", "2048"]);
     let s = Scratch::new();

@@ -25,6 +25,8 @@ mod engine;
 mod faults;
 /// The Ollama API, against the simulator's Ollama-compatible mode.
 mod ollama;
+/// Packed embeddings: lines share requests but keep their own results; a bad input fails only its line.
+mod pack;
 /// Real llama-server from the test bed: chat, completion and embeddings.
 mod real_server;
 /// Runs against the simulator's OpenAI API: shapes, resume, identity, export, status, dry run.

@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::http::Http;
-use super::{Api, ApiKey, Backend, BackendError, OllamaBackend, OpenAiBackend, ServerInfo};
+use super::{
+    Api, ApiKey, Backend, BackendError, InputsPerRequest, OllamaBackend, OpenAiBackend, PackingBackend, ServerInfo,
+};
 
 /// The ports local servers listen on by default: Ollama, llama-server (8080, and 9931, which newer builds
 /// announce as their default), vLLM, LM Studio, SGLang.
@@ -58,6 +60,9 @@ pub struct ConnectOptions {
     pub request_timeout: Duration,
     /// Ollama runner options fixed for the run.
     pub runner_options: Map<String, Value>,
+    /// How many embedding inputs one request may carry: more than one puts a [`PackingBackend`] around the
+    /// server's backend (`run`, `serve`); `bench` and `doctor` measure requests as they are and take 1.
+    pub inputs_per_request: InputsPerRequest,
 }
 
 /// Connects to `server` (or the first usual local port that answers), detecting its API unless `api` is given.
@@ -148,6 +153,10 @@ async fn connect_one(url: &str, api: Option<Api>, opts: &ConnectOptions) -> Resu
         ),
     };
     let info = backend.probe().await.map_err(|e| Unusable::from(&e))?;
+    let backend: Arc<dyn Backend> = match opts.inputs_per_request {
+        InputsPerRequest::Fixed(1) => backend,
+        per_request => Arc::new(PackingBackend::new(backend, per_request)),
+    };
     Ok(Connection { backend, info })
 }
 

@@ -10,12 +10,14 @@ mod engine;
 #[cfg(feature = "engine")]
 mod engine_pool;
 mod error;
+mod gather;
 mod getter;
 mod http;
 mod key;
 mod lanes;
 mod ollama;
 mod openai;
+mod pack;
 #[cfg(test)]
 mod proptests;
 mod stream;
@@ -33,6 +35,7 @@ pub use key::ApiKey;
 pub use lanes::{LaneFix, LaneSetting, LLAMA_CONTEXT, LLAMA_SLOTS, SUGGESTED_LANES};
 pub use ollama::OllamaBackend;
 pub use openai::OpenAiBackend;
+pub use pack::{pack_key, split_answer, InputsPerRequest, PackReport, PackingBackend, AUTO_MAX_INPUTS};
 pub use stream::{ServerTimings, Streamed, TokenClock};
 
 /// The answer parsers by themselves, for the fuzz targets in `fuzz/`: not an API.
@@ -171,6 +174,11 @@ pub trait Backend: Send + Sync {
     fn api(&self) -> Api;
     /// The server's base URL.
     fn url(&self) -> &str;
+    /// What a packing layer ([`PackingBackend`]) did so far, for the summary; `None` for a backend that does
+    /// not pack embedding inputs.
+    fn packing(&self) -> Option<PackReport> {
+        None
+    }
 }
 
 /// Extracts token counts and the finish reason from an OpenAI-shaped answer.

@@ -9,7 +9,7 @@ use super::common::{Exit, ServerArgs};
 use super::engine::{self, EngineArgs};
 use super::jobs::JobArgs;
 use super::parse;
-use crate::backend::{ConnectOptions, OllamaBackend};
+use crate::backend::{ConnectOptions, InputsPerRequest, OllamaBackend};
 use crate::bench::{csv, svg_chart, sweep, table, BenchReport, LevelRule, Request, SweepConfig};
 use crate::job::{Parser, RequestDefaults};
 
@@ -84,6 +84,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Exit> {
         api_key: args.conn.api_key.clone(),
         request_timeout: Duration::from_secs(600),
         runner_options: OllamaBackend::runner_options_of(&[]),
+        inputs_per_request: InputsPerRequest::Fixed(1),
     };
     // The jobs file first: a missing file or a bad template is refused before the server is contacted.
     let (requests, workload) = workload(&args)?;

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::backend::InputsPerRequest;
+
 /// Parses `500ms`, `30s`, `10m`, `2h`, `30d`, or a bare number of seconds.
 pub fn duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -78,6 +80,23 @@ pub fn concurrency(s: &str) -> Result<Concurrency, String> {
     }
 }
 
+/// Parses `--inputs-per-request`: `auto`, or a positive count (`1` turns packing off).
+pub fn inputs_per_request(s: &str) -> Result<InputsPerRequest, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(InputsPerRequest::Auto);
+    }
+    match count(s)? {
+        0 => Err("inputs per request must be at least 1 (1 sends each line alone) or auto".into()),
+        n if n > MAX_INPUTS_PER_REQUEST => {
+            Err(format!("{n} inputs per request is more than {MAX_INPUTS_PER_REQUEST}; servers refuse far fewer"))
+        }
+        n => Ok(InputsPerRequest::Fixed(n as usize)),
+    }
+}
+
+/// The most `--inputs-per-request` takes.
+const MAX_INPUTS_PER_REQUEST: u64 = 4096;
+
 /// Parses `key=value`; the value is JSON when it parses as JSON (`0.9`, `true`, `["a"]`), a string otherwise.
 pub fn param(s: &str) -> Result<(String, serde_json::Value), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
@@ -134,6 +153,18 @@ mod tests {
         assert_eq!(concurrency("16"), Ok(Concurrency::Fixed(16)));
         assert!(concurrency("0").is_err());
         assert!(concurrency("many").is_err());
+    }
+
+    #[test]
+    fn inputs_per_request_values() {
+        assert_eq!(inputs_per_request("auto"), Ok(InputsPerRequest::Auto));
+        assert_eq!(inputs_per_request("AUTO"), Ok(InputsPerRequest::Auto));
+        assert_eq!(inputs_per_request("1"), Ok(InputsPerRequest::Fixed(1)));
+        assert_eq!(inputs_per_request("64"), Ok(InputsPerRequest::Fixed(64)));
+        assert_eq!(inputs_per_request("4k"), Ok(InputsPerRequest::Fixed(4000)));
+        for bad in ["0", "5k", "some", ""] {
+            assert!(inputs_per_request(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -124,6 +124,7 @@ pub(super) async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<Exit
     }
     progress.finish().await;
     let several = several || fleet.len() > 1;
+    let packing = fleet.packing();
     let reports = fleet.finish().await;
     let finished = session.finish_writer()?;
     let ending = ending?;
@@ -132,7 +133,7 @@ pub(super) async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<Exit
     let cache = cache.map(|c| c.finish());
     let concurrency = concurrency.into_iter().next();
     let servers = if several { servers } else { Vec::new() };
-    let ran = Ran { wall, steps: Vec::new(), concurrency, workflow: None, engine, cache, servers };
+    let ran = Ran { wall, steps: Vec::new(), concurrency, workflow: None, engine, cache, servers, packing };
     finished.conclude(ran, |summary| outcome(ending, summary))
 }
 

@@ -10,7 +10,7 @@ use super::common::ServerArgs;
 use super::engine::EngineArgs;
 use super::jobs::JobArgs;
 use super::parse;
-use crate::backend::{ConnectOptions, OllamaBackend};
+use crate::backend::{ConnectOptions, InputsPerRequest, OllamaBackend};
 use crate::output::Format;
 
 /// Arguments of `inflight run`.
@@ -60,8 +60,8 @@ pub struct RunArgs {
     /// Send `prompt` lines as raw completions (`/v1/completions`, no chat template) instead of chat.
     #[arg(long)]
     pub completions: bool,
-    /// `--concurrency`, `--max-concurrency`, `--max-attempts`, `--request-timeout`, `--drain-timeout`: how the
-    /// jobs are sent (`serve` takes the same).
+    /// `--concurrency`, `--max-concurrency`, `--max-attempts`, `--request-timeout`, `--drain-timeout`,
+    /// `--prefix-order`, `--inputs-per-request`: how the jobs are sent (`serve` takes the same).
     #[command(flatten)]
     pub send: SendArgs,
     /// Output line shape.
@@ -124,6 +124,12 @@ pub struct SendArgs {
     /// either way.
     #[arg(long, value_enum, default_value = "off", env = "INFLIGHT_PREFIX_ORDER")]
     pub prefix_order: PrefixOrder,
+    /// Embedding inputs one request may carry: `auto` packs the `input` lines that are in flight together into
+    /// requests of several inputs (about half of them each, up to 256), so the concurrency, which then counts
+    /// inputs, sets the size too; a number fixes the most; `1` sends each line alone. Each line keeps its own
+    /// result; a refused request is split so one bad input fails only its line.
+    #[arg(long, default_value = "auto", value_parser = parse::inputs_per_request, env = "INFLIGHT_INPUTS_PER_REQUEST")]
+    pub inputs_per_request: InputsPerRequest,
 }
 
 impl RunArgs {
@@ -134,6 +140,7 @@ impl RunArgs {
             api_key: self.conn.api_key.clone(),
             request_timeout: self.send.request_timeout,
             runner_options: OllamaBackend::runner_options_of(&self.params),
+            inputs_per_request: self.send.inputs_per_request,
         }
     }
 }

@@ -150,6 +150,8 @@ pub(super) struct Ran {
     pub cache: Option<crate::cache::CacheReport>,
     /// Each server's share of a run over several (empty for one).
     pub servers: Vec<crate::report::ServerShare>,
+    /// How embedding inputs were packed (a one-step run's first server, when it packed any).
+    pub packing: Option<crate::backend::PackReport>,
 }
 
 impl Session {
@@ -219,6 +221,7 @@ impl Finished {
             concurrency: ran.concurrency,
             workflow: ran.workflow,
             cache: ran.cache,
+            packing: ran.packing,
             servers: ran.servers,
             files,
             exit,

@@ -130,6 +130,11 @@ impl Fleet {
         self.lock().iter().map(RunTarget::target).collect()
     }
 
+    /// What the first server's packing layer did (`None` when it packed nothing), for the summary.
+    pub fn packing(&self) -> Option<crate::backend::PackReport> {
+        self.lock()[0].conn.backend.packing().filter(|p| p.requests > 0)
+    }
+
     /// Each server's limiter, for the metrics.
     pub fn gauges(&self) -> Vec<ServerGauge> {
         self.lock().iter().map(RunTarget::gauge).collect()

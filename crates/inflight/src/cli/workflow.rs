@@ -14,7 +14,7 @@ use super::parse::Concurrency;
 use super::run_args::RunArgs;
 use super::session::{Identity, Locked, Ran};
 use super::targets::models_of;
-use crate::backend::{connect, normalize, Api, ConnectOptions, Connection, OllamaBackend};
+use crate::backend::{connect, normalize, Api, ConnectOptions, Connection, InputsPerRequest, OllamaBackend};
 use crate::dispatch::{eligible, Models, Probation};
 use crate::job::Parser;
 use crate::live::Health;
@@ -34,7 +34,9 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         return Ok(dry_run(&workflow));
     }
     let locked = Locked::new(&args)?;
-    let opts = args.connect_options();
+    // Steps are sent one unit a request: the scheduler reads a model switch's cost from the answer that waited
+    // for it, which a packed request would share among units of several jobs.
+    let opts = ConnectOptions { inputs_per_request: InputsPerRequest::Fixed(1), ..args.connect_options() };
     let base = flow.parent().unwrap_or(Path::new("."));
     let (conns, placement) = connect_servers(&workflow, &args, &opts, base).await?;
     let steps: Vec<(String, String)> = workflow.steps.iter().map(|s| (s.name.clone(), s.fingerprint.clone())).collect();
@@ -98,6 +100,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         engine: None,
         cache: None,
         servers: Vec::new(),
+        packing: None,
     };
     finished.conclude(ran, |summary| outcome(verdict, interrupted, summary))
 }

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::backend::{connect, Api, BusySampler, ConnectError, ConnectOptions, OllamaBackend, ServerKind};
+use crate::backend::{
+    connect, Api, BusySampler, ConnectError, ConnectOptions, InputsPerRequest, OllamaBackend, ServerKind,
+};
 use crate::job::{Endpoint, JobFileError, Parser, RequestDefaults, TemplateFile};
 pub use verdict::{Change, Verdict, VerdictKind};
 
@@ -106,6 +108,7 @@ pub async fn examine(cfg: &DoctorConfig, mut progress: impl FnMut(String)) -> Re
         api_key: cfg.api_key.clone(),
         request_timeout: Duration::from_secs(600),
         runner_options: OllamaBackend::runner_options_of(&[]),
+        inputs_per_request: InputsPerRequest::Fixed(1),
     };
     let conn = connect(cfg.server.as_deref(), cfg.api, &opts).await?;
     progress(format!("doctor: {} at {}", conn.info.description, conn.backend.url()));

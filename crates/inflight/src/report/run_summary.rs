@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::progress::format_duration;
 use super::Summary;
+use crate::backend::PackReport;
 use crate::tune::FaultCounts;
 
 /// The end of a run, as text ([`RunSummary::render`]) or JSON (`serde`).
@@ -23,6 +24,9 @@ pub struct RunSummary {
     pub workflow: Option<WorkflowReport>,
     /// What the run took from and added to the response cache; `None` when it used none.
     pub cache: Option<crate::cache::CacheReport>,
+    /// How embedding inputs were packed into requests (the first server's); `None` with `--inputs-per-request 1`,
+    /// the engine, a workflow, or when no embedding request went out.
+    pub packing: Option<PackReport>,
     /// Each server's share of a one-step run over several servers (`concurrency` is then the first one's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<ServerShare>,
@@ -265,6 +269,9 @@ impl RunSummary {
         if let Some(e) = &self.engine {
             s += &e.render();
         }
+        if let Some(p) = &self.packing {
+            s += &render_packing(p);
+        }
         if let Some(c) = &self.cache {
             s += "\n";
             s += &c.render();
@@ -273,6 +280,26 @@ impl RunSummary {
         s += &format!("\n  results: {}  errors: {}  state: {}", f.results, f.errors, f.state);
         s
     }
+}
+
+/// `inputs per request: auto, 47.9 at the end (mean 45.2 over 1,234 requests, largest 128, at most 256)`.
+fn render_packing(p: &PackReport) -> String {
+    let mut s = format!(
+        "\n  inputs per request: {}, {:.1} at the end (mean {:.1} over {} requests, largest {}, at most {})",
+        p.mode,
+        p.recent_mean,
+        p.mean(),
+        p.requests,
+        p.largest,
+        p.max
+    );
+    if p.splits > 0 {
+        s += &format!("; {} refused requests split and sent again in halves", p.splits);
+    }
+    if let Some(cap) = p.server_cap {
+        s += &format!("; the server refused more than {cap} inputs a request (413)");
+    }
+    s
 }
 
 impl ConcurrencyReport {
@@ -362,10 +389,34 @@ mod tests {
             concurrency,
             workflow,
             cache: None,
+            packing: None,
             servers: Vec::new(),
             files: FilesReport { results: "o.jsonl".into(), errors: "o.errors.jsonl".into(), state: "o.db".into() },
             exit: ExitReport { code: 0, meaning: "success", message: None },
         }
+    }
+
+    #[test]
+    fn packing_is_rendered_with_its_splits_and_the_servers_cap() {
+        let packing = PackReport {
+            mode: "auto",
+            max: 32,
+            requests: 40,
+            inputs: 1000,
+            largest: 64,
+            recent_mean: 31.5,
+            splits: 2,
+            server_cap: Some(32),
+        };
+        let text = RunSummary { packing: Some(packing), ..run_summary(None, None) }.render();
+        assert!(
+            text.contains(
+                "\n  inputs per request: auto, 31.5 at the end (mean 25.0 over 40 requests, largest 64, at most 32); \
+                 2 refused requests split and sent again in halves; the server refused more than 32 inputs a request \
+                 (413)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
