@@ -46,6 +46,8 @@ pub fn read(path: &Path) -> anyhow::Result<(String, Vec<String>)> {
 pub struct Listed {
     path: PathBuf,
     text: String,
+    /// The `--server` URLs: in the run whatever the file says.
+    given: Vec<String>,
     /// Each URL of the file: the server's URL once connected (`Ok`), or when it was last tried (`Err`).
     urls: BTreeMap<String, Result<String, Instant>>,
 }
@@ -60,7 +62,7 @@ impl Listed {
         args: &RunArgs,
         opts: &ConnectOptions,
     ) -> (Listed, Vec<Connection>) {
-        let mut listed = Listed { path: path.to_owned(), text, urls: BTreeMap::new() };
+        let mut listed = Listed { path: path.to_owned(), text, given: given.to_vec(), urls: BTreeMap::new() };
         let mut conns = Vec::new();
         for url in parse(&listed.text).into_iter().filter(|u| !given.contains(u)) {
             match try_connect(&url, args, opts).await {
@@ -99,7 +101,7 @@ impl Listed {
                     Ok(text) => self.text = text,
                     Err(e) => tracing::warn!("cannot read the servers file {}: {e}", self.path.display()),
                 }
-                let wanted = parse(&self.text);
+                let wanted: Vec<String> = parse(&self.text).into_iter().filter(|u| !self.given.contains(u)).collect();
                 let left: Vec<String> = self.urls.keys().filter(|u| !wanted.contains(u)).cloned().collect();
                 for url in left {
                     if let Some(Ok(server)) = self.urls.remove(&url) {
