@@ -72,10 +72,14 @@ fn batches_run_first_in_first_out_and_list_newest_first_by_pages() {
     let mut seen_running = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let statuses: Vec<String> = ids
-            .iter()
-            .map(|id| api.get(&format!("/v1/batches/{id}")).json()["status"].as_str().unwrap().to_owned())
-            .collect();
+        // One list request is one snapshot (three GETs one after another could see batch 2 still running and,
+        // a moment later, batch 3 already running).
+        let listed = api.get("/v1/batches?limit=10").json();
+        let status_of = |id: &str| -> String {
+            let batch = listed["data"].as_array().unwrap().iter().find(|b| b["id"] == id).expect("listed");
+            batch["status"].as_str().unwrap().to_owned()
+        };
+        let statuses: Vec<String> = ids.iter().map(|id| status_of(id)).collect();
         let running: Vec<usize> = (0..3).filter(|&i| statuses[i] == "in_progress").collect();
         assert!(running.len() <= 1, "one batch at a time: {statuses:?}");
         for (i, st) in statuses.iter().enumerate() {
