@@ -4,6 +4,7 @@
 //! has a run of its own. (One test makes a role: `INFLIGHT_TEST_PG`'s user must be allowed to.) Leases expire by renewing them for zero time, never by sleeping.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -168,21 +169,28 @@ fn ingest_twice_is_once(mut store: Box<dyn WorkStore>) {
 fn concurrent_claimers_never_share_a_job(mut store: Box<dyn WorkStore>) {
     store.ingest(&jobs(0..2_000)).unwrap();
     let start = Barrier::new(4);
+    let claimed = AtomicUsize::new(0);
     let taken: Vec<Vec<i64>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
             .map(|i| {
                 let mut own = store.try_clone().unwrap();
-                let start = &start;
+                let (start, claimed) = (&start, &claimed);
                 s.spawn(move || {
                     let me = worker(&mut *own, &format!("host-{i}"));
                     start.wait();
                     let mut mine = Vec::new();
+                    // In rounds: every claimer claims once a round, at the same time as the others, so each
+                    // takes part however the threads are scheduled (one could otherwise take everything alone).
                     loop {
                         let batch = own.claim(me, 16, HELD).unwrap();
-                        if batch.is_empty() {
+                        claimed.fetch_add(batch.len(), Ordering::SeqCst);
+                        mine.extend(batch.iter().map(|c| c.lease.seq));
+                        start.wait();
+                        let done = claimed.load(Ordering::SeqCst) >= 2_000;
+                        start.wait();
+                        if done {
                             return mine;
                         }
-                        mine.extend(batch.iter().map(|c| c.lease.seq));
                     }
                 })
             })
