@@ -506,9 +506,17 @@ fn the_dashboard_in_headless_chromium_shows_the_running_batchs_progress() {
     let batch = api.batch_of(&batch_lines(600, None));
     let id = batch["id"].as_str().unwrap();
     api.poll(id, 60, |b| b["request_counts"]["completed"].as_u64().unwrap() >= 20);
-    let dom = chromium(&format!("{}/", serve.base), &["--dump-dom"]);
-    let row = dom.split(&format!("<tr id=\"{id}\"")).nth(1).unwrap_or_else(|| panic!("no row for {id}:\n{dom}"));
-    let row = &row[..row.find("</tr>").unwrap()];
+    // The rate needs two of the page's one-second samples: look again (bounded) until the row has one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (dom, row) = loop {
+        let dom = chromium(&format!("{}/", serve.base), &["--dump-dom"]);
+        let row = dom.split(&format!("<tr id=\"{id}\"")).nth(1).unwrap_or_else(|| panic!("no row for {id}:\n{dom}"));
+        let row = row[..row.find("</tr>").unwrap()].to_owned();
+        if row.contains("jobs/s") || Instant::now() > deadline {
+            break (dom, row);
+        }
+    };
+    let row = row.as_str();
     assert!(row.contains("data-status=\"in_progress\""), "{row}");
     let completed: u64 = row.split("data-completed=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
     assert!((20..600).contains(&completed), "the progress of a running batch: {row}");
