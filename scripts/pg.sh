@@ -4,6 +4,8 @@
 #   scripts/pg.sh setup                     # install Debian's postgresql when initdb is missing
 #   scripts/pg.sh start [--owner-pid PID]   # initdb a cluster, start it on a free loopback port; prints two
 #                                           # lines: its URL (postgres://postgres@127.0.0.1:PORT/postgres), its DIR
+#   scripts/pg.sh restart DIR               # restart that cluster (fast shutdown: sessions are cut) on the
+#                                           # same port, with the same settings; waits until it accepts again
 #   scripts/pg.sh stop DIR                  # stop that cluster and remove DIR
 #
 # With --owner-pid, a watcher stops the cluster and removes DIR once process PID has exited (the test process
@@ -75,6 +77,15 @@ start() {
   return 1
 }
 
+# pg_ctl restart starts the server again with the options it was started with (kept in postmaster.opts): the
+# same port, socket directory and settings.
+restart() {
+  local dir=${1:?usage: pg.sh restart DIR}
+  [ -d "$dir/data" ] || { log "no cluster in $dir"; return 1; }
+  as_owner "$(bindir)/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 60 restart >/dev/null 2>&1 \
+    || { tail -n 20 "$dir/server.log" >&2 || true; log "the cluster did not restart"; return 1; }
+}
+
 stop() {
   local dir=${1:?usage: pg.sh stop DIR}
   [ -d "$dir/data" ] || { log "no cluster in $dir"; return 1; }
@@ -87,6 +98,7 @@ shift || true
 case "$cmd" in
   setup) setup ;;
   start) start "$@" ;;
+  restart) restart "$@" ;;
   stop) stop "$@" ;;
-  *) echo "usage: scripts/pg.sh setup | start [--owner-pid PID] | stop DIR" >&2; exit 2 ;;
+  *) echo "usage: scripts/pg.sh setup | start [--owner-pid PID] | restart DIR | stop DIR" >&2; exit 2 ;;
 esac

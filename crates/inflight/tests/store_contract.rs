@@ -5,10 +5,12 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Barrier, OnceLock};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use inflight::code::ErrorCode;
+
+use crate::util::pg_database;
 use inflight::job::Endpoint;
 use inflight::store::{
     Completion, Failure, Fence, Lease, NewJob, PgUrl, PgWork, SqliteWork, WorkCounts, WorkStore, WorkerId, WorkerInfo,
@@ -29,25 +31,6 @@ fn sqlite(_test: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteWork::open(&dir.path().join("state.db")).unwrap();
     Fixture { store: Box::new(store), _dir: Some(dir) }
-}
-
-/// The database the PostgreSQL tests use (a URL with no `run=`).
-fn pg_database() -> &'static str {
-    static DB: OnceLock<String> = OnceLock::new();
-    DB.get_or_init(|| {
-        if let Ok(url) = std::env::var("INFLIGHT_TEST_PG") {
-            return url;
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pg.sh");
-        let pid = std::process::id().to_string();
-        let out = std::process::Command::new(script).args(["start", "--owner-pid", &pid]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "scripts/pg.sh start failed (scripts/pg.sh setup installs PostgreSQL; or set INFLIGHT_TEST_PG): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_owned()
-    })
 }
 
 /// A URL for a run of this test's own (`extra`: more query parameters).

@@ -43,6 +43,9 @@ mod serve_util;
 mod servers;
 /// Setup errors name the path or URL, exit 2, and leave no file behind.
 mod setup;
+/// Several worker processes share one run through PostgreSQL: each job once, a dead or stalled worker's jobs
+/// taken by the others, every copy of the output equal to `export`'s.
+mod shared_run;
 /// The store contract (claims, leases, fenced writes, commit order), each property against SQLite and PostgreSQL.
 mod store_contract;
 /// Workflows: validation, scheduling around model swaps, per-step durability.

@@ -196,3 +196,22 @@ pub fn chat_line_shape(record: &Value) -> Vec<(&'static str, &'static str)> {
     };
     PLACES.iter().map(|&p| (p, kind(record.pointer(p)))).collect()
 }
+
+/// The database the PostgreSQL tests use (a URL with no `run=`).
+pub fn pg_database() -> &'static str {
+    static DB: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DB.get_or_init(|| {
+        if let Ok(url) = std::env::var("INFLIGHT_TEST_PG") {
+            return url;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pg.sh");
+        let pid = std::process::id().to_string();
+        let out = std::process::Command::new(script).args(["start", "--owner-pid", &pid]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/pg.sh start failed (scripts/pg.sh setup installs PostgreSQL; or set INFLIGHT_TEST_PG): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_owned()
+    })
+}

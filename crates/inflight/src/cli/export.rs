@@ -7,13 +7,13 @@ use clap::Args;
 use super::common::{setup_error, Exit};
 use super::state::is_live;
 use crate::output::{errors_path, export, Format};
-use crate::store::Store;
+use crate::store::{PgUrl, Store};
 
 /// Arguments of `inflight export`.
 #[derive(Debug, Clone, Args)]
 pub struct ExportArgs {
-    /// The run's state database.
-    #[arg(long, value_name = "PATH")]
+    /// The run's state database, or its PostgreSQL URL (`postgres://USER@HOST/DB?run=NAME`).
+    #[arg(long, value_name = "PATH|URL", env = "INFLIGHT_STATE")]
     pub state: PathBuf,
     /// Where to write results; errors go to OUT.errors.jsonl beside it.
     #[arg(short, long, value_name = "OUT.jsonl")]
@@ -25,6 +25,11 @@ pub struct ExportArgs {
 
 /// Runs the command.
 pub fn execute(args: ExportArgs) -> anyhow::Result<Exit> {
+    if let Some(url) = PgUrl::from_state(&args.state).map_err(|e| setup_error(e.to_string()))? {
+        let (done, errors) = super::shared::export(&url, &args.output, args.format)?;
+        report(done, errors, &args.output);
+        return Ok(Exit::Success);
+    }
     let store = Store::open_read_only(&args.state).map_err(|e| setup_error(e.to_string()))?;
     if is_live(&args.state) {
         let target = std::path::absolute(&args.output)?;
@@ -41,10 +46,14 @@ pub fn execute(args: ExportArgs) -> anyhow::Result<Exit> {
     let workflow = store.meta("format")?.as_deref() == Some(Format::Workflow.name());
     let format = if workflow { Format::Workflow } else { args.format };
     let (done, errors) = export(&store, &args.output, format)?;
+    report(done, errors, &args.output);
+    Ok(Exit::Success)
+}
+
+fn report(done: u64, errors: u64, out: &std::path::Path) {
     eprintln!(
         "exported {done} results to {} and {errors} error records to {}",
-        args.output.display(),
-        errors_path(&args.output).display()
+        out.display(),
+        errors_path(out).display()
     );
-    Ok(Exit::Success)
 }

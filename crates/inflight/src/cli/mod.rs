@@ -13,6 +13,7 @@ mod run_args;
 mod serve;
 mod servers_file;
 mod session;
+mod shared;
 mod state;
 mod status;
 mod targets;

@@ -62,13 +62,13 @@ pub(super) async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<Exit
     let fingerprint = parser.fingerprint();
     let session = locked.open(&args, Identity::Settings(&fingerprint), &parser, args.format).await?;
     if let Some(engine) = &engine {
-        engine::plan(engine, &session.reader)?;
+        engine::plan(engine, session.work.local()?)?;
     }
     // One server's model identity keys the cache; answers from several servers are not told apart by it.
     let identity = if conns.len() == 1 && listed.is_none() { conns[0].info.identity.clone() } else { None };
     let cache = args.cache.open(identity);
     let targets: Vec<RunTarget> = conns.into_iter().map(|c| RunTarget::new(&args, c, &session.stop)).collect();
-    check_models(&targets, &session.reader.pending_models()?)?;
+    check_models(&targets, &session.work.pending_models()?)?;
     let fleet = Fleet::new(targets);
     let (changes, watching) = match listed {
         Some(listed) => {
@@ -116,7 +116,7 @@ pub(super) async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<Exit
         cache: cache.clone(),
         changes,
     };
-    let ending = dispatch(&session.reader, wiring, config).await;
+    let ending = dispatch(session.work.source(), wiring, config).await;
     let wall = started.elapsed();
     if let Some((watch, stop)) = watching {
         stop.cancel();
@@ -126,7 +126,7 @@ pub(super) async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<Exit
     let several = several || fleet.len() > 1;
     let packing = fleet.packing();
     let reports = fleet.finish().await;
-    let finished = session.finish_writer()?;
+    let finished = session.finish_writer().await?;
     let ending = ending?;
     let (concurrency, servers): (Vec<_>, Vec<_>) = reports.into_iter().unzip();
     let engine = engine.as_ref().map(engine::report);
@@ -134,7 +134,7 @@ pub(super) async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<Exit
     let concurrency = concurrency.into_iter().next();
     let servers = if several { servers } else { Vec::new() };
     let ran = Ran { wall, steps: Vec::new(), concurrency, workflow: None, engine, cache, servers, packing };
-    finished.conclude(ran, |summary| outcome(ending, summary))
+    finished.conclude(ran, |summary| outcome(ending, summary)).await
 }
 
 /// The `--metrics-listen` socket, bound before anything else so a taken address costs nothing.
@@ -226,7 +226,7 @@ fn outcome(ending: Ending, counts: &Summary) -> Result<Exit, CommandError> {
 }
 
 fn dry_run(args: &RunArgs, parser: &Parser) -> anyhow::Result<Exit> {
-    let mut reader = args.job.open(&args.input, parser)?;
+    let mut reader = args.job.open(args.input()?, parser)?;
     let (mut jobs, mut bad, mut shown) = (0u64, 0u64, 0);
     while let Some(entry) = reader.next_entry()? {
         match entry {

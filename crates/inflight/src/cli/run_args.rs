@@ -20,10 +20,12 @@ simple lines ({\"id\"?, \"prompt\"} | {\"id\"?, \"messages\"} | {\"id\"?, \"inpu
 --template. Results go to OUT.jsonl, failures and bad lines to OUT.errors.jsonl, state to OUT.inflight.db. \
 Exit codes: 0 all succeeded, 1 some failed or bad lines, 2 usage/setup error, 130 interrupted.")]
 pub struct RunArgs {
-    /// The jobs: a JSONL file, or `-` for standard input.
-    pub input: PathBuf,
-    /// Where results go (one JSON line per successful job); failures go to OUT.errors.jsonl beside it.
-    #[arg(short, long, value_name = "OUT.jsonl", required_unless_present = "dry_run")]
+    /// The jobs: a JSONL file, or `-` for standard input. A worker joining a run shared through PostgreSQL
+    /// may leave it out.
+    pub input: Option<PathBuf>,
+    /// Where results go (one JSON line per successful job); failures go to OUT.errors.jsonl beside it. With a
+    /// PostgreSQL state, optional: this worker's copy of the whole run's output.
+    #[arg(short, long, value_name = "OUT.jsonl")]
     pub output: Option<PathBuf>,
     /// Which server, and how to talk to it.
     #[command(flatten)]
@@ -67,9 +69,15 @@ pub struct RunArgs {
     /// Output line shape.
     #[arg(long, value_enum, default_value = "batch")]
     pub format: Format,
-    /// The state database. Default: OUT.inflight.db beside the output.
-    #[arg(long, value_name = "PATH")]
+    /// The state database. Default: OUT.inflight.db beside the output. `postgres://USER@HOST/DB?run=NAME`
+    /// shares the run NAME through PostgreSQL: every process started with the same URL (on any machine, each
+    /// with its own servers) takes jobs from it, and none is answered twice.
+    #[arg(long, value_name = "PATH|URL", env = "INFLIGHT_STATE")]
     pub state: Option<PathBuf>,
+    /// With a PostgreSQL state: how long a claimed job stays this worker's without a renewal (renewed every
+    /// third of it while the worker lives). A worker that dies or stalls loses its jobs to the others after it.
+    #[arg(long, default_value = "30s", value_parser = parse::duration)]
+    pub lease: Duration,
     /// Throw away the existing state and start over.
     #[arg(long)]
     pub restart: bool,
@@ -133,6 +141,17 @@ pub struct SendArgs {
 }
 
 impl RunArgs {
+    /// The PostgreSQL state `--state` names, if it names one.
+    pub fn shared_state(&self) -> anyhow::Result<Option<crate::store::PgUrl>> {
+        let state = self.state.as_deref().map(crate::store::PgUrl::from_state).transpose();
+        state.map(Option::flatten).map_err(|e| super::common::setup_error(e.to_string()))
+    }
+
+    /// The input file (required but with a PostgreSQL state).
+    pub fn input(&self) -> anyhow::Result<&std::path::Path> {
+        self.input.as_deref().ok_or_else(|| super::common::setup_error("the input file (JOBS.jsonl) is required"))
+    }
+
     /// How to talk to the servers: the key, the request timeout, and Ollama's runner options (which every
     /// request must share).
     pub fn connect_options(&self) -> ConnectOptions {

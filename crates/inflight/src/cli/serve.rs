@@ -103,7 +103,7 @@ fn spawn_shutdown(shutdown: CancellationToken) {
 /// The `run` flags every batch runs with; input, output and state are set per batch.
 fn batch_args(args: &ServeArgs) -> RunArgs {
     RunArgs {
-        input: PathBuf::new(),
+        input: None,
         output: None,
         conn: args.conn.clone(),
         engine: args.engine.clone(),
@@ -119,6 +119,7 @@ fn batch_args(args: &ServeArgs) -> RunArgs {
         send: args.send.clone(),
         format: Format::Batch,
         state: None,
+        lease: std::time::Duration::from_secs(30),
         restart: false,
         retry_failed: false,
         limit: None,
@@ -139,7 +140,7 @@ struct Runner {
 impl BatchRunner for Runner {
     async fn run(&self, run: BatchRun) -> Result<RunEnd, String> {
         let mut args = self.template.clone();
-        args.input = run.input;
+        args.input = Some(run.input);
         args.output = Some(run.output.clone());
         let hooks = Hooks { stop: Some(run.stop), watch: Some(run.watch) };
         let exit = run_with(args, hooks).await.map_err(|e| format!("{e:#}"))?;

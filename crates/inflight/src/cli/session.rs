@@ -14,13 +14,14 @@ use super::common::{setup_error, CommandError, Exit};
 use super::jobs::check_input;
 use super::run_args::RunArgs;
 use super::state::{check_dir_of, default_state_path, lock, remove_state, Leftovers, RunLock};
+use crate::dispatch::Source;
 use crate::job::Parser;
 use crate::live::LiveStats;
 use crate::output::{errors_path, Format, OutputFiles};
 use crate::report::{
     ConcurrencyReport, EngineReport, ExitReport, FilesReport, RunSummary, Summary, SummaryInput, WorkflowReport,
 };
-use crate::store::{Counts, StepCount, Store, WriteMsg, Writer, WriterHandle};
+use crate::store::{Counts, Follower, PgUrl, SharedRun, StepCount, Store, WriteMsg, Writer, WriterHandle};
 
 /// What identifies a run, besides its input: a state begun one way refuses to go on another.
 pub(super) enum Identity<'a> {
@@ -33,31 +34,65 @@ pub(super) enum Identity<'a> {
 /// A state locked for this process; nothing is opened yet (a `--restart` against a wrong server must not
 /// cost the old state, so the mode connects before [`Locked::open`]).
 pub(super) struct Locked {
-    out: PathBuf,
-    state: PathBuf,
-    // Before `lock`: the files are removed while the lock is still held.
-    leftovers: Leftovers,
-    lock: RunLock,
+    at: StateAt,
     stop: Option<CancellationToken>,
+}
+
+/// Where the run's state is.
+enum StateAt {
+    /// A state file this process owns, locked.
+    File {
+        out: PathBuf,
+        state: PathBuf,
+        // Before `lock`: the files are removed while the lock is still held.
+        leftovers: Leftovers,
+        lock: RunLock,
+    },
+    /// A run shared through PostgreSQL; `out`, this worker's copy of the output.
+    Shared { url: Box<PgUrl>, out: Option<PathBuf> },
 }
 
 impl Locked {
     /// Checks the input and the directories the run writes in, then locks the state of the run that writes
     /// `args`' output. Until [`Locked::open`] succeeds, a refused run removes the files it made.
     pub fn new(args: &RunArgs) -> anyhow::Result<Locked> {
-        let out = args.output.clone().expect("clap requires --output without --dry-run");
+        if let Some(url) = args.shared_state()? {
+            if let Some(input) = &args.input {
+                check_input(input)?;
+            }
+            if let Some(out) = &args.output {
+                check_dir_of("the output", out)?;
+            }
+            return Ok(Locked { at: StateAt::Shared { url: Box::new(url), out: args.output.clone() }, stop: None });
+        }
+        let Some(out) = args.output.clone() else {
+            return Err(setup_error("-o OUT.jsonl is required (except with --dry-run, or a postgres:// --state)"));
+        };
+        let input = args.input()?;
         let state = args.state.clone().unwrap_or_else(|| default_state_path(&out));
-        check_input(&args.input)?;
+        check_input(input)?;
         check_dir_of("the output", &out)?;
         check_dir_of("the state", &state)?;
         let leftovers = Leftovers::absent(&state, &[out.clone(), errors_path(&out)]);
         let lock = lock(&state)?;
-        Ok(Locked { out, state, leftovers, lock, stop: None })
+        Ok(Locked { at: StateAt::File { out, state, leftovers, lock }, stop: None })
     }
 
     /// Stopped by `stop` (it drains as after Ctrl-C) instead of by this process's signals; `None` changes nothing.
     pub fn stopped_by(self, stop: Option<CancellationToken>) -> Locked {
         Locked { stop, ..self }
+    }
+
+    /// The stop token: the caller's, or one cancelled by this process's first Ctrl-C or SIGTERM.
+    fn stop_token(stop: Option<CancellationToken>, args: &RunArgs) -> (CancellationToken, bool) {
+        match stop {
+            Some(stop) => (stop, false),
+            None => {
+                let stop = CancellationToken::new();
+                spawn_signal_handler(stop.clone(), args.send.drain_timeout);
+                (stop, true)
+            }
+        }
     }
 
     /// Opens the state (anew with `--restart`), checks the run's identity, ingests the input with `parser`,
@@ -69,7 +104,37 @@ impl Locked {
         parser: &Parser,
         format: Format,
     ) -> anyhow::Result<Session> {
-        let Locked { out, state, mut leftovers, lock, stop } = self;
+        let Locked { at, stop } = self;
+        let (out, state, mut leftovers, lock) = match at {
+            StateAt::File { out, state, leftovers, lock } => (out, state, leftovers, lock),
+            StateAt::Shared { url, out } => {
+                let fingerprint = match identity {
+                    Identity::Settings(f) => f.to_owned(),
+                    Identity::Workflow(_) => {
+                        return Err(setup_error("--workflow runs cannot share a PostgreSQL state yet"))
+                    }
+                };
+                let joined = super::shared::join(args, *url.clone(), fingerprint, parser).await?;
+                let writer = joined.run.writer()?;
+                let follower = match &out {
+                    Some(out) => Some(joined.run.follow(Box::new(OutputFiles::create(out, format)?))?),
+                    None => None,
+                };
+                let (stop, signals) = Locked::stop_token(stop, args);
+                let how = Ending { json: args.json, signals };
+                return Ok(Session {
+                    work: RunWork::Shared { run: Box::new(joined.run), follower },
+                    writer,
+                    stop,
+                    stats: Arc::new(LiveStats::default()),
+                    before: joined.before,
+                    out,
+                    state: url.to_string(),
+                    how,
+                    _lock: None,
+                });
+            }
+        };
         if args.restart {
             remove_state(&state)
                 .with_context(|| format!("cannot remove the old state {} (--restart)", state.display()))?;
@@ -96,23 +161,70 @@ impl Locked {
         let files = OutputFiles::open(&out, &store, format, rebuild)?;
         let reader = store.reopen()?;
         let writer = Writer::spawn(store, Box::new(files))?;
-        let signals = stop.is_none();
-        let stop = stop.unwrap_or_else(|| {
-            let stop = CancellationToken::new();
-            spawn_signal_handler(stop.clone(), args.send.drain_timeout);
-            stop
-        });
+        let (stop, signals) = Locked::stop_token(stop, args);
         let stats = Arc::new(LiveStats::default());
         leftovers.keep();
         let how = Ending { json: args.json, signals };
-        Ok(Session { reader, writer, stop, stats, before, out, state, how, _lock: lock })
+        Ok(Session {
+            work: RunWork::Local(reader),
+            writer,
+            stop,
+            stats,
+            before,
+            out: Some(out),
+            state: state.display().to_string(),
+            how,
+            _lock: Some(lock),
+        })
+    }
+}
+
+/// Where a run's work comes from and its counts are read.
+pub(super) enum RunWork {
+    /// A state file this process owns: a read connection to it.
+    Local(Store),
+    /// This worker's part in a run shared through PostgreSQL, and its local copy of the output (`-o`).
+    Shared { run: Box<SharedRun>, follower: Option<Follower> },
+}
+
+impl RunWork {
+    /// Where the dispatcher takes its jobs from.
+    pub fn source(&self) -> Source<'_> {
+        match self {
+            RunWork::Local(reader) => Source::local(reader),
+            RunWork::Shared { run, .. } => Source::Shared(run),
+        }
+    }
+
+    /// The state file (what a workflow run and the engine's sizing read); a shared run has none.
+    pub fn local(&self) -> anyhow::Result<&Store> {
+        match self {
+            RunWork::Local(reader) => Ok(reader),
+            RunWork::Shared { .. } => Err(setup_error("this needs a state file, not a PostgreSQL state")),
+        }
+    }
+
+    /// The models the pending jobs name, to check against the servers before sending. A shared run's workers
+    /// each have their own servers: not checked there (a server refuses a job whose model it lacks).
+    pub fn pending_models(&self) -> anyhow::Result<Vec<String>> {
+        match self {
+            RunWork::Local(reader) => Ok(reader.pending_models()?),
+            RunWork::Shared { .. } => Ok(Vec::new()),
+        }
+    }
+
+    async fn totals(&self) -> anyhow::Result<(Counts, hdrhistogram::Histogram<u64>)> {
+        match self {
+            RunWork::Local(reader) => Ok((reader.counts()?, reader.latency_histogram()?)),
+            RunWork::Shared { run, .. } => Ok(run.totals().await?),
+        }
     }
 }
 
 /// An open run: the state, its writer, the stop token (signals), this session's counters.
 pub(super) struct Session {
-    /// A read connection to the state (pages of pending work, counts).
-    pub reader: Store,
+    /// Where the run's jobs come from and its counts are read.
+    pub work: RunWork,
     /// The one writer.
     pub writer: WriterHandle,
     /// Cancelled by Ctrl-C / SIGTERM, or by a mode's verdict.
@@ -121,10 +233,11 @@ pub(super) struct Session {
     pub stats: Arc<LiveStats>,
     /// The state's counts before this session sent anything.
     pub before: Counts,
-    out: PathBuf,
-    state: PathBuf,
+    out: Option<PathBuf>,
+    /// The state, as shown (a file's path, or a PostgreSQL URL without its password).
+    state: String,
     how: Ending,
-    _lock: RunLock,
+    _lock: Option<RunLock>,
 }
 
 /// How the session ends: the summary as JSON (`--json`), and whether this process's signals stop it.
@@ -164,42 +277,60 @@ impl Session {
         })
     }
 
-    /// Commits what is left; the error that stopped the writer, if it failed.
-    pub fn finish_writer(self) -> anyhow::Result<Finished> {
-        let Session { reader, writer, stop, stats, before, out, state, how, _lock } = self;
-        writer.finish().with_context(|| format!("recording results (state {})", state.display()))?;
-        Ok(Finished { reader, stop, stats, before, out, state, how, _lock })
+    /// Commits what is left; the error that stopped the writer, if it failed. A shared run then releases the
+    /// claims this worker still holds and brings its copy of the output up to date.
+    pub async fn finish_writer(self) -> anyhow::Result<Finished> {
+        let Session { mut work, writer, stop, stats, before, out, state, how, _lock } = self;
+        writer.finish().with_context(|| format!("recording results (state {state})"))?;
+        if let RunWork::Shared { run, follower } = &mut work {
+            let released = run.release().await.context("releasing this worker's claims")?;
+            if released > 0 {
+                eprintln!("released {released} claimed jobs for the other workers");
+            }
+            if run.stale() > 0 {
+                eprintln!(
+                    "{} answers recorded nothing: their claims had expired and other workers took the jobs",
+                    run.stale()
+                );
+            }
+            if let Some(follower) = follower.take() {
+                tokio::task::spawn_blocking(move || follower.finish())
+                    .await?
+                    .context("writing this worker's copy of the output")?;
+            }
+        }
+        Ok(Finished { work, stop, stats, before, out, state, how, _lock })
     }
 }
 
 /// A session whose writer has committed everything.
 pub(super) struct Finished {
-    /// A read connection to the state.
-    pub reader: Store,
+    /// Where the run's counts are read.
+    pub work: RunWork,
     /// Whether the run was stopped (signals, a verdict).
     pub stop: CancellationToken,
     stats: Arc<LiveStats>,
     before: Counts,
-    out: PathBuf,
-    state: PathBuf,
+    out: Option<PathBuf>,
+    state: String,
     how: Ending,
-    _lock: RunLock,
+    _lock: Option<RunLock>,
 }
 
 impl Finished {
     /// Prints the summary (text on stdout or, with `--json`, one JSON object on stdout and the text on stderr)
     /// and returns the exit code `outcome` gives for it, or the error that stopped the run.
-    pub fn conclude(
+    pub async fn conclude(
         self,
         ran: Ran,
         outcome: impl FnOnce(&Summary) -> Result<Exit, CommandError>,
     ) -> anyhow::Result<Exit> {
         let finished_before = self.before.done + self.before.failed;
-        let counts = self.reader.counts()?;
+        let (counts, latency) = self.work.totals().await?;
         let tokens = self.stats.completion_tokens.load(std::sync::atomic::Ordering::Relaxed);
         let summary = Summary::new(SummaryInput {
             counts,
-            latency: self.reader.latency_histogram()?,
+            latency,
             session: Some(((counts.done + counts.failed).saturating_sub(finished_before), tokens, ran.wall)),
             retries: self.stats.retries.load(std::sync::atomic::Ordering::Relaxed),
             cached_prompt_tokens: self.stats.cached_prompt_tokens.load(std::sync::atomic::Ordering::Relaxed),
@@ -210,10 +341,11 @@ impl Finished {
             Ok(exit) => ExitReport { code: *exit as i32, meaning: exit.meaning(), message: None },
             Err(e) => ExitReport { code: e.exit as i32, meaning: e.exit.meaning(), message: Some(e.message.clone()) },
         };
+        let shown = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_else(|| "-".into());
         let files = FilesReport {
-            results: self.out.display().to_string(),
-            errors: errors_path(&self.out).display().to_string(),
-            state: self.state.display().to_string(),
+            results: shown(self.out.clone()),
+            errors: shown(self.out.as_deref().map(errors_path)),
+            state: self.state.clone(),
         };
         let report = RunSummary {
             engine: ran.engine,
@@ -250,7 +382,7 @@ fn check_identity(store: &Store, identity: &Identity, args: &RunArgs, state: &Pa
     let refused = match (store.meta("settings")?.as_deref(), identity) {
         (None, _) => {
             store.set_meta("settings", settings)?;
-            store.set_meta("input", &args.input.to_string_lossy())?;
+            store.set_meta("input", &args.input()?.to_string_lossy())?;
             return Ok(true);
         }
         (Some(f), _) if f == settings => return Ok(false),
@@ -265,13 +397,14 @@ fn check_identity(store: &Store, identity: &Identity, args: &RunArgs, state: &Pa
 
 /// Ingests the input (or the rest of it), or, for a complete ingest, checks the input did not change.
 async fn ingest(store: &mut Store, args: &RunArgs, parser: &Parser, fresh: bool) -> anyhow::Result<()> {
-    let mut reader = args.job.open(&args.input, parser)?;
+    let input = args.input()?;
+    let mut reader = args.job.open(input, parser)?;
     let done_lines: u64 = store.meta("ingest_lines")?.and_then(|v| v.parse().ok()).unwrap_or(0);
     let recorded_sha = store.meta("ingest_sha256")?;
     let changed = || {
         setup_error(format!(
             "the input {} changed since this run began; pass --restart to start over with it",
-            args.input.display()
+            input.display()
         ))
     };
     if !fresh {

@@ -8,13 +8,14 @@ use serde_json::json;
 use super::common::{setup_error, Exit};
 use super::state::is_live;
 use crate::report::{Summary, SummaryInput};
-use crate::store::Store;
+use crate::store::{PgUrl, Store};
 
 /// Arguments of `inflight status`.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
-    /// The run's state database (OUT.inflight.db beside its output).
-    #[arg(long, value_name = "PATH")]
+    /// The run's state database (OUT.inflight.db beside its output), or its PostgreSQL URL
+    /// (`postgres://USER@HOST/DB?run=NAME`: then every worker of the run is shown).
+    #[arg(long, value_name = "PATH|URL", env = "INFLIGHT_STATE")]
     pub state: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -23,6 +24,9 @@ pub struct StatusArgs {
 
 /// Runs the command. Exit 0 when every job succeeded, 1 otherwise (still going, failures or bad lines).
 pub fn execute(args: StatusArgs) -> anyhow::Result<Exit> {
+    if let Some(url) = PgUrl::from_state(&args.state).map_err(|e| setup_error(e.to_string()))? {
+        return super::shared::status(&url, args.json);
+    }
     let store = Store::open_read_only(&args.state).map_err(|e| setup_error(e.to_string()))?;
     let counts = store.counts()?;
     let summary = Summary::new(SummaryInput {

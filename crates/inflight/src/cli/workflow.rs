@@ -69,7 +69,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         health: plans[0].health.clone(),
         live: session.live_sink(),
         servers: None,
-        finished_before: session.reader.step_counts()?.iter().map(|c| c.done).sum(),
+        finished_before: session.work.local()?.step_counts()?.iter().map(|c| c.done).sum(),
         total: session.before.total() * steps.len() as u64,
         status_every: args.status_every,
         display: Display::detect(args.quiet),
@@ -80,15 +80,15 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         Concurrency::Auto => GroupConcurrency::Auto(args.send.max_concurrency as usize),
     };
     let started = Instant::now();
-    let ran = run_servers(&session.reader, shared.clone(), plans, concurrency, args.send.drain_timeout).await;
+    let ran = run_servers(session.work.local()?, shared.clone(), plans, concurrency, args.send.drain_timeout).await;
     let wall = started.elapsed();
     progress.finish().await;
     let verdict = shared.verdict.lock().expect("verdict lock").take();
     drop(shared);
-    let finished = session.finish_writer()?;
+    let finished = session.finish_writer().await?;
     ran?;
 
-    let mut step_counts = finished.reader.step_counts()?;
+    let mut step_counts = finished.work.local()?.step_counts()?;
     step_counts.sort_by_key(|c| steps.iter().position(|(n, _)| *n == c.step).unwrap_or(usize::MAX));
     let report = workflow_report(&flow_stats, &conns, &args.send.concurrency);
     let interrupted = finished.stop.is_cancelled();
@@ -102,7 +102,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         servers: Vec::new(),
         packing: None,
     };
-    finished.conclude(ran, |summary| outcome(verdict, interrupted, summary))
+    finished.conclude(ran, |summary| outcome(verdict, interrupted, summary)).await
 }
 
 /// The exit code a workflow run's end means, or the error that stops the command (`verdict`: a step's

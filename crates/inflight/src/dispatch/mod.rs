@@ -31,11 +31,50 @@ use crate::backend::{Answer, BackendError};
 use crate::cache::ResponseCache;
 use crate::code::ErrorCode;
 use crate::live::LiveStats;
-use crate::store::{now_ms, AttemptKey, Completion, PendingJob, Store, StoreError, WriteMsg};
+use crate::store::{now_ms, AttemptKey, Claim, Completion, PendingJob, SharedRun, Store, StoreError, WriteMsg};
 use crate::tune::{Permit, Sample, SampleOutcome};
 use targets::{acquire_any, Refusal, Routed};
 
 const PAGE: usize = 1024;
+/// How long the claim loop waits before claiming again when a shared run has nothing claimable now.
+const CLAIM_AGAIN: Duration = Duration::from_millis(250);
+
+/// Where the claim loop takes its jobs from.
+pub enum Source<'a> {
+    /// The run's state file, which this process owns: pending jobs page by page in store order.
+    Local {
+        /// A read connection to the state.
+        reader: &'a Store,
+        /// The last sequence number handed out.
+        cursor: i64,
+    },
+    /// A run shared through PostgreSQL: jobs claimed a few at a time, as leases.
+    Shared(&'a SharedRun),
+}
+
+impl Source<'_> {
+    /// This process's state file, from its first pending job.
+    pub fn local(reader: &Store) -> Source<'_> {
+        Source::Local { reader, cursor: 0 }
+    }
+
+    /// The next jobs to send: a page of the state file's, or a claim of about `want` from the shared run.
+    async fn next(&mut self, want: usize) -> Result<Claim, StoreError> {
+        match self {
+            Source::Local { reader, cursor } => {
+                let page = reader.pending_page(*cursor, PAGE)?;
+                Ok(match page.last() {
+                    Some(last) => {
+                        *cursor = last.seq;
+                        Claim::Jobs(page)
+                    }
+                    None => Claim::Exhausted,
+                })
+            }
+            Source::Shared(run) => run.claim(want.clamp(8, PAGE)).await,
+        }
+    }
+}
 
 /// How the dispatcher behaves.
 #[derive(Debug, Clone)]
@@ -99,7 +138,7 @@ pub struct Wiring {
 }
 
 /// Runs until every pending job is recorded, or until `stop`.
-pub async fn dispatch(reader: &Store, wiring: Wiring, config: DispatchConfig) -> Result<Ending, StoreError> {
+pub async fn dispatch(source: Source<'_>, wiring: Wiring, config: DispatchConfig) -> Result<Ending, StoreError> {
     let Wiring { targets, writer, stats, stop, cache, changes } = wiring;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let hard = CancellationToken::new();
@@ -121,7 +160,7 @@ pub async fn dispatch(reader: &Store, wiring: Wiring, config: DispatchConfig) ->
     });
     let targets = targets.into_iter().map(|t| ctx.route(t)).collect();
     let mut tasks = JoinSet::new();
-    let claimed = claim_loop(reader, &ctx, &mut tasks, targets, changes).await;
+    let claimed = claim_loop(source, &ctx, &mut tasks, targets, changes).await;
     drain(&mut tasks, &ctx.stop, &ctx.hard, ctx.config.drain_timeout).await;
     let signalled = stop.is_cancelled();
     drop(ctx);
@@ -217,13 +256,14 @@ enum Woken {
     Change(Option<TargetChange>),
 }
 
-/// The next job to send: one handed back by a server that went away, else the next pending one in store
-/// order. `None` once every job has been handed out and nothing in flight can come back (or the run stops).
+/// The next job to send: one handed back by a server that went away, else the next from `source` (a claim of
+/// about `want` jobs in a shared run). `None` once every job has been handed out and nothing in flight can come
+/// back (or the run stops).
 async fn next_job(
-    reader: &Store,
+    source: &mut Source<'_>,
+    want: usize,
     ctx: &Ctx,
     page: &mut VecDeque<PendingJob>,
-    cursor: &mut i64,
     tasks: &mut JoinSet<()>,
 ) -> Result<Option<(PendingJob, bool)>, StoreError> {
     loop {
@@ -233,36 +273,46 @@ async fn next_job(
         if let Some(job) = page.pop_front() {
             return Ok(Some((job, false)));
         }
-        let mut next = reader.pending_page(*cursor, PAGE)?;
-        if let Some(last) = next.last() {
-            *cursor = last.seq;
-            if ctx.config.prefix_order && ctx.config.limit.is_none() {
-                order::by_prefix(&mut next);
+        let claim = tokio::select! {
+            biased;
+            _ = ctx.stop.cancelled() => return Ok(None),
+            claim = source.next(want) => claim?,
+        };
+        let later = match claim {
+            Claim::Jobs(mut next) => {
+                if ctx.config.prefix_order && ctx.config.limit.is_none() {
+                    order::by_prefix(&mut next);
+                }
+                page.extend(next);
+                continue;
             }
-            page.extend(next);
-            continue;
-        }
-        // Everything is handed out; jobs in flight may still come back from a server that goes away.
-        if tasks.is_empty() || ctx.stop.is_cancelled() {
-            return Ok(None);
-        }
+            // Everything is handed out; jobs in flight may still come back from a server that goes away.
+            Claim::Exhausted if tasks.is_empty() => return Ok(None),
+            Claim::Exhausted => false,
+            // Other workers hold the rest: claim again a little later (their leases may expire).
+            Claim::Later => true,
+        };
         tokio::select! {
-            _ = tasks.join_next() => {}
+            Some(_) = tasks.join_next() => {}
             _ = ctx.returned_ready.notified() => {}
+            _ = tokio::time::sleep(CLAIM_AGAIN), if later => {}
             _ = ctx.stop.cancelled() => return Ok(None),
         }
     }
 }
 
 async fn claim_loop(
-    reader: &Store,
+    mut source: Source<'_>,
     ctx: &Arc<Ctx>,
     tasks: &mut JoinSet<()>,
     mut targets: Vec<Arc<Routed>>,
     mut changes: Option<UnboundedReceiver<TargetChange>>,
 ) -> Result<(), StoreError> {
-    let (mut page, mut cursor, mut sent) = (VecDeque::new(), 0, 0u64);
-    while let Some((job, again)) = next_job(reader, ctx, &mut page, &mut cursor, tasks).await? {
+    let (mut page, mut sent) = (VecDeque::new(), 0u64);
+    loop {
+        // A shared run claims about as many jobs as its servers take at once: the rest stay free for others.
+        let want = targets.iter().filter(|t| t.is_active()).map(|t| t.limiter.limit()).sum();
+        let Some((job, again)) = next_job(&mut source, want, ctx, &mut page, tasks).await? else { break };
         if !again {
             if ctx.config.limit.is_some_and(|l| sent >= l) {
                 return Ok(());

@@ -97,6 +97,21 @@ impl OutputFiles {
         Ok(files)
     }
 
+    /// Creates both files empty (a shared run's local copy, which is written from the start of the run's
+    /// commit order).
+    pub fn create(out: &Path, format: Format) -> Result<OutputFiles, StoreError> {
+        let errors_out = errors_path(out);
+        let open = |path: &Path| -> io::Result<Appender> {
+            let file = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+            Appender::new(file, path)
+        };
+        Ok(OutputFiles {
+            done: open(out).map_err(|e| naming(out, "open the output", e))?,
+            errors: open(&errors_out).map_err(|e| naming(&errors_out, "open the output", e))?,
+            format,
+        })
+    }
+
     /// Pushes buffered lines to the OS (a killed process then loses nothing that was written).
     pub fn flush(&mut self) -> io::Result<()> {
         self.done.flush()?;
@@ -122,9 +137,19 @@ impl CommittedSink for OutputFiles {
 /// Writes both files for `store` at `out` from scratch, through temporary files renamed into place, so a reader
 /// never sees a half-written export.
 pub fn export(store: &Store, out: &Path, format: Format) -> Result<(u64, u64), StoreError> {
-    let done = write_replacing(out, |line| store.for_each_done(0, |row| line(&render_done(&row, format))))?;
-    let errors =
-        write_replacing(&errors_path(out), |line| store.for_each_error(0, |row| line(&render_error(&row, format))))?;
+    export_from(out, format, |row| store.for_each_done(0, row), |row| store.for_each_error(0, row))
+}
+
+/// [`export`] from any source: `done` hands each result in commit order to the function it is given, `errors`
+/// each error record.
+pub fn export_from(
+    out: &Path,
+    format: Format,
+    done: impl FnOnce(&mut dyn FnMut(DoneRow) -> io::Result<()>) -> Result<(), StoreError>,
+    errors: impl FnOnce(&mut dyn FnMut(ErrorRow) -> io::Result<()>) -> Result<(), StoreError>,
+) -> Result<(u64, u64), StoreError> {
+    let done = write_replacing(out, |line| done(&mut |row| line(&render_done(&row, format))))?;
+    let errors = write_replacing(&errors_path(out), |line| errors(&mut |row| line(&render_error(&row, format))))?;
     Ok((done, errors))
 }
 

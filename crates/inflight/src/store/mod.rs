@@ -6,11 +6,13 @@
 //!
 //! [`WorkStore`] is the contract several workers sharing one run need (claims as leases, fenced writes, one
 //! commit order), implemented over the SQLite state ([`SqliteWork`]) and in PostgreSQL ([`PgWork`], for runs
-//! shared by several machines). `run` does not use it yet.
+//! shared by several machines). A run with a PostgreSQL state takes part in it through [`SharedRun`]; a run on a
+//! state file uses the SQLite store directly, as one owner.
 
 mod contract;
 mod pg_url;
 mod postgres;
+mod shared;
 mod sqlite;
 mod sqlite_work;
 mod steps;
@@ -22,6 +24,7 @@ pub use contract::{
 };
 pub use pg_url::PgUrl;
 pub use postgres::PgWork;
+pub use shared::{error_rows, Claim, Follower, SharedRun, INGEST_DONE};
 pub use sqlite::{BadLineRow, Counts, DoneRow, ErrorRow, FailedAnswer, FailedRow, IngestReport, PendingJob, Store};
 pub use sqlite_work::SqliteWork;
 pub use steps::{ReadyUnit, StepCount, StepDone};
@@ -139,7 +142,11 @@ fn postgres_message(e: &::postgres::Error) -> String {
             Some(detail) => format!("{} ({detail})", db.message()),
             None => db.message().to_owned(),
         },
-        None => e.to_string(),
+        // The client's own error ("error connecting to server") says why only in its source.
+        None => match std::error::Error::source(e) {
+            Some(why) => format!("{e}: {why}"),
+            None => e.to_string(),
+        },
     }
 }
 
@@ -151,6 +158,12 @@ pub mod status {
     pub const DONE: i64 = 2;
     /// Failed permanently or out of attempts; in OUT.errors.jsonl.
     pub const FAILED: i64 = 3;
+}
+
+/// An empty histogram of latencies in ms, bounded (1 ms to a day) so values beyond the initial range are
+/// recorded, not clamped.
+pub(crate) fn empty_latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 86_400_000, 3).expect("valid bounds")
 }
 
 /// Milliseconds since the Unix epoch.

@@ -27,6 +27,14 @@ impl PgUrl {
             .any(|scheme| text.get(..scheme.len()).is_some_and(|s| s.eq_ignore_ascii_case(scheme)))
     }
 
+    /// The PostgreSQL state a `--state` value names, if it names one (else it is a state file's path).
+    pub fn from_state(state: &std::path::Path) -> Result<Option<PgUrl>, StoreError> {
+        match state.to_str().filter(|s| PgUrl::is_postgres(s)) {
+            Some(text) => PgUrl::parse(text).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Parses a state URL. The run (`run=NAME`: letters, digits, `.`, `_`, `-`) is required; other query
     /// parameters are PostgreSQL's own connection settings (`sslmode`, `connect_timeout`, …). An error never
     /// repeats the URL, which may hold a password.

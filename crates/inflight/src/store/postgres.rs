@@ -15,7 +15,7 @@ use super::contract::{
     Claimed, Committed, Fence, Ingested, Lease, LeaseToken, NewJob, WorkCounts, WorkStore, WorkerId, WorkerInfo,
     WorkerRow,
 };
-use super::{Completion, DoneRow, Failure, PgUrl, StoreError};
+use super::{BadLineRow, Completion, Counts, DoneRow, FailedAnswer, FailedRow, Failure, PgUrl, StoreError};
 use crate::job::Endpoint;
 
 const BOOTSTRAP: &str = include_str!("sql/postgres/000_bootstrap.sql");
@@ -92,7 +92,101 @@ impl PgWork {
     pub fn url(&self) -> &PgUrl {
         &self.url
     }
+
+    /// The run's counts for its summary and `status`: jobs by state (claimed ones are pending), bad lines, and
+    /// the results' sums.
+    pub fn totals(&mut self) -> Result<Counts, StoreError> {
+        let work = self.counts()?;
+        let r = self.client.query_one(include_str!("sql/postgres/totals.sql"), &[&self.run])?;
+        let n = |i: usize| r.get::<_, i64>(i).max(0) as u64;
+        Ok(Counts {
+            pending: work.ready + work.claimed,
+            done: work.done,
+            failed: work.failed,
+            bad_lines: self.bad_lines()?.len() as u64,
+            length_cut: n(0),
+            prompt_tokens: n(1),
+            completion_tokens: n(2),
+            first_sent_ms: r.get(3),
+            last_finished_ms: r.get(4),
+        })
+    }
+
+    /// Every result's latency (ms), for the summary's percentiles.
+    pub fn latency_histogram(&mut self) -> Result<hdrhistogram::Histogram<u64>, StoreError> {
+        let mut h = super::empty_latency_histogram();
+        for row in self.client.query("SELECT latency_ms FROM inflight.results WHERE run = $1", &[&self.run])? {
+            h.saturating_record(row.get::<_, i64>(0).max(0) as u64);
+        }
+        Ok(h)
+    }
+
+    /// The failed jobs' error records, in input order.
+    pub fn failed_rows(&mut self) -> Result<Vec<FailedRow>, StoreError> {
+        let rows = self.client.query(include_str!("sql/postgres/failed_rows.sql"), &[&self.run])?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let seq: i64 = r.get(0);
+                let answer = r.get::<_, Option<i32>>(2).map(|status| FailedAnswer {
+                    status_code: status.into(),
+                    request_id: None,
+                    body: r.get(3),
+                });
+                FailedRow {
+                    seq,
+                    line: seq,
+                    id: r.get(1),
+                    answer,
+                    code: r.get::<_, Option<String>>(4).unwrap_or_default(),
+                    message: r.get::<_, Option<String>>(5).unwrap_or_default(),
+                    step: r.get(6),
+                }
+            })
+            .collect())
+    }
+
+    /// Records input lines that did not become jobs (kept as metadata, one key a line: a line recorded twice,
+    /// by two ingesters, is one record).
+    pub fn add_bad_lines(&mut self, bad: &[BadLineRow]) -> Result<(), StoreError> {
+        for b in bad {
+            let value = serde_json::json!({"code": b.code, "message": b.message, "custom_id": b.custom_id});
+            self.set_meta(&format!("{BAD_LINE}{:012}", b.line), &value.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The input lines that did not become jobs, in input order.
+    pub fn bad_lines(&mut self) -> Result<Vec<BadLineRow>, StoreError> {
+        let rows = self.client.query(include_str!("sql/postgres/meta_prefix.sql"), &[&self.run, &BAD_LINE])?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let key: String = r.get(0);
+                let line = key.strip_prefix(BAD_LINE)?.parse().ok()?;
+                let v: serde_json::Value = serde_json::from_str(&r.get::<_, String>(1)).ok()?;
+                Some(BadLineRow {
+                    line,
+                    code: v["code"].as_str().unwrap_or_default().to_owned(),
+                    message: v["message"].as_str().unwrap_or_default().to_owned(),
+                    custom_id: v["custom_id"].as_str().map(str::to_owned),
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes the run (jobs, results, workers, metadata) and begins it anew under the same name (`--restart`).
+    pub fn reset(&mut self) -> Result<(), StoreError> {
+        let mut tx = self.client.transaction()?;
+        tx.execute("DELETE FROM inflight.runs WHERE id = $1", &[&self.run])?;
+        self.run = tx.query_one(include_str!("sql/postgres/run_id.sql"), &[&self.url.run()])?.get(0);
+        tx.commit()?;
+        Ok(())
+    }
 }
+
+/// The metadata key prefix of a bad line's record (followed by the zero-padded line number, so keys sort by line).
+const BAD_LINE: &str = "bad_line:";
 
 /// Brings the database's schema to this version's, once even when several workers start at the same moment. A
 /// database already at this version is only read: a worker's role may be allowed to read and write the tables

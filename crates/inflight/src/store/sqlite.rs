@@ -431,8 +431,7 @@ impl Store {
 
     /// Latencies of successful jobs, for percentiles.
     pub fn latency_histogram(&self) -> Result<hdrhistogram::Histogram<u64>, StoreError> {
-        // Bounded (1 ms to a day) so values beyond the initial range are recorded, not clamped.
-        let mut h = hdrhistogram::Histogram::new_with_bounds(1, 86_400_000, 3).expect("valid bounds");
+        let mut h = super::empty_latency_histogram();
         let mut stmt = self.conn.prepare("SELECT latency_ms FROM jobs WHERE status = 2 AND latency_ms IS NOT NULL")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {

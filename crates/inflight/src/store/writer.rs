@@ -121,6 +121,18 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
+    /// Starts a writer thread named `name` that takes its messages from the channel it is handed.
+    pub(super) fn spawn(
+        name: &str,
+        run: impl FnOnce(Receiver<WriteMsg>) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<WriterHandle, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        let join = std::thread::Builder::new().name(name.into()).spawn(move || run(rx))?;
+        Ok(WriterHandle { tx, join })
+    }
+}
+
+impl WriterHandle {
     /// A sender for tasks; sending fails only when the writer has stopped on an error.
     pub fn sender(&self) -> Sender<WriteMsg> {
         self.tx.clone()
@@ -156,33 +168,12 @@ impl Writer {
     /// Starts the writer thread over `store` (whose connection it takes) and the reconciled output files.
     pub fn spawn(store: Store, files: Box<dyn CommittedSink>) -> Result<WriterHandle, StoreError> {
         let writer = Writer { next_done: store.next_done_ord()?, next_error: store.next_error_ord()?, store, files };
-        let (tx, rx) = mpsc::channel();
-        let join = std::thread::Builder::new().name("inflight-writer".into()).spawn(move || writer.run(rx))?;
-        Ok(WriterHandle { tx, join })
+        WriterHandle::spawn("inflight-writer", move |rx| writer.run(rx))
     }
 
     fn run(mut self, rx: Receiver<WriteMsg>) -> Result<(), StoreError> {
         let mut group = Vec::with_capacity(GROUP_MAX);
-        while let Ok(first) = rx.recv() {
-            let mut awaited = matches!(first, WriteMsg::Flush(_));
-            group.push(first);
-            let deadline = Instant::now() + GROUP_WAIT;
-            while group.len() < GROUP_MAX {
-                // Someone waits for this commit (an attempt about to be sent): take what is queued, then commit
-                // at once rather than wait out the group's time.
-                let next = if awaited {
-                    rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
-                } else {
-                    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                };
-                match next {
-                    Ok(msg) => {
-                        awaited |= matches!(msg, WriteMsg::Flush(_));
-                        group.push(msg);
-                    }
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                }
-            }
+        while next_group(&rx, &mut group) {
             self.commit(&mut group)?;
         }
         Ok(())
@@ -301,6 +292,33 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Waits for the next message and gathers the group it starts into `group`: up to [`GROUP_MAX`] messages, or
+/// what arrives within [`GROUP_WAIT`], or, when someone waits for the commit (a [`WriteMsg::Flush`]), what is
+/// queued now. False once every sender is gone. Both writers (this one and the shared run's) group this way.
+pub(super) fn next_group(rx: &Receiver<WriteMsg>, group: &mut Vec<WriteMsg>) -> bool {
+    let Ok(first) = rx.recv() else { return false };
+    let mut awaited = matches!(first, WriteMsg::Flush(_));
+    group.push(first);
+    let deadline = Instant::now() + GROUP_WAIT;
+    while group.len() < GROUP_MAX {
+        // Someone waits for this commit (an attempt about to be sent): take what is queued, then commit at once
+        // rather than wait out the group's time.
+        let next = if awaited {
+            rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
+        } else {
+            rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        };
+        match next {
+            Ok(msg) => {
+                awaited |= matches!(msg, WriteMsg::Flush(_));
+                group.push(msg);
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    true
 }
 
 /// A test-only failpoint (`scripts/chaos.sh`): `INFLIGHT_FAILPOINT_COMMIT_MS` holds every group commit open that
