@@ -90,6 +90,19 @@ def kill_all():
     PROCS.clear()
 
 
+def cpu_ticks():
+    """The machine's (busy, total) CPU ticks from /proc/stat: every process, PostgreSQL's and others' included."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
+def busy_since(t):
+    b, a = cpu_ticks()
+    return 100.0 * (b - t[0]) / max(1, a - t[1])
+
+
 def write_jobs(path, n):
     with open(path, "w") as f:
         for i in range(n):
@@ -271,7 +284,7 @@ def check_export(work, tag, state, n, workers):
     ex = subprocess.run([f"{BIN}/inflight", "export", "--state", state, "-o", path], capture_output=True,
                         text=True, timeout=300)
     if ex.returncode not in (0, 1) or not os.path.exists(path):
-        return False, f"inflight export exited {ex.returncode}: {ex.stderr.strip()[-500:]}"
+        return False, f"inflight export exited {ex.returncode}: {ex.stderr.strip()[-500:]}", []
     ids = []
     with open(path, "rb") as f:
         data = f.read()
@@ -319,9 +332,11 @@ def part_scale(a, work, pg):
     write_jobs(single_jobs, a.single_jobs)
     sim = Sim(SIM_150)
     state = with_run(pg, run_name("scale-single"))
+    c0 = cpu_ticks()
     t0 = time.monotonic()
     w = Worker(work, "scale-single", single_jobs, state, sim.url)
     end, hung = wait_all([w], a.single_jobs / 50 + 120)
+    busy1 = busy_since(c0)
     report_hang([w], hung, a.single_jobs / 50 + 120)
     single = a.single_jobs / (end - t0)
     s = w.summary() or {}
@@ -330,7 +345,8 @@ def part_scale(a, work, pg):
     held = (s.get("concurrency") or {}).get("held")
     log(f"  one worker: {single:.1f} jobs/s ({a.single_jobs} jobs in {end - t0:.2f} s, start to exit; its own "
         f"summary {s.get('summary', {}).get('jobs_per_s', float('nan')):.1f} jobs/s, auto concurrency held "
-        f"{held}); its simulator answered {sst['ok']} of {sst['requests']} requests")
+        f"{held}); its simulator answered {sst['ok']} of {sst['requests']} requests; the machine's CPUs "
+        f"{busy1:.0f}% busy")
     bad = report_bad_exit([w])
 
     jobs = os.path.join(work, "scale-in.jsonl")
@@ -338,10 +354,12 @@ def part_scale(a, work, pg):
     ss = sims(4, SIM_150)
     name = run_name("scale")
     state = with_run(pg, name)
+    c0 = cpu_ticks()
     t0 = time.monotonic()
     ws = [Worker(work, f"scale-w{i}", jobs, state, ss[i].url) for i in range(4)]
     timeout = a.scale_jobs / 100 + 180
     end, hung = wait_all(ws, timeout)
+    busy4 = busy_since(c0)
     report_hang(ws, hung, timeout)
     wall = end - t0
     rate = a.scale_jobs / wall
@@ -353,7 +371,8 @@ def part_scale(a, work, pg):
     ok_export, text, _ = check_export(work, "scale", state, a.scale_jobs, ws)
     load = open("/proc/loadavg").read().split()[:3]
     log(f"  four workers: {rate:.1f} jobs/s ({a.scale_jobs} jobs in {wall:.2f} s, first start to last exit); "
-        f"4 x single = {4 * single:.1f} jobs/s; ratio {ratio:.3f} (must be >= 0.95); load average {' '.join(load)}")
+        f"4 x single = {4 * single:.1f} jobs/s; ratio {ratio:.3f} (must be >= 0.95); the machine's CPUs "
+        f"{busy4:.0f}% busy, load average {' '.join(load)}")
     for x, st in zip(ws, per):
         sm = (x.summary() or {}).get("summary", {})
         log(f"    {x.tag}: exit {x.rc}, its simulator answered {st['ok']} jobs ({st['requests']} requests); "
@@ -422,9 +441,12 @@ def part_sigkill(a, work, pg, rng):
     bad = report_bad_exit(others)
     ok_export, text, _ = check_export(work, "sigkill", state, n, others)
     total = sum(s["requests"] for s in per)
+    recorded = n - sum(s["ok"] for i, s in enumerate(per) if i != 1)
     log(f"  the others exited {[w.rc for w in others]} after {end - t0:.1f} s; simulators answered "
-        f"{[s['ok'] for s in per]} (the killed worker's second); {total} requests in all, {total - n} sent again "
-        f"(answers the killed worker received but had not recorded, or was still waiting for)")
+        f"{[s['ok'] for s in per]} of {[s['requests'] for s in per]} requests (the killed worker's second); "
+        f"{total} requests in all, {total - n} sent again (jobs the killed worker had sent and not recorded)")
+    log(f"  the killed worker: {per[1]['requests']} requests sent, {per[1]['ok']} answered, {recorded} recorded "
+        f"in the run (the jobs the others did not answer), {claims} claims held at the kill")
     log(f"  {text}")
     ok = killed and not bad and not hung and ok_export and dead_seen
     verdict("sigkill", ok, f"killed after {answered} answers holding {claims} claims; every job once: {ok_export}; "
@@ -531,21 +553,25 @@ def part_overhead(a, work, pg):
     jobs = os.path.join(work, "overhead-in.jsonl")
     write_jobs(jobs, n)
     sim = Sim(["--zero-latency"])
+    c0 = cpu_ticks()
     t0 = time.monotonic()
     w = Worker(work, "overhead-sqlite", jobs, None, sim.url)
     end, hung = wait_all([w], n / 200 + 120)
+    busy1 = busy_since(c0)
     report_hang([w], hung, n / 200 + 120)
     sim.stop()
     sq = n / (end - t0)
     sm = (w.summary() or {}).get("summary", {})
     bad = report_bad_exit([w])
     log(f"  SQLite, one worker: {sq:.0f} jobs/s ({end - t0:.2f} s, start to exit; its summary "
-        f"{sm.get('jobs_per_s', float('nan')):.0f} jobs/s)")
+        f"{sm.get('jobs_per_s', float('nan')):.0f} jobs/s); the machine's CPUs {busy1:.0f}% busy")
     ss = sims(4, ["--zero-latency"])
     state = with_run(pg, run_name("overhead"))
     t0 = time.monotonic()
+    c0 = cpu_ticks()
     ws = [Worker(work, f"overhead-pg{i}", jobs, state, ss[i].url) for i in range(4)]
     end2, hung2 = wait_all(ws, n / 100 + 180)
+    busy4 = busy_since(c0)
     report_hang(ws, hung2, n / 100 + 180)
     per = [x.stats() for x in ss]
     for x in ss:
@@ -555,7 +581,7 @@ def part_overhead(a, work, pg):
     ok_export, text, _ = check_export(work, "overhead", state, n, ws)
     ratio = pgr / sq
     log(f"  PostgreSQL, four workers: {pgr:.0f} jobs/s ({end2 - t0:.2f} s, first start to last exit); simulators "
-        f"answered {[s['ok'] for s in per]}")
+        f"answered {[s['ok'] for s in per]}; the machine's CPUs {busy4:.0f}% busy")
     log(f"  {text}")
     ok = not bad and not hung and not hung2 and ok_export and ratio >= 0.25
     verdict("overhead", ok, f"SQLite {sq:.0f} jobs/s, PostgreSQL x4 {pgr:.0f} jobs/s, ratio {ratio:.2f} (must be "
@@ -631,7 +657,8 @@ def main():
             pg_stop(d)
         if not a.keep:
             subprocess.run(["rm", "-rf", work], timeout=120)
-    log(f"{len(parts) - len(FAILED)} of {len(parts)} parts passed" + (f"; FAILED: {', '.join(FAILED)}" if FAILED else ""))
+    failed = f"; FAILED: {', '.join(FAILED)}" if FAILED else ""
+    log(f"{len(parts) - len(FAILED)} of {len(parts)} parts passed{failed}")
     sys.exit(1 if FAILED else 0)
 
 

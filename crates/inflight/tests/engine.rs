@@ -348,3 +348,24 @@ fn the_engine_beside_a_server_is_one_more_server_of_the_run() {
     let engine = ["--engine", model.to_str().unwrap()];
     crate::real_server::one_run_over_two_backends(&[sim.url()], &engine, Some((1, &sim)));
 }
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn the_engine_is_a_worker_of_a_run_shared_through_postgresql() {
+    let _turn = turn();
+    let s = Scratch::new();
+    let input = s.write_lines("jobs.jsonl", chat_lines());
+    let state = crate::shared_run::state_url("engine");
+    let out = engine_run(&s, &input, &["--state", &state]);
+    assert_exit(&out, 0);
+    let v = summary_json(&out);
+    assert!(v["engine"]["sequences"].as_u64().is_some_and(|n| n > 0), "the engine was sized: {v}");
+    let export = s.path("export.jsonl");
+    assert_exit(&run(&["export", "--state", &state, "-o", export.to_str().unwrap()]), 0);
+    let exported = read_jsonl(&export);
+    assert_eq!(exported.len(), TOPICS.len(), "every job answered once");
+    assert_eq!(std::fs::read(&export).unwrap(), std::fs::read(s.out()).unwrap(), "the -o copy equals the export");
+    assert!(answers(&s)
+        .values()
+        .all(|b| b["choices"][0]["message"]["content"].as_str().is_some_and(|c| !c.is_empty())));
+}

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::util::*;
 
 /// A run of this test's own in the tests' database.
-fn state_url(test: &str) -> String {
+pub fn state_url(test: &str) -> String {
     let db = pg_database();
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let sep = if db.contains('?') { '&' } else { '?' };

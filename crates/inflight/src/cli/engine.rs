@@ -169,18 +169,20 @@ async fn load(
     )))
 }
 
+/// How many pending jobs the engine is sized from.
+pub const PLAN_SAMPLE: usize = 256;
+
 /// Sizes the engine for the jobs about to run (a sample of the pending ones) and refuses, before anything is
 /// sent, jobs this model cannot do at all.
 #[cfg(feature = "engine")]
-pub fn plan(engine: &EngineHandle, store: &crate::store::Store) -> anyhow::Result<()> {
-    let sample = store.pending_page(-1, 256)?;
+pub fn plan(engine: &EngineHandle, sample: &[crate::store::PendingJob]) -> anyhow::Result<()> {
     let bodies: Vec<(crate::job::Endpoint, &str)> = sample.iter().map(|j| (j.endpoint, j.body.as_str())).collect();
     engine.plan(&bodies).map_err(setup_error)
 }
 
 /// Without the engine there is nothing to size.
 #[cfg(not(feature = "engine"))]
-pub fn plan(engine: &EngineHandle, _store: &crate::store::Store) -> anyhow::Result<()> {
+pub fn plan(engine: &EngineHandle, _sample: &[crate::store::PendingJob]) -> anyhow::Result<()> {
     match **engine {}
 }
 

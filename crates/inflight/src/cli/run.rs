@@ -62,7 +62,7 @@ pub(super) async fn run_with(args: RunArgs, hooks: Hooks) -> anyhow::Result<Exit
     let fingerprint = parser.fingerprint();
     let session = locked.open(&args, Identity::Settings(&fingerprint), &parser, args.format).await?;
     if let Some(engine) = &engine {
-        engine::plan(engine, session.work.local()?)?;
+        engine::plan(engine, &session.work.sample(engine::PLAN_SAMPLE).await?)?;
     }
     // One server's model identity keys the cache; answers from several servers are not told apart by it.
     let identity = if conns.len() == 1 && listed.is_none() { conns[0].info.identity.clone() } else { None };

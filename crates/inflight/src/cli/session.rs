@@ -213,6 +213,14 @@ impl RunWork {
         }
     }
 
+    /// The first `n` unfinished jobs (what the engine is sized from).
+    pub async fn sample(&self, n: usize) -> anyhow::Result<Vec<crate::store::PendingJob>> {
+        match self {
+            RunWork::Local(reader) => Ok(reader.pending_page(-1, n)?),
+            RunWork::Shared { run, .. } => Ok(run.sample(n).await?),
+        }
+    }
+
     async fn totals(&self) -> anyhow::Result<(Counts, hdrhistogram::Histogram<u64>)> {
         match self {
             RunWork::Local(reader) => Ok((reader.counts()?, reader.latency_histogram()?)),

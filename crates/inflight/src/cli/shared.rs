@@ -41,9 +41,6 @@ pub(super) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 /// Opens the run `url` names (a new one, or anew with `--restart` when no other worker is alive), checks it was
 /// begun with these settings, ingests the input when one is given, and joins as a worker.
 pub(super) async fn join(args: &RunArgs, url: PgUrl, fingerprint: String, parser: &Parser) -> anyhow::Result<Joined> {
-    if args.engine.engine.is_some() {
-        return Err(setup_error("--engine cannot share a PostgreSQL state yet: give the workers --server URLs"));
-    }
     if args.retry_failed {
         return Err(setup_error("--retry-failed is not supported with a PostgreSQL state yet"));
     }

@@ -15,7 +15,7 @@ use super::contract::{
     Claimed, Committed, Fence, Ingested, Lease, LeaseToken, NewJob, WorkCounts, WorkStore, WorkerId, WorkerInfo,
     WorkerRow,
 };
-use super::{BadLineRow, Completion, Counts, DoneRow, FailedAnswer, FailedRow, Failure, PgUrl, StoreError};
+use super::{BadLineRow, Completion, Counts, DoneRow, FailedAnswer, FailedRow, Failure, PendingJob, PgUrl, StoreError};
 use crate::job::Endpoint;
 
 const BOOTSTRAP: &str = include_str!("sql/postgres/000_bootstrap.sql");
@@ -110,6 +110,24 @@ impl PgWork {
             first_sent_ms: r.get(3),
             last_finished_ms: r.get(4),
         })
+    }
+
+    /// The first `n` unfinished jobs (ready or claimed) in sequence order, without claiming them.
+    pub fn unfinished(&mut self, n: usize) -> Result<Vec<PendingJob>, StoreError> {
+        let rows = self.client.query(include_str!("sql/postgres/unfinished.sql"), &[&self.run, &(n as i64)])?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.get(0);
+                Ok(PendingJob {
+                    seq,
+                    id: r.get(1),
+                    endpoint: endpoint_of(&r.get::<_, String>(2))?,
+                    body: r.get(3),
+                    attempts: r.get::<_, i32>(4).max(0) as u32,
+                    line: seq,
+                })
+            })
+            .collect()
     }
 
     /// Every result's latency (ms), for the summary's percentiles.
@@ -223,6 +241,11 @@ fn schema_version(client: &mut impl GenericClient) -> Result<usize, StoreError> 
     Ok(version.max(0) as usize)
 }
 
+fn endpoint_of(code: &str) -> Result<Endpoint, StoreError> {
+    Endpoint::from_code(code)
+        .ok_or_else(|| StoreError::Incompatible(format!("unknown endpoint {code:?} in the database")))
+}
+
 fn millis(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
 }
@@ -274,9 +297,7 @@ impl WorkStore for PgWork {
         let rows = self.client.query(&self.sql.claim, &[&self.run, &worker.0, &(limit as i64), &millis(lease)])?;
         let mut claimed = Vec::with_capacity(rows.len());
         for r in rows {
-            let endpoint: String = r.get(2);
-            let endpoint = Endpoint::from_code(&endpoint)
-                .ok_or_else(|| StoreError::Incompatible(format!("unknown endpoint {endpoint:?} in the database")))?;
+            let endpoint = endpoint_of(&r.get::<_, String>(2))?;
             let seq: i64 = r.get(0);
             claimed.push(Claimed {
                 lease: Lease { seq, token: LeaseToken(r.get(4)) },

@@ -45,6 +45,7 @@ type Held = Arc<Mutex<HashMap<i64, LeaseToken>>>;
 enum Request {
     Claim(usize, tokio::sync::oneshot::Sender<Result<Claim, StoreError>>),
     Totals(tokio::sync::oneshot::Sender<Result<(Counts, hdrhistogram::Histogram<u64>), StoreError>>),
+    Sample(usize, tokio::sync::oneshot::Sender<Result<Vec<PendingJob>, StoreError>>),
     Release(tokio::sync::oneshot::Sender<Result<u64, StoreError>>),
 }
 
@@ -100,6 +101,11 @@ impl SharedRun {
     /// The run's counts and latencies (every worker's), for the summary.
     pub async fn totals(&self) -> Result<(Counts, hdrhistogram::Histogram<u64>), StoreError> {
         self.ask(Request::Totals).await
+    }
+
+    /// The first `n` unfinished jobs of the run, claimed or not (a sample to size the engine from).
+    pub async fn sample(&self, n: usize) -> Result<Vec<PendingJob>, StoreError> {
+        self.ask(|reply| Request::Sample(n, reply)).await
     }
 
     /// Releases every claim this worker still holds (after its drain and its writer's last commit), so that
@@ -233,6 +239,9 @@ impl Claimer {
                 Ok(Request::Totals(reply)) => {
                     let totals = self.db.run(Some(END_PATIENCE), |db| Ok((db.totals()?, db.latency_histogram()?)));
                     let _ = reply.send(totals);
+                }
+                Ok(Request::Sample(n, reply)) => {
+                    let _ = reply.send(self.db.run(Some(END_PATIENCE), |db| db.unfinished(n)));
                 }
                 Ok(Request::Release(reply)) => {
                     let worker = self.worker;
