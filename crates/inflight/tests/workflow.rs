@@ -233,9 +233,11 @@ fn steps_on_two_servers_run_at_the_same_time() {
     let s = Scratch::new();
     let input = s.write_lines("jobs.jsonl", text_lines(200));
     let flow = s.path("flow.yaml");
+    // Both simulators answer any model: each step is pinned, or step a would run on both.
     let text = format!(
-        "steps:\n  a:\n    model: A\n    template: 'Claims in {{{{ text }}}}'\n    max_tokens: 16\n  b:\n    model: B\n    \
-         server: {}\n    template: 'Critique {{{{ steps.a.output }}}}'\n    max_tokens: 16\n",
+        "steps:\n  a:\n    model: A\n    server: {}\n    template: 'Claims in {{{{ text }}}}'\n    max_tokens: 16\n  \
+         b:\n    model: B\n    server: {}\n    template: 'Critique {{{{ steps.a.output }}}}'\n    max_tokens: 16\n",
+        one.url(),
         two.url()
     );
     std::fs::write(&flow, text).unwrap();
@@ -343,4 +345,28 @@ fn a_step_naming_no_server_runs_on_the_server_that_lists_its_model() {
     assert_exit(&out, 0);
     assert_eq!(read_jsonl(&s.out()).len(), 100);
     assert_eq!((one.stats().requests, two.stats().requests), (100, 100), "each step where its model is");
+}
+
+#[test]
+fn a_step_whose_model_several_servers_list_runs_on_all_of_them_each_unit_once() {
+    let lists = |m: Vec<String>| SimConfig::profile(Profile::Lanes4).with_time_scale(50.0).with_models(m);
+    // Step a's model is on both servers; step b's only on the second.
+    let (one, two) = (Sim::start(lists(vec!["A".into()])), Sim::start(lists(vec!["A".into(), "B".into()])));
+    let s = Scratch::new();
+    let n = 300;
+    let input = s.write_lines("jobs.jsonl", text_lines(n));
+    let flow = s.path("flow.yaml");
+    let text =
+        "steps:\n  a:\n    model: A\n    template: 'Claims in {{ text }}'\n    max_tokens: 8\n  b:\n    model: B\n    \
+                template: 'Critique {{ steps.a.output }}'\n    max_tokens: 8\n";
+    std::fs::write(&flow, text).unwrap();
+    let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg(), "-q"];
+    let out = run(&[&args[..], &["--server", one.url(), "--server", two.url()]].concat());
+    assert_exit(&out, 0);
+    assert_eq!(read_jsonl(&s.out()).len(), n);
+    let (r1, r2) = (one.stats().requests, two.stats().requests);
+    println!("requests: first server {r1} (step a), second {r2} (steps a and b)");
+    assert_eq!(r1 + r2, 2 * n as u64, "each step of each job sent once");
+    assert!(r1 > 0, "the first server took some of step a");
+    assert!(r2 > n as u64, "the second server took all of step b and some of step a");
 }

@@ -46,6 +46,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
     let flow_stats = Arc::new(FlowStats { servers: views.collect(), ..Default::default() });
     let shared = Arc::new(Shared {
         probation: Probation::new(workflow.steps.len()),
+        taken: Mutex::default(),
         verdict: Mutex::new(None),
         workflow: Arc::new(workflow),
         writer: session.writer.sender(),
@@ -156,12 +157,12 @@ fn dry_run(workflow: &Workflow) -> Exit {
 }
 
 /// One plan per connection, with the steps `placement` puts on it.
-fn server_plans(conns: &[Connection], placement: &[usize], stop: &CancellationToken) -> Vec<ServerPlan> {
+fn server_plans(conns: &[Connection], placement: &[Vec<usize>], stop: &CancellationToken) -> Vec<ServerPlan> {
     let plan = |(i, c): (usize, &Connection)| ServerPlan {
         backend: c.backend.clone(),
         kind: c.info.kind,
         health: Health::new(c.backend.clone(), stop.clone()),
-        steps: (0..placement.len()).filter(|&s| placement[s] == i).collect(),
+        steps: (0..placement.len()).filter(|&s| placement[s].contains(&i)).collect(),
     };
     conns.iter().enumerate().map(plan).collect()
 }
@@ -206,14 +207,14 @@ fn is_gguf(model: &str) -> bool {
 
 /// Connects to every server: the `--server` flags in order, then servers that only steps name, then the
 /// embedded engine for the steps whose model is a GGUF file (relative paths are read from the workflow file's
-/// directory). Returns the connections and, per step, the index of its connection (server steps naming none
-/// run on the first server that lists their model).
+/// directory). Returns the connections and, per step, the indexes of its connections (a server step naming none
+/// runs on every server that lists its model).
 async fn connect_servers(
     workflow: &Workflow,
     args: &RunArgs,
     opts: &ConnectOptions,
     base: &Path,
-) -> anyhow::Result<(Vec<Connection>, Vec<usize>)> {
+) -> anyhow::Result<(Vec<Connection>, Vec<Vec<usize>>)> {
     let mut urls: Vec<String> = args.conn.server.iter().map(|u| normalize(u)).collect();
     let mut engine_models: Vec<String> = Vec::new();
     for s in &workflow.steps {
@@ -256,38 +257,43 @@ async fn connect_servers(
     let mut placement = Vec::new();
     for s in &workflow.steps {
         if is_gguf(&s.model) {
-            placement.push(engine_at);
+            placement.push(vec![engine_at]);
             continue;
         }
-        let i = match s.server.as_deref() {
-            Some(u) => urls.iter().position(|x| *x == normalize(u)).unwrap_or(0),
-            None => server_for(&s.model, &conns[..engine_at]),
+        let on = match s.server.as_deref() {
+            Some(u) => vec![urls.iter().position(|x| *x == normalize(u)).unwrap_or(0)],
+            None => servers_for(&s.model, &conns[..engine_at]),
         };
-        let conn = &conns[i];
-        if conn.backend.api() == Api::Ollama {
-            let known = |m: &String| m == &s.model || m.strip_suffix(":latest") == Some(s.model.as_str());
-            if !conn.info.models.iter().any(known) {
-                return Err(setup_error(format!(
-                    "step {} (line {}): model {:?} is not on the Ollama server at {}; pull it with `ollama pull {}`",
-                    s.name,
-                    s.line,
-                    s.model,
-                    conn.backend.url(),
-                    s.model
-                )));
+        for &i in &on {
+            let conn = &conns[i];
+            if conn.backend.api() == Api::Ollama {
+                let known = |m: &String| m == &s.model || m.strip_suffix(":latest") == Some(s.model.as_str());
+                if !conn.info.models.iter().any(known) {
+                    return Err(setup_error(format!(
+                        "step {} (line {}): model {:?} is not on the Ollama server at {}; pull it with `ollama pull {}`",
+                        s.name,
+                        s.line,
+                        s.model,
+                        conn.backend.url(),
+                        s.model
+                    )));
+                }
             }
         }
-        placement.push(i);
+        placement.push(on);
     }
     Ok((conns, placement))
 }
 
-/// The server a step that names none runs on: the first that lists its model (the rule a one-step run routes
-/// jobs by), else the first server.
-fn server_for(model: &str, conns: &[Connection]) -> usize {
+/// The servers a step that names none runs on: every one that lists its model (the rule a one-step run routes
+/// jobs by), each at its own pace from the same ready work; else the first server.
+fn servers_for(model: &str, conns: &[Connection]) -> Vec<usize> {
     let models: Vec<Models> = conns.iter().map(models_of).collect();
     let refs: Vec<&Models> = models.iter().collect();
-    eligible(&refs, Some(model)).first().copied().unwrap_or(0)
+    match eligible(&refs, Some(model)) {
+        none if none.is_empty() => vec![0],
+        some => some,
+    }
 }
 
 /// The embedded engine for the workflow's GGUF models (each as the steps name it, and its file).

@@ -185,9 +185,12 @@ impl ServerLoop {
         let (ack, committed) = tokio::sync::oneshot::channel();
         self.shared.writer.send(WriteMsg::Flush(ack)).map_err(|_| StoreError::WriterGone)?;
         committed.await.map_err(|_| StoreError::WriterGone)?;
+        let mut taken = self.shared.taken.lock().expect("taken lock");
         for e in std::mem::take(&mut self.finished) {
             self.in_flight.remove(&(e.seq, e.step));
+            taken.remove(&(e.seq, e.step));
         }
+        drop(taken);
         self.shared.progress.send_modify(|n| *n += 1);
         self.publish();
         Ok(())
@@ -293,12 +296,14 @@ impl ServerLoop {
                 let end = page.len() < want;
                 self.groups[g].cursors[i] = page.last().map(|u| u.seq).unwrap_or(cursor);
                 // After a wrap the first pass's units come round again: take each once.
+                let taken = self.shared.taken.lock().expect("taken lock");
                 let fresh = |u: &crate::store::ReadyUnit| {
-                    !self.in_flight.contains(&(u.seq, s))
+                    !taken.contains(&(u.seq, s))
                         && !out.iter().any(|o: &Unit| o.seq == u.seq && o.step == s)
                         && !self.shared.probation.is_held(s, u.seq)
                 };
                 let page: Vec<_> = page.into_iter().filter(|u| fresh(u)).collect();
+                drop(taken);
                 out.extend(page.into_iter().map(|u| Unit {
                     seq: u.seq,
                     id: u.id,
@@ -319,6 +324,10 @@ impl ServerLoop {
             }
         }
         out.truncate(want);
+        // Taken as read: another server's loop running the same step passes over these, even if this loop sends
+        // one only after another loop's commit (a page read before that commit would otherwise send it again).
+        let mut taken = self.shared.taken.lock().expect("taken lock");
+        out.retain(|u| taken.insert((u.seq, u.step)));
         Ok(out)
     }
 

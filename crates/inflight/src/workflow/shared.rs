@@ -36,6 +36,10 @@ pub struct Shared {
     pub progress: watch::Sender<u64>,
     /// Each step's probation (its first refusals held back).
     pub probation: Probation,
+    /// The units (job, step) some loop has read to send and whose result is not committed yet: a step that runs
+    /// on several servers is read by each one's loop from the same ready work, and a unit goes to the loop that
+    /// takes it here first.
+    pub taken: Mutex<std::collections::HashSet<(i64, usize)>>,
     /// Why the run was stopped, when probation stopped it.
     pub verdict: Mutex<Option<String>>,
 }
