@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -180,6 +181,11 @@ class Worker:
                     pass
         return 0
 
+    def lost(self):
+        """(warnings, claims) of the "N claims were lost" warnings on stderr."""
+        n = [int(x) for x in re.findall(r"(\d+) claims were lost", self.err_text())]
+        return len(n), sum(n)
+
     def released(self):
         for line in self.err_text().splitlines():
             if line.startswith("released ") and "claimed jobs" in line:
@@ -213,6 +219,14 @@ def report_hang(workers, hung, timeout):
         if w.tag in hung:
             log(f"  ! {w.tag} still running after {timeout:.0f} s, killed: {w.command()}")
             log("    its stderr ends: " + " | ".join(w.err_text().strip().splitlines()[-5:]))
+
+
+def note_lost(workers):
+    """The workers' "N claims were lost (their leases expired ...)" warnings, if any: printed, as they are worth a
+    look where no worker stopped (the simulators' request counts say whether any job was actually sent twice)."""
+    seen = [(w.tag, *w.lost()) for w in workers if w.lost()[0]]
+    if seen:
+        log("  'claims were lost' warnings: " + ", ".join(f"{t} {k}x ({c} claims)" for t, k, c in seen))
 
 
 def report_bad_exit(workers, ok_codes=(0,)):
@@ -368,6 +382,7 @@ def part_scale(a, work, pg):
     for x in ss:
         x.stop()
     bad |= report_bad_exit(ws)
+    note_lost([w] + ws)
     ok_export, text, _ = check_export(work, "scale", state, a.scale_jobs, ws)
     load = open("/proc/loadavg").read().split()[:3]
     log(f"  four workers: {rate:.1f} jobs/s ({a.scale_jobs} jobs in {wall:.2f} s, first start to last exit); "
@@ -439,6 +454,7 @@ def part_sigkill(a, work, pg, rng):
     for x in ss:
         x.stop()
     bad = report_bad_exit(others)
+    note_lost(others)
     ok_export, text, _ = check_export(work, "sigkill", state, n, others)
     total = sum(s["requests"] for s in per)
     recorded = n - sum(s["ok"] for i, s in enumerate(per) if i != 1)
@@ -496,6 +512,7 @@ def part_zombie(a, work, pg, rng):
         f"released {zombie.released()} claims; its simulator answered {after['ok']} while it was stopped or before, "
         f"{per[1]['ok']} in all")
     bad = report_bad_exit(ws)
+    note_lost(ws)
     ok_export, text, _ = check_export(work, "zombie", state, n, ws)
     total = sum(s["requests"] for s in per)
     log(f"  simulators answered {[s['ok'] for s in per]}; {total} requests in all, {total - n} sent again")
@@ -533,6 +550,7 @@ def part_pgrestart(a, work, own):
     for x in ss:
         x.stop()
     bad = report_bad_exit(ws)
+    note_lost(ws)
     flags = []
     for w in ws:
         e = w.err_text()
@@ -578,6 +596,7 @@ def part_overhead(a, work, pg):
         x.stop()
     pgr = n / (end2 - t0)
     bad |= report_bad_exit(ws)
+    note_lost(ws)
     ok_export, text, _ = check_export(work, "overhead", state, n, ws)
     ratio = pgr / sq
     log(f"  PostgreSQL, four workers: {pgr:.0f} jobs/s ({end2 - t0:.2f} s, first start to last exit); simulators "
@@ -612,9 +631,9 @@ def main():
         subprocess.run(["cargo", "build", "--release", "-q", "--no-default-features", "-p", "inflight", "-p",
                         "inflight-sim", "--bin", "inflight", "--bin", "inflight-sim"], cwd=ROOT, check=True,
                        env={**os.environ, "CARGO_TARGET_DIR": TARGET}, timeout=3600)
-    work = tempfile.mkdtemp(prefix="bench-pg-")
+    top = tempfile.mkdtemp(prefix="bench-pg-")
     load = open("/proc/loadavg").read().split()[:3]
-    log(f"{os.cpu_count()} cores, load average {' '.join(load)} at the start; seed {seed}; work in {work}")
+    log(f"{os.cpu_count()} cores, load average {' '.join(load)} at the start; seed {seed}; work in {top}")
     clusters = []
     try:
         env_pg = os.environ.get("INFLIGHT_TEST_PG")
@@ -633,8 +652,10 @@ def main():
             if own is None:
                 sys.exit("no PostgreSQL: set INFLIGHT_TEST_PG or install it (scripts/pg.sh setup)")
             pg = own[0]
-        for part in parts:
+        for k, part in enumerate(parts):
             t = time.monotonic()
+            work = os.path.join(top, f"{k + 1}-{part}")  # a part named twice (--only a,a) starts afresh
+            os.makedirs(work)
             try:
                 if part == "scale":
                     part_scale(a, work, pg)
@@ -656,7 +677,7 @@ def main():
         for d in clusters:
             pg_stop(d)
         if not a.keep:
-            subprocess.run(["rm", "-rf", work], timeout=120)
+            subprocess.run(["rm", "-rf", top], timeout=120)
     failed = f"; FAILED: {', '.join(FAILED)}" if FAILED else ""
     log(f"{len(parts) - len(FAILED)} of {len(parts)} parts passed{failed}")
     sys.exit(1 if FAILED else 0)

@@ -126,6 +126,8 @@ fn postgres_retryable(e: &::postgres::Error) -> bool {
                 SqlState::T_R_SERIALIZATION_FAILURE,
                 SqlState::T_R_DEADLOCK_DETECTED,
                 SqlState::ADMIN_SHUTDOWN,
+                // This worker stalled inside a transaction and the server ended it (`PgWork::open`).
+                SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
                 SqlState::CRASH_SHUTDOWN,
                 SqlState::CANNOT_CONNECT_NOW,
                 SqlState::TOO_MANY_CONNECTIONS,

@@ -311,14 +311,18 @@ impl Claimer {
             Ok(renewed) if renewed.len() < leases.len() => {
                 let kept: std::collections::HashSet<i64> = renewed.iter().map(|l| l.seq).collect();
                 let mut held = self.held.lock().expect("held lock");
-                let lost: Vec<i64> = leases.iter().map(|l| l.seq).filter(|s| !kept.contains(s)).collect();
-                for seq in &lost {
-                    // Only the claim that was renewed just now: the job may have been finished meanwhile.
-                    if held.get(seq).is_some_and(|t| leases.iter().any(|l| l.seq == *seq && l.token == *t)) {
-                        held.remove(seq);
+                // A lease not renewed whose claim is still held is lost; one no longer held was finished by this
+                // worker meanwhile (its writer let go of it), which is no loss.
+                let mut lost = 0;
+                for l in leases.iter().filter(|l| !kept.contains(&l.seq)) {
+                    if held.get(&l.seq) == Some(&l.token) {
+                        held.remove(&l.seq);
+                        lost += 1;
                     }
                 }
-                tracing::warn!("{} claims were lost (their leases expired and other workers took them)", lost.len());
+                if lost > 0 {
+                    tracing::warn!("{lost} claims were lost (their leases expired and other workers took them)");
+                }
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("renewing leases: {e}"),
