@@ -172,6 +172,9 @@ fn ingest(db: &mut PgWork, args: &RunArgs, input: &Path, parser: &Parser) -> any
     }
     db.set_meta("ingest_sha256", &digest)?;
     db.set_meta(INGEST_DONE, "1")?;
+    if let Err(e) = db.analyze() {
+        tracing::warn!("ANALYZE inflight.jobs after the ingest: {e}");
+    }
     tracing::info!(inserted, bad_lines, "ingested {}", input.display());
     Ok(())
 }

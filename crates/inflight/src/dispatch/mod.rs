@@ -36,6 +36,11 @@ use crate::tune::{Permit, Sample, SampleOutcome};
 use targets::{acquire_any, Refusal, Routed};
 
 const PAGE: usize = 1024;
+/// The most jobs a shared run's worker claims at once. Its servers' limits say how many it can run at once, but
+/// a controller still climbing can hold a limit far above what the server sustains, and jobs claimed and not yet
+/// sent wait for this worker alone: at the end of a run the others would have nothing left to do while it works
+/// through them (measured: one worker of four holding the last 1,300 jobs, ratio 0.75 instead of 0.98).
+const CLAIM_MAX: usize = 64;
 /// How long the claim loop waits before claiming again when a shared run has nothing claimable now.
 const CLAIM_AGAIN: Duration = Duration::from_millis(250);
 
@@ -71,7 +76,7 @@ impl Source<'_> {
                     None => Claim::Exhausted,
                 })
             }
-            Source::Shared(run) => run.claim(want.clamp(8, PAGE)).await,
+            Source::Shared(run) => run.claim(want.clamp(8, CLAIM_MAX)).await,
         }
     }
 }
