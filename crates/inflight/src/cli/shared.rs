@@ -6,14 +6,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::json;
-
-use super::common::{setup_error, Exit};
+use super::common::setup_error;
 use super::run_args::RunArgs;
 use crate::code::ErrorCode;
 use crate::job::{Entry, Parser};
 use crate::output::{export_from, Format};
-use crate::report::{Summary, SummaryInput};
 use crate::store::{
     error_rows, BadLineRow, Counts, NewJob, PgUrl, PgWork, SharedRun, StoreError, WorkStore, WorkerInfo, WorkerRow,
     INGEST_DONE,
@@ -92,7 +89,8 @@ fn restart(db: &mut PgWork, url: &PgUrl) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn is_alive(w: &WorkerRow) -> bool {
+/// Whether a worker beat recently enough to count as alive (`status`, `--restart`).
+pub(super) fn is_alive(w: &WorkerRow) -> bool {
     w.beat_age_ms < ALIVE_WITHIN.as_millis() as i64
 }
 
@@ -188,72 +186,6 @@ fn host_name() -> String {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown".into())
-}
-
-/// `inflight status` of a shared run: its counts, and every worker that joined it with its last beat and rate.
-pub(super) fn status(url: &PgUrl, json_out: bool) -> anyhow::Result<Exit> {
-    let (counts, latency, workers, ingested) = off_runtime(|| -> Result<_, StoreError> {
-        let mut db = PgWork::open(url)?;
-        let counts = db.totals()?;
-        let latency = db.latency_histogram()?;
-        let mut workers = Vec::new();
-        for w in db.workers()? {
-            let live = db.meta(&format!("live:{}", w.id.0))?.and_then(|b| serde_json::from_str(&b).ok());
-            workers.push((w, live));
-        }
-        Ok((counts, latency, workers, db.meta(INGEST_DONE)?.is_some()))
-    })
-    .map_err(|e| setup_error(format!("cannot read the state {url}: {e}")))?;
-    let summary = Summary::new(SummaryInput {
-        counts,
-        latency,
-        session: None,
-        retries: 0,
-        cached_prompt_tokens: 0,
-        steps: Vec::new(),
-    });
-    let alive = workers.iter().filter(|(w, _)| is_alive(w)).count();
-    let state = match (alive, counts.pending == 0 && ingested) {
-        (_, true) => "finished",
-        (0, false) => "stopped",
-        (_, false) => "running",
-    };
-    let rows: Vec<serde_json::Value> = workers
-        .iter()
-        .map(|(w, live): &(WorkerRow, Option<serde_json::Value>)| {
-            json!({
-                "id": w.id.0, "host": w.info.host, "pid": w.info.pid, "servers": w.info.servers,
-                "last_beat_ms": w.beat_age_ms, "alive": is_alive(w),
-                "jobs_per_s": live.as_ref().and_then(|l| l["jobs_per_s"].as_f64()),
-                "line": live.as_ref().and_then(|l| l["line"].as_str()),
-            })
-        })
-        .collect();
-    if json_out {
-        println!("{}", json!({"state": state, "summary": summary, "workers": rows}));
-    } else {
-        println!("{state}: {url}");
-        for (w, live) in &workers {
-            let beat = w.beat_age_ms as f64 / 1000.0;
-            let how = if is_alive(w) {
-                format!("last beat {beat:.1}s ago")
-            } else {
-                format!("gone (last beat {beat:.0}s ago)")
-            };
-            let rate = live
-                .as_ref()
-                .and_then(|l| l["jobs_per_s"].as_f64())
-                .map(|r| format!(", {r:.1} jobs/s"))
-                .unwrap_or_default();
-            println!("  worker {} {}:{} [{}]: {how}{rate}", w.id.0, w.info.host, w.info.pid, w.info.servers.join(", "));
-        }
-        println!("{}", summary.render());
-    }
-    Ok(if state == "finished" && counts.failed == 0 && counts.bad_lines == 0 {
-        Exit::Success
-    } else {
-        Exit::SomeFailed
-    })
 }
 
 /// `inflight export` of a shared run: every worker's results in the run's commit order, and its error records.
