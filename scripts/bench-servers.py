@@ -36,8 +36,11 @@ SERVERS = [  # (name, simulator flags)
 LEVELS = [4, 8, 16, 32, 64]
 
 
+SIM_ENV = dict(os.environ)
+
+
 def start(flags):
-    p = subprocess.Popen([f"{BIN}/inflight-sim"] + flags, stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([f"{BIN}/inflight-sim"] + flags, stdout=subprocess.PIPE, text=True, env=SIM_ENV)
     return p, p.stdout.readline().strip()
 
 
@@ -80,7 +83,11 @@ def main():
     ap.add_argument("--overhead-jobs", type=int, default=20000)
     ap.add_argument("--overhead-rounds", type=int, default=3)
     ap.add_argument("--overhead-only", action="store_true", help="skip the three-server part")
+    ap.add_argument("--sim-threads", type=int, help="runtime threads of each simulator (TOKIO_WORKER_THREADS; "
+                    "default: one a core). Four simulators on two cores each start two by default")
     a = ap.parse_args()
+    if a.sim_threads:
+        SIM_ENV["TOKIO_WORKER_THREADS"] = str(a.sim_threads)
     subprocess.run(["cargo", "build", "--release", "-q", "--bin", "inflight", "--bin", "inflight-sim"], cwd=ROOT,
                    check=True, env={**os.environ, "CARGO_TARGET_DIR": TARGET})
     work = tempfile.mkdtemp(prefix="bench-servers-")
