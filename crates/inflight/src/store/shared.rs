@@ -53,7 +53,6 @@ enum Request {
 pub struct SharedRun {
     url: PgUrl,
     worker: WorkerId,
-    lease: Duration,
     /// To the claimer thread, which ends when this is dropped.
     requests: Sender<Request>,
     held: Held,
@@ -75,17 +74,7 @@ impl SharedRun {
             Claimer { db: Reconnecting::with(db, paused.clone()), worker, lease, held: held.clone(), ingested: false };
         std::thread::Builder::new().name("inflight-claims".into()).spawn(move || claimer.serve(rx))?;
         let stale = Arc::default();
-        Ok(SharedRun { url, worker, lease, requests, held, stale, paused })
-    }
-
-    /// This worker's id in the run.
-    pub fn worker(&self) -> WorkerId {
-        self.worker
-    }
-
-    /// Whether the database is away now (the worker is paused).
-    pub fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::Relaxed)
+        Ok(SharedRun { url, worker, requests, held, stale, paused })
     }
 
     /// Completions and failures that recorded nothing because their claim was lost (counted by the writer).
@@ -137,11 +126,6 @@ impl SharedRun {
         let (stop, rx) = mpsc::channel();
         let join = std::thread::Builder::new().name("inflight-follow".into()).spawn(move || follow(db, files, rx))?;
         Ok(Follower { stop, join })
-    }
-
-    /// The lease each claim is held for.
-    pub fn lease(&self) -> Duration {
-        self.lease
     }
 }
 
