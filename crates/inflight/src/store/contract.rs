@@ -43,6 +43,18 @@ pub struct Ingested {
     pub duplicate_ids: Vec<u64>,
 }
 
+impl Ingested {
+    /// Counts a job the store did not insert because it already holds its line or its id: the same line with the
+    /// same id was ingested before (`present`); anything else is a line whose id another line holds.
+    pub(super) fn not_inserted(&mut self, line: u64, same_job: bool) {
+        if same_job {
+            self.present += 1;
+        } else {
+            self.duplicate_ids.push(line);
+        }
+    }
+}
+
 /// The fencing token of one claim: a job's token changes with every claim, so it names that claim alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LeaseToken(pub i64);

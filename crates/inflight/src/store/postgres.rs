@@ -300,11 +300,7 @@ impl WorkStore for PgWork {
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
             for job in jobs.iter().filter(|j| !inserted.contains(&(j.line as i64))) {
-                if held.get(&(job.line as i64)) == Some(&job.id) {
-                    report.present += 1;
-                } else {
-                    report.duplicate_ids.push(job.line);
-                }
+                report.not_inserted(job.line, held.get(&(job.line as i64)) == Some(&job.id));
             }
         }
         tx.commit()?;

@@ -242,10 +242,8 @@ impl WorkStore for SqliteWork {
                 let line = job.line as i64;
                 if insert.execute(params![line, job.id, job.endpoint.code(), job.body, queued_at])? > 0 {
                     report.inserted += 1;
-                } else if line_of.query_row([&job.id], |r| r.get::<_, i64>(0))? == line {
-                    report.present += 1;
                 } else {
-                    report.duplicate_ids.push(job.line);
+                    report.not_inserted(job.line, line_of.query_row([&job.id], |r| r.get::<_, i64>(0))? == line);
                 }
             }
         }
