@@ -285,10 +285,15 @@ impl ServerLoop {
     fn ready(&mut self, g: usize) -> Result<Vec<Unit>, StoreError> {
         let want = (2 * self.groups[g].limiter.limit()).max(16);
         let mut out = Vec::new();
+        // Held while the store is read and the page taken: a loop settling a unit (commit, then give it back)
+        // cannot slip between this read and this check, which would let a page read before that commit send the
+        // unit again.
+        let shared = self.shared.clone();
+        let mut taken = shared.taken.lock().expect("taken lock");
         for i in 0..self.groups[g].steps.len() {
             let s = self.groups[g].steps[i];
-            let step = &self.shared.workflow.steps[s];
-            let deps = self.shared.workflow.dep_names(s);
+            let step = &shared.workflow.steps[s];
+            let deps = shared.workflow.dep_names(s);
             let mut from_start = self.groups[g].cursors[i] == 0;
             while out.len() < want {
                 let cursor = self.groups[g].cursors[i];
@@ -296,14 +301,12 @@ impl ServerLoop {
                 let end = page.len() < want;
                 self.groups[g].cursors[i] = page.last().map(|u| u.seq).unwrap_or(cursor);
                 // After a wrap the first pass's units come round again: take each once.
-                let taken = self.shared.taken.lock().expect("taken lock");
                 let fresh = |u: &crate::store::ReadyUnit| {
                     !taken.contains(&(u.seq, s))
                         && !out.iter().any(|o: &Unit| o.seq == u.seq && o.step == s)
-                        && !self.shared.probation.is_held(s, u.seq)
+                        && !shared.probation.is_held(s, u.seq)
                 };
                 let page: Vec<_> = page.into_iter().filter(|u| fresh(u)).collect();
-                drop(taken);
                 out.extend(page.into_iter().map(|u| Unit {
                     seq: u.seq,
                     id: u.id,
@@ -324,10 +327,10 @@ impl ServerLoop {
             }
         }
         out.truncate(want);
-        // Taken as read: another server's loop running the same step passes over these, even if this loop sends
-        // one only after another loop's commit (a page read before that commit would otherwise send it again).
-        let mut taken = self.shared.taken.lock().expect("taken lock");
-        out.retain(|u| taken.insert((u.seq, u.step)));
+        // Taken as read: another server's loop running the same step passes over these.
+        for u in &out {
+            taken.insert((u.seq, u.step));
+        }
         Ok(out)
     }
 
