@@ -125,12 +125,11 @@ pub struct SendArgs {
     /// After Ctrl-C, how long requests in flight may finish.
     #[arg(long, default_value = "30s", value_parser = parse::duration)]
     pub drain_timeout: Duration,
-    /// The order jobs are sent in: `auto` sends jobs whose prompts share a prefix one after another (within
-    /// windows of 1,024 pending jobs), which pays on a server whose prompt cache is smaller than the documents'
-    /// working set; `off` (the default for now) sends in file order: on llama-server with its default prompt
-    /// cache, grouping measured slower (see the README's Order section). Output files are in commit order
-    /// either way.
-    #[arg(long, value_enum, default_value = "off", env = "INFLIGHT_PREFIX_ORDER")]
+    /// The order jobs are sent in: `auto` (the default) sends jobs whose prompts share most of their text
+    /// one after another (within windows of 1,024 pending jobs), one question of each document in flight at a
+    /// time while there are other documents to send, so a server's prefix cache still holds the document when
+    /// the next question comes; `off` sends in file order. Output files are in commit order either way.
+    #[arg(long, value_enum, default_value = "auto", env = "INFLIGHT_PREFIX_ORDER")]
     pub prefix_order: PrefixOrder,
     /// Embedding inputs one request may carry: `auto` packs the `input` lines that are in flight together into
     /// requests of several inputs (about half of them each, up to 256), so the concurrency, which then counts

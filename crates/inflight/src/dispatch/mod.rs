@@ -33,6 +33,7 @@ use crate::code::ErrorCode;
 use crate::live::LiveStats;
 use crate::store::{now_ms, AttemptKey, Claim, Completion, PendingJob, SharedRun, Store, StoreError, WriteMsg};
 use crate::tune::{Permit, Sample, SampleOutcome};
+use order::{InFlight, Picked, Window};
 use targets::{acquire_any, Refusal, Routed};
 
 const PAGE: usize = 1024;
@@ -90,7 +91,8 @@ pub struct DispatchConfig {
     pub drain_timeout: Duration,
     /// Send at most this many jobs in this session (the first ones in file order: no reordering then).
     pub limit: Option<u64>,
-    /// Send the jobs of each page with a shared prompt prefix together ([`order::by_prefix`]).
+    /// Send the jobs of each page with a shared prompt prefix together, families dealt over the requests in
+    /// flight ([`order::Window`]).
     pub prefix_order: bool,
 }
 
@@ -201,6 +203,19 @@ impl Ctx {
         })
     }
 
+    /// Answers a picked job from the response cache if it holds its request (then it is not sent: `None`).
+    fn answer_from_cache(&self, picked: Picked) -> Option<Picked> {
+        let Some(answer) = self.cache.as_ref().and_then(|c| c.lookup(picked.job.endpoint, &picked.job.body)) else {
+            return Some(picked);
+        };
+        if !self.stop.is_cancelled() {
+            let job = picked.job;
+            let attempts = job.attempts;
+            let _ = self.outcomes.send(Outcome::Done(Box::new(completion(job, answer, attempts, now_ms()))));
+        }
+        None
+    }
+
     /// Queues `job` to be sent again, ahead of new ones, by whichever server takes it.
     fn hand_on(&self, job: PendingJob) {
         self.returned.lock().expect("returned lock").push_back(job);
@@ -268,15 +283,15 @@ async fn next_job(
     source: &mut Source<'_>,
     want: usize,
     ctx: &Ctx,
-    page: &mut VecDeque<PendingJob>,
+    window: &mut Window,
     tasks: &mut JoinSet<()>,
-) -> Result<Option<(PendingJob, bool)>, StoreError> {
+) -> Result<Option<(Picked, bool)>, StoreError> {
     loop {
         if let Some(job) = ctx.returned.lock().expect("returned lock").pop_front() {
-            return Ok(Some((job, true)));
+            return Ok(Some((Picked::alone(job), true)));
         }
-        if let Some(job) = page.pop_front() {
-            return Ok(Some((job, false)));
+        if let Some(picked) = window.pick() {
+            return Ok(Some((picked, false)));
         }
         let claim = tokio::select! {
             biased;
@@ -284,11 +299,8 @@ async fn next_job(
             claim = source.next(want) => claim?,
         };
         let later = match claim {
-            Claim::Jobs(mut next) => {
-                if ctx.config.prefix_order && ctx.config.limit.is_none() {
-                    order::by_prefix(&mut next);
-                }
-                page.extend(next);
+            Claim::Jobs(next) => {
+                window.extend(next);
                 continue;
             }
             // Everything is handed out; jobs in flight may still come back from a server that goes away.
@@ -313,26 +325,25 @@ async fn claim_loop(
     mut targets: Vec<Arc<Routed>>,
     mut changes: Option<UnboundedReceiver<TargetChange>>,
 ) -> Result<(), StoreError> {
-    let (mut page, mut sent) = (VecDeque::new(), 0u64);
+    // `--limit` sends the first jobs in file order.
+    let mut window = Window::new(ctx.config.prefix_order && ctx.config.limit.is_none());
+    let mut sent = 0u64;
     loop {
         // A shared run claims about as many jobs as its servers take at once: the rest stay free for others.
         let want = targets.iter().filter(|t| t.is_active()).map(|t| t.limiter.limit()).sum();
-        let Some((job, again)) = next_job(&mut source, want, ctx, &mut page, tasks).await? else { break };
+        let Some((mut picked, again)) = next_job(&mut source, want, ctx, &mut window, tasks).await? else { break };
         if !again {
             if ctx.config.limit.is_some_and(|l| sent >= l) {
                 return Ok(());
             }
             sent += 1;
         }
-        // A request answered before is answered again without a permit: it is not sent.
-        if let Some(answer) = ctx.cache.as_ref().and_then(|c| c.lookup(job.endpoint, &job.body)) {
-            if ctx.stop.is_cancelled() {
-                return Ok(());
-            }
-            let attempts = job.attempts;
-            let _ = ctx.outcomes.send(Outcome::Done(Box::new(completion(job, answer, attempts, now_ms()))));
-            continue;
+        match ctx.answer_from_cache(picked) {
+            Some(p) => picked = p,
+            None if ctx.stop.is_cancelled() => return Ok(()),
+            None => continue,
         }
+        let job = &picked.job;
         let mut model: Option<Option<String>> = None;
         let (target, permit) = loop {
             while let Some(change) = changes.as_mut().and_then(|rx| rx.try_recv().ok()) {
@@ -375,7 +386,16 @@ async fn claim_loop(
                 Woken::Change(None) => return Ok(()),
             }
         };
-        tasks.spawn(run_job(ctx.clone(), target, job, permit));
+        // The job was picked before the permit was free; the permit may be one a family's question just gave
+        // back, for its next question (where every server takes the same models, any job fits the permit).
+        if !again && model.is_none() {
+            picked = match ctx.answer_from_cache(window.repick(picked)) {
+                Some(p) => p,
+                None => continue,
+            };
+        }
+        let (job, in_flight) = picked.send();
+        tasks.spawn(run_job(ctx.clone(), target, job, permit, in_flight));
         while tasks.try_join_next().is_some() {}
     }
     Ok(())
@@ -411,11 +431,13 @@ async fn join_all(tasks: &mut JoinSet<()>) {
 
 /// Sends one job to target `t` until it succeeds, fails for good, or the run stops (then it stays pending);
 /// a job whose server goes away is handed back for another.
-async fn run_job(ctx: Arc<Ctx>, target: Arc<Routed>, mut job: PendingJob, permit: Permit) {
+async fn run_job(ctx: Arc<Ctx>, target: Arc<Routed>, mut job: PendingJob, permit: Permit, in_flight: InFlight) {
     let key = AttemptKey::Job(job.seq);
     let lane = Lane { limiter: &target.limiter, samples: target.samples.as_ref() };
     let req = Request { key: &key, endpoint: job.endpoint, body: &job.body, attempts: job.attempts };
     let tried = target.attempts.send(&lane, req, permit).await;
+    // The request is over: its family is free before its permit goes back (with `tried`, at the end).
+    drop(in_flight);
     // In a run of several servers, a server's refusals before it ever answered may be its own fault: the job
     // goes to another with its attempt handed back, and the server is set aside if it refuses everything.
     if let Tried::Failed { error, attempts, .. } = &tried {

@@ -6,14 +6,136 @@
 //! common prefix next to each other (a trie's walk), twenty questions about one document end up together, and
 //! jobs sharing one instruction block keep it shared. Equal prompts keep their file order (a stable sort). The
 //! output files stay in commit order; only the order of sending changes.
+//!
+//! Sorted neighbours whose common prefix is at least half the shorter prompt form a *family* (llama-server
+//! reuses a slot's cache for a prompt by the same measure, its default `--slot-prompt-similarity` 0.5). The
+//! window deals families over the requests in flight: the next job is the next of the first family with the
+//! fewest in flight. Sending a family's questions all at once would have every slot prefill the same document
+//! side by side (measured on llama-server: 0.68× file order with its prompt cache on); dealt, a family has one
+//! question in flight while there are other families to send, and when it is answered the permit it frees is
+//! taken by its next question, which the server gives to the idle slot: the one holding its document. Jobs that
+//! share a long instruction block and differ after it are one family, sent as many at once as the level allows.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::store::PendingJob;
 
-/// Reorders a page of pending jobs so that prompts sharing a prefix are adjacent.
-pub fn by_prefix(page: &mut [PendingJob]) {
-    page.sort_by_cached_key(|job| prompt_text(&job.body));
+/// The pending jobs claimed and not yet sent, in families, in the order they are to be sent.
+pub struct Window {
+    families: VecDeque<Family>,
+    /// Families by shared prefix; otherwise each page is one family in store order.
+    by_prefix: bool,
+}
+
+/// Jobs that share most of their prompt, and how many of them are in flight.
+struct Family {
+    jobs: VecDeque<PendingJob>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A job taken from the window and not yet sent: [`Window::put_back`] returns it to its place.
+pub struct Picked {
+    pub job: PendingJob,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a job as in flight for its family until dropped (when its request is over, before its permit goes
+/// back, so the loop taking that permit sees the family free).
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Picked {
+    /// A job that belongs to no family (one handed back by a server that went away).
+    pub fn alone(job: PendingJob) -> Picked {
+        Picked { job, in_flight: Arc::default() }
+    }
+
+    /// The job, now in flight.
+    pub fn send(self) -> (PendingJob, InFlight) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        (self.job, InFlight(self.in_flight))
+    }
+}
+
+impl Window {
+    /// An empty window; `by_prefix` groups each page into families, otherwise jobs go in store order.
+    pub fn new(by_prefix: bool) -> Window {
+        Window { families: VecDeque::new(), by_prefix }
+    }
+
+    /// Takes in a page of pending jobs, after those already held.
+    pub fn extend(&mut self, page: Vec<PendingJob>) {
+        if !self.by_prefix {
+            if !page.is_empty() {
+                self.families.push_back(Family { jobs: page.into(), in_flight: Arc::default() });
+            }
+            return;
+        }
+        let mut keyed: Vec<(String, PendingJob)> = page.into_iter().map(|j| (prompt_text(&j.body), j)).collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut before: Option<String> = None;
+        for (text, job) in keyed {
+            let joins = before.as_deref().is_some_and(|b| same_family(b, &text));
+            match self.families.back_mut() {
+                Some(family) if joins => family.jobs.push_back(job),
+                _ => self.families.push_back(Family { jobs: VecDeque::from([job]), in_flight: Arc::default() }),
+            }
+            before = Some(text);
+        }
+    }
+
+    /// The next job to send: the next of the first family with the fewest jobs in flight.
+    pub fn pick(&mut self) -> Option<Picked> {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, family) in self.families.iter().enumerate() {
+            let n = family.in_flight.load(Ordering::Acquire);
+            if best.is_none_or(|(_, fewest)| n < fewest) {
+                best = Some((i, n));
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        let (i, _) = best?;
+        let family = &mut self.families[i];
+        let job = family.jobs.pop_front().expect("a family in the window has jobs");
+        let picked = Picked { job, in_flight: family.in_flight.clone() };
+        if family.jobs.is_empty() {
+            self.families.remove(i);
+        }
+        Some(picked)
+    }
+
+    /// Returns a picked job to the front of its family (a family of its own at the front if its family is gone).
+    pub fn put_back(&mut self, picked: Picked) {
+        let Picked { job, in_flight } = picked;
+        match self.families.iter_mut().find(|f| Arc::ptr_eq(&f.in_flight, &in_flight)) {
+            Some(family) => family.jobs.push_front(job),
+            None => self.families.push_front(Family { jobs: VecDeque::from([job]), in_flight }),
+        }
+    }
+
+    /// The job to send now in place of `held`, picked before a permit was free: the families in flight may have
+    /// changed while it waited (the permit that came free was a family's, whose next question should take it).
+    pub fn repick(&mut self, held: Picked) -> Picked {
+        self.put_back(held);
+        self.pick().expect("a job was just put back")
+    }
+}
+
+/// Whether two sorted neighbours' prompts share at least half of the shorter one.
+fn same_family(a: &str, b: &str) -> bool {
+    let common = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    common > 0 && 2 * common >= a.len().min(b.len())
 }
 
 /// The text a request's prompt is made of, in the order the server reads it: each chat message's role and
@@ -81,21 +203,75 @@ mod tests {
         ]})
     }
 
+    /// Picks every job from a window of `page`, none left in flight: the order of sending at one in flight.
+    fn order_alone(page: Vec<PendingJob>, by_prefix: bool) -> Vec<i64> {
+        let mut w = Window::new(by_prefix);
+        w.extend(page);
+        std::iter::from_fn(|| w.pick()).map(|p| p.send().0.seq).collect()
+    }
+
     #[test]
     fn shuffled_families_come_out_together_in_file_order_within_each() {
         // 5 documents × 4 questions, interleaved as a shuffled file would have them.
-        let mut page: Vec<PendingJob> = (0..20).map(|i| job(i as i64, chat(i % 5, i / 5))).collect();
-        by_prefix(&mut page);
-        let docs: Vec<usize> = page.iter().map(|j| j.seq as usize % 5).collect();
+        let page: Vec<PendingJob> = (0..20).map(|i| job(i as i64, chat(i % 5, i / 5))).collect();
+        let seqs = order_alone(page, true);
+        let docs: Vec<i64> = seqs.iter().map(|s| s % 5).collect();
         let runs = docs.windows(2).filter(|w| w[0] != w[1]).count() + 1;
         assert_eq!(runs, 5, "each document's questions are adjacent: {docs:?}");
-        for family in page.chunks(4) {
-            let seqs: Vec<i64> = family.iter().map(|j| j.seq).collect();
-            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "questions keep their order: {seqs:?}");
+        for family in seqs.chunks(4) {
+            assert!(family.windows(2).all(|w| w[0] < w[1]), "questions keep their order: {family:?}");
         }
-        let mut seqs: Vec<i64> = page.iter().map(|j| j.seq).collect();
-        seqs.sort_unstable();
-        assert_eq!(seqs, (0..20).collect::<Vec<_>>(), "every job once");
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..20).collect::<Vec<_>>(), "every job once");
+        assert_eq!(
+            order_alone((0..20).map(|i| job(i, chat(i as usize % 5, 0))).collect(), false),
+            (0..20).collect::<Vec<_>>(),
+            "off: store order"
+        );
+    }
+
+    #[test]
+    fn families_are_dealt_over_the_requests_in_flight() {
+        // 3 documents × 3 questions, three in flight.
+        let mut w = Window::new(true);
+        w.extend((0..9).map(|i| job(i, chat(i as usize % 3, i as usize / 3))).collect());
+        let mut flying: Vec<(PendingJob, InFlight)> = (0..3).map(|_| w.pick().unwrap().send()).collect();
+        let docs: Vec<i64> = flying.iter().map(|(j, _)| j.seq % 3).collect();
+        assert_eq!(docs, vec![0, 1, 2], "one question of each document first");
+        // Picked while the loop waits for a permit: every family has one in flight, so the first one's.
+        let held = w.pick().unwrap();
+        assert_eq!(held.job.seq % 3, 0);
+        // Document 1's question is answered: the permit it frees goes to document 1's next question.
+        let answered = flying.remove(1);
+        assert_eq!(answered.0.seq % 3, 1);
+        drop(answered);
+        let now = w.repick(held);
+        assert_eq!(now.job.seq, 4, "document 1 has none in flight now");
+        flying.push(now.send());
+        // More in flight than families: each next job joins the first family with the fewest in flight.
+        while let Some(p) = w.pick() {
+            flying.push(p.send());
+        }
+        let rest: Vec<i64> = flying[3..].iter().map(|(j, _)| j.seq).collect();
+        assert_eq!(rest, vec![3, 7, 5, 6, 8], "every other job once, dealt over the families");
+    }
+
+    #[test]
+    fn a_family_shares_half_its_prompt_and_a_put_back_job_goes_first() {
+        assert!(same_family("instructions: long block, record 1", "instructions: long block, record 2"));
+        assert!(!same_family("Document 1: a long text", "Document 2: another long text"));
+        assert!(!same_family("", ""), "nothing shared");
+        // A long shared instruction block: one family, sent as many at once as the level allows.
+        let block = "Follow these instructions closely. ".repeat(20);
+        let mut w = Window::new(true);
+        w.extend((0..4).map(|i| job(i, json!({"prompt": format!("{block}record {i}")}))).collect());
+        let first = w.pick().unwrap();
+        let second = w.pick().unwrap();
+        assert_eq!((first.job.seq, second.job.seq), (0, 1));
+        w.put_back(second);
+        w.put_back(first);
+        assert_eq!(std::iter::from_fn(|| w.pick()).map(|p| p.job.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
     }
 
     #[test]
@@ -103,8 +279,7 @@ mod tests {
         let mut page = vec![job(1, json!({"prompt": "same"})), job(2, json!({"prompt": "same"}))];
         page.push(PendingJob { body: "not json".into(), ..job(3, json!({})) });
         page.push(job(4, json!({"prompt": "a first"})));
-        by_prefix(&mut page);
-        assert_eq!(page.iter().map(|j| j.seq).collect::<Vec<_>>(), vec![4, 3, 1, 2]);
+        assert_eq!(order_alone(page, true), vec![4, 3, 1, 2]);
     }
 
     #[test]
