@@ -370,3 +370,36 @@ fn a_step_whose_model_several_servers_list_runs_on_all_of_them_each_unit_once() 
     assert!(r1 > 0, "the first server took some of step a");
     assert!(r2 > n as u64, "the second server took all of step b and some of step a");
 }
+
+#[test]
+fn servers_listing_the_same_models_each_keep_the_one_they_have_loaded() {
+    // Two Ollama servers that hold one model at a time, both listing A and B; the first has A loaded, the second
+    // B. Two steps that both read only the input: x on A, y on B, both ready from the start.
+    let (one, two) = (Sim::start(one_model_ollama(100.0)), Sim::start(one_model_ollama(100.0)));
+    let s = Scratch::new();
+    for (sim, model) in [(&one, "A"), (&two, "B")] {
+        let job = s.write_lines(&format!("load-{model}.jsonl"), [json!({"prompt": "hello"}).to_string()]);
+        let out = s.path(&format!("load-{model}.out.jsonl"));
+        let args = ["run", job.to_str().unwrap(), "-o", out.to_str().unwrap(), "--server", sim.url(), "-q"];
+        assert_exit(&run(&[&args[..], &["--model", model, "--cache", "off"]].concat()), 0);
+    }
+    let before = [one.stats().model_loads, two.stats().model_loads];
+    let n = 600;
+    let input = s.write_lines("jobs.jsonl", text_lines(n));
+    let flow = s.path("flow.yaml");
+    let text =
+        "steps:\n  x:\n    model: A\n    template: 'Claims in {{ text }}'\n    max_tokens: 8\n  y:\n    model: B\n    \
+                template: 'Topics of {{ text }}'\n    max_tokens: 8\n";
+    std::fs::write(&flow, text).unwrap();
+    let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg(), "-q"];
+    let out = run(&[&args[..], &["--server", one.url(), "--server", two.url()]].concat());
+    assert_exit(&out, 0);
+    assert_eq!(read_jsonl(&s.out()).len(), n);
+    let loads = [one.stats().model_loads - before[0], two.stats().model_loads - before[1]];
+    let requests = [one.stats().requests - 1, two.stats().requests - 1];
+    println!("model loads during the run: {loads:?}; requests: {requests:?}");
+    assert_eq!(requests[0] + requests[1], 2 * n as u64, "each step of each job sent once");
+    // Each server starts on the model it has; at most one switch each, to help with the other's model once its
+    // own work is all taken.
+    assert!(loads.iter().all(|&l| l <= 1), "servers switched models: {loads:?}");
+}

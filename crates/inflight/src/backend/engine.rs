@@ -179,6 +179,7 @@ impl Backend for EngineBackend {
             description: format!("embedded engine: {} ({}, {} layers)", m.name, m.architecture, m.n_layer),
             kind: ServerKind::Engine { sequences: stats.sequences },
             identity: Some(format!("gguf:{}:{}:{}", m.name, m.architecture, m.size)),
+            loaded: None,
         })
     }
 

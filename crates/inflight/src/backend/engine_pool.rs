@@ -223,6 +223,8 @@ impl Backend for EnginePool {
             models,
             kind: ServerKind::Engine { sequences: self.config.sequences },
             identity: None,
+            // Loaded on demand, as many at once as fit: the scheduler's own switches say which.
+            loaded: None,
         })
     }
 

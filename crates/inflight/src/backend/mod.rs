@@ -98,6 +98,15 @@ pub struct ServerInfo {
     /// engine's GGUF file): the response cache keys answers by it, so a model replaced under the same name does
     /// not answer from the old one's cache.
     pub identity: Option<String>,
+    /// The models loaded now, where the server tells them apart from those it only lists (Ollama's `/api/ps`, a
+    /// llama-server router's `status`); `None` where every model it lists is served as it is.
+    pub loaded: Option<Vec<String>>,
+}
+
+/// Whether a server's name for a model, as it lists it, is `model` as a request names it (Ollama's `:latest` tag
+/// is implied).
+pub fn names_model(listed: &str, model: &str) -> bool {
+    listed == model || listed.strip_suffix(":latest") == Some(model)
 }
 
 /// Which server software answers, as far as its API tells.

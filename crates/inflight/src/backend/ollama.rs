@@ -219,7 +219,11 @@ impl Backend for OllamaBackend {
             .unwrap_or_default();
         digests.sort();
         let identity = (!digests.is_empty()).then(|| format!("ollama:{}", digests.join(",")));
-        Ok(ServerInfo { models, description, kind: ServerKind::Ollama, identity })
+        let loaded = self.http.get("/api/ps", Duration::from_secs(5)).await.ok().map(|ps| {
+            let names = ps.body["models"].as_array().map(|m| m.iter().filter_map(|x| x["name"].as_str()).collect());
+            names.unwrap_or_else(Vec::new).into_iter().map(str::to_owned).collect()
+        });
+        Ok(ServerInfo { models, description, kind: ServerKind::Ollama, identity, loaded })
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

@@ -74,7 +74,7 @@ impl Backend for OpenAiBackend {
             ServerKind::LmStudio => "LM Studio".into(),
             _ => "OpenAI-compatible server".into(),
         };
-        Ok(ServerInfo { models, description, kind, identity })
+        Ok(ServerInfo { models, description, kind, identity, loaded: router_loaded(&data) })
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
@@ -132,6 +132,16 @@ fn router_parallel(models: &[Value]) -> Option<u64> {
     models.iter().filter_map(parallel).max()
 }
 
+/// The models a llama-server router has loaded now (`status.value` of each model it lists); `None` for a server
+/// that does not say (it serves every model it lists).
+fn router_loaded(models: &[Value]) -> Option<Vec<String>> {
+    if !models.iter().any(|m| m["status"]["value"].is_string()) {
+        return None;
+    }
+    let loaded = models.iter().filter(|m| m["status"]["value"] == "loaded");
+    Some(loaded.filter_map(|m| m["id"].as_str().map(str::to_owned)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -143,5 +153,13 @@ mod tests {
             [model(&["llama-server", "--parallel", "4", "--threads", "2"]), model(&["llama-server", "-np", "2"])];
         assert_eq!(super::router_parallel(&models), Some(4));
         assert_eq!(super::router_parallel(&[model(&["llama-server", "--threads", "2"])]), None);
+    }
+
+    #[test]
+    fn a_routers_loaded_models_are_those_its_status_says() {
+        let model = |id: &str, status: &str| json!({"id": id, "status": {"value": status}});
+        let models = [model("a", "loaded"), model("b", "unloaded"), model("c", "loading")];
+        assert_eq!(super::router_loaded(&models), Some(vec!["a".to_string()]));
+        assert_eq!(super::router_loaded(&[json!({"id": "m", "owned_by": "vllm"})]), None, "serves what it lists");
     }
 }

@@ -14,7 +14,9 @@ use super::parse::Concurrency;
 use super::run_args::RunArgs;
 use super::session::{Identity, Locked, Ran};
 use super::targets::models_of;
-use crate::backend::{connect, normalize, Api, ConnectOptions, Connection, InputsPerRequest, OllamaBackend};
+use crate::backend::{
+    connect, names_model, normalize, Api, ConnectOptions, Connection, InputsPerRequest, OllamaBackend,
+};
 use crate::dispatch::{eligible, Models, Probation};
 use crate::job::Parser;
 use crate::live::Health;
@@ -163,6 +165,7 @@ fn server_plans(conns: &[Connection], placement: &[Vec<usize>], stop: &Cancellat
         kind: c.info.kind,
         health: Health::new(c.backend.clone(), stop.clone()),
         steps: (0..placement.len()).filter(|&s| placement[s].contains(&i)).collect(),
+        loaded: c.info.loaded.clone().unwrap_or_default(),
     };
     conns.iter().enumerate().map(plan).collect()
 }
@@ -266,18 +269,15 @@ async fn connect_servers(
         };
         for &i in &on {
             let conn = &conns[i];
-            if conn.backend.api() == Api::Ollama {
-                let known = |m: &String| m == &s.model || m.strip_suffix(":latest") == Some(s.model.as_str());
-                if !conn.info.models.iter().any(known) {
-                    return Err(setup_error(format!(
-                        "step {} (line {}): model {:?} is not on the Ollama server at {}; pull it with `ollama pull {}`",
-                        s.name,
-                        s.line,
-                        s.model,
-                        conn.backend.url(),
-                        s.model
-                    )));
-                }
+            if conn.backend.api() == Api::Ollama && !conn.info.models.iter().any(|m| names_model(m, &s.model)) {
+                return Err(setup_error(format!(
+                    "step {} (line {}): model {:?} is not on the Ollama server at {}; pull it with `ollama pull {}`",
+                    s.name,
+                    s.line,
+                    s.model,
+                    conn.backend.url(),
+                    s.model
+                )));
             }
         }
         placement.push(on);

@@ -54,7 +54,7 @@ pub struct Models {
 impl Models {
     /// Whether it lists `model` (Ollama's `:latest` tag is implied).
     pub fn lists(&self, model: &str) -> bool {
-        self.listed.iter().any(|m| m == model || m.strip_suffix(":latest") == Some(model))
+        self.listed.iter().any(|m| crate::backend::names_model(m, model))
     }
 }
 

@@ -47,8 +47,8 @@ pub async fn spaced(get: &Getter, model: &str, count: usize, gap: Duration) -> O
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let expires_in_s = get.json("/api/ps").await.and_then(|ps| {
             let models = ps["models"].as_array()?.clone();
-            let same = |n: &str| n == model || n.strip_suffix(":latest") == Some(model);
-            let m = models.iter().find(|m| m["name"].as_str().is_some_and(same))?;
+            let m =
+                models.iter().find(|m| m["name"].as_str().is_some_and(|n| crate::backend::names_model(n, model)))?;
             Some(rfc3339_secs(m["expires_at"].as_str()?)? - now.as_secs_f64())
         });
         requests.push(SpacedRequest { load_ms: ms("load_duration"), total_ms: ms("total_duration"), expires_in_s });

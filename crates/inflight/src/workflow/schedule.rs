@@ -63,6 +63,8 @@ struct ServerLoop {
     progress: watch::Receiver<u64>,
     tasks: JoinSet<()>,
     index: usize,
+    /// The models the server had loaded when the run began (its first model is one of them if it can be).
+    loaded: Vec<String>,
 }
 
 impl ServerLoop {
@@ -109,6 +111,7 @@ impl ServerLoop {
             progress,
             tasks: JoinSet::new(),
             index,
+            loaded: plan.loaded,
         }
     }
 
@@ -247,8 +250,12 @@ impl ServerLoop {
                 self.policy.stay(now);
                 vec![a]
             }
-            Some(a) => (0..self.groups.len()).filter(|&g| g != a).chain([a]).collect(),
-            None => (0..self.groups.len()).collect(),
+            // Another server's model comes after this one's (the chain below): it is that server's work first.
+            Some(a) => {
+                let others = self.preferred((0..self.groups.len()).filter(|&g| g != a));
+                others.into_iter().filter(|&g| !self.fed_elsewhere(g)).chain([a]).collect()
+            }
+            None => self.preferred(0..self.groups.len()),
         };
         for g in order.iter().copied().chain((0..self.groups.len()).filter(|g| !order.contains(g))) {
             let units = self.ready(g)?;
@@ -265,7 +272,9 @@ impl ServerLoop {
     fn others_have_a_batch(&self, active: usize) -> Result<bool, StoreError> {
         let batch = self.policy.batch().as_secs_f64();
         let active_rate = self.groups[active].rate();
-        for group in self.groups.iter().enumerate().filter(|(g, _)| *g != active).map(|(_, g)| g) {
+        // Work of a model another server is feeding now is that server's to take: no reason to switch here.
+        let others = (0..self.groups.len()).filter(|&g| g != active && !self.fed_elsewhere(g));
+        for group in others.map(|g| &self.groups[g]) {
             let rate = [group.rate(), active_rate].into_iter().flatten().reduce(f64::max);
             let need = rate.map_or(1, |r| (r * batch).ceil() as usize).max(1);
             let mut have = 0;
@@ -279,6 +288,26 @@ impl ServerLoop {
             }
         }
         Ok(false)
+    }
+
+    /// `groups` in the order this server prefers them (stable otherwise): at the start a model it has loaded,
+    /// then models no other server is feeding now, then those another server feeds (it takes their work; this
+    /// one helps when it has nothing else), so that servers listing the same models each keep one loaded instead
+    /// of all switching together.
+    fn preferred(&self, groups: impl Iterator<Item = usize>) -> Vec<usize> {
+        let loaded_here = |g: usize| {
+            self.active.is_none() && self.loaded.iter().any(|m| crate::backend::names_model(m, &self.groups[g].model))
+        };
+        let mut order: Vec<usize> = groups.collect();
+        order.sort_by_cached_key(|&g| (!loaded_here(g), self.fed_elsewhere(g)));
+        order
+    }
+
+    /// Whether another server's loop is feeding group `g`'s model now.
+    fn fed_elsewhere(&self, g: usize) -> bool {
+        let model = &self.groups[g].model;
+        let others = self.shared.flow.servers.iter().enumerate().filter(|(i, _)| *i != self.index);
+        others.into_iter().any(|(_, view)| view.lock().is_ok_and(|v| v.model.as_ref() == Some(model)))
     }
 
     /// A page of group `g`'s ready work that is not in flight, latest steps first.

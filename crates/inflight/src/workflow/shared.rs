@@ -96,4 +96,6 @@ pub struct ServerPlan {
     pub health: Health,
     /// Indices of the steps it runs.
     pub steps: Vec<usize>,
+    /// The models it had loaded when the run began, where it says (its first model is one of them if it can).
+    pub loaded: Vec<String>,
 }
