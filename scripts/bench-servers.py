@@ -4,10 +4,12 @@
 Three simulators of different lanes and speeds. Each alone is swept over fixed concurrency levels (the best
 level's jobs/s is its rate); then one `--concurrency auto` run over all three takes --jobs jobs. Prints each
 server's best level and rate, the combined rate, its ratio to the sum, and the per-server counts. Then the
-overhead check: the same jobs against one zero-latency simulator at -c 64 and against four at -c 16 each (the
-same requests in flight), alternated --overhead-rounds times, with both rates and inflight's own CPU time per
-1,000 jobs (user + system of the inflight process alone: the simulators' share of the two cores differs
-between one process and four, inflight's does not depend on it).
+overhead check: the same jobs against one zero-latency simulated server at -c 64 and against four at -c 16
+each (the same requests in flight), alternated --overhead-rounds times, with both rates and inflight's own CPU
+time per 1,000 jobs (user + system of the inflight process alone). The four servers run in one simulator
+process, the one server is the first of them: the server side then costs the same in both cases, and the
+ratio measures the client's routing (`--overhead-processes` runs four processes instead: on two cores their
+scheduling falls on the four-server case alone).
 
     scripts/bench-servers.py [--jobs 6000] [--level-jobs 400] [--overhead-only]
 """
@@ -39,9 +41,12 @@ LEVELS = [4, 8, 16, 32, 64]
 SIM_ENV = dict(os.environ)
 
 
-def start(flags):
-    p = subprocess.Popen([f"{BIN}/inflight-sim"] + flags, stdout=subprocess.PIPE, text=True, env=SIM_ENV)
-    return p, p.stdout.readline().strip()
+def start(flags, servers=1):
+    """A simulator process running `servers` servers: the process and their URLs (one URL when `servers` is 1)."""
+    p = subprocess.Popen([f"{BIN}/inflight-sim", "--servers", str(servers)] + flags, stdout=subprocess.PIPE,
+                         text=True, env=SIM_ENV)
+    urls = [p.stdout.readline().strip() for _ in range(servers)]
+    return p, urls[0] if servers == 1 else urls
 
 
 def jobs(path, n, tag):
@@ -83,6 +88,9 @@ def main():
     ap.add_argument("--overhead-jobs", type=int, default=20000)
     ap.add_argument("--overhead-rounds", type=int, default=3)
     ap.add_argument("--overhead-only", action="store_true", help="skip the three-server part")
+    ap.add_argument("--overhead-processes", action="store_true",
+                    help="the overhead part's four servers in four simulator processes instead of one (on two cores "
+                         "four processes' scheduling falls on the four-server case only)")
     ap.add_argument("--sim-threads", type=int, help="runtime threads of each simulator (TOKIO_WORKER_THREADS; "
                     "default: one a core). Four simulators on two cores each start two by default")
     a = ap.parse_args()
@@ -122,10 +130,15 @@ def main():
             p.terminate()
         procs = []
         zero = []
-        for _ in range(4):
-            p, u = start(["--zero-latency"])
+        if a.overhead_processes:
+            for _ in range(4):
+                p, u = start(["--zero-latency"])
+                procs.append(p)
+                zero.append(u)
+        else:
+            p, zero = start(["--zero-latency"], servers=4)
             procs.append(p)
-            zero.append(u)
+        print(f"overhead: four zero-latency servers in {'four simulator processes' if a.overhead_processes else 'one simulator process'}")
         # The same 64 requests in flight in both: one server at -c 64, four at -c 16 each; alternated, so drift
         # of the machine falls on both.
         ones, fours, one_cpu, four_cpu = [], [], [], []

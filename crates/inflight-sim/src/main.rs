@@ -1,5 +1,5 @@
-//! The `inflight-sim` binary: starts a simulated server, prints its URL on
-//! stdout and serves until killed.
+//! The `inflight-sim` binary: starts a simulated server (or `--servers N` of them), prints each one's URL on a
+//! line of stdout and serves until killed.
 
 use std::io::Write;
 use std::time::Duration;
@@ -23,6 +23,11 @@ struct Args {
     /// Port on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     port: u16,
+    /// How many servers this process runs, each with its own state and port (on free ports; with `--port`, on
+    /// consecutive ones from it), one URL a line. Several in one process cost the same to run as one: an
+    /// overhead benchmark comparing one server with four then measures the client alone.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    servers: u16,
     /// Simulated time runs this many times faster than wall time.
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
@@ -115,9 +120,16 @@ fn config(a: &Args) -> SimConfig {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.time_scale.is_finite() && args.time_scale > 0.0, "--time-scale must be positive");
-    let server = SimServer::start(config(&args)).await?;
+    let mut servers = Vec::new();
+    for i in 0..args.servers {
+        let port =
+            if args.port == 0 { 0 } else { args.port.checked_add(i).ok_or(anyhow::anyhow!("--port too high"))? };
+        servers.push(SimServer::start(config(&args).with_port(port)).await?);
+    }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", server.url())?;
+    for server in &servers {
+        writeln!(out, "{}", server.url())?;
+    }
     out.flush()?;
     drop(out);
     std::future::pending::<()>().await;

@@ -142,3 +142,34 @@ async fn shutdown_resets_open_connections_and_the_port_can_be_reused() {
     assert_eq!(resp.status().as_u16(), 200);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_process_runs_several_servers_each_with_its_own_state() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_inflight-sim"))
+        .args(["--zero-latency", "--servers", "3"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let urls: Vec<String> = (0..3).map(|_| lines.next().unwrap().unwrap()).collect();
+    let distinct: std::collections::HashSet<&String> = urls.iter().collect();
+    assert_eq!(distinct.len(), 3, "three ports: {urls:?}");
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let r = client.post(format!("{}/v1/chat/completions", urls[0])).json(&chat_body("a")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let r = client.post(format!("{}/v1/chat/completions", urls[2])).json(&chat_body("b")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let requests = |url: &str| {
+        let url = format!("{url}/sim/stats");
+        async move { reqwest::get(url).await.unwrap().json::<serde_json::Value>().await.unwrap()["requests"].clone() }
+    };
+    assert_eq!(
+        (requests(&urls[0]).await, requests(&urls[1]).await, requests(&urls[2]).await),
+        (json!(2), json!(0), json!(1))
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
