@@ -20,6 +20,9 @@ pub fn state_url(test: &str) -> String {
     format!("{db}{sep}run={test}-{}-{nanos}", std::process::id())
 }
 
+/// How long a worker of these tests may take.
+const LIMIT: Duration = Duration::from_secs(120);
+
 /// A worker process: `inflight run [INPUT] -o OUT --state URL --server SERVER`.
 fn worker(input: Option<&Path>, out: &Path, state: &str, server: &str, extra: &[&str]) -> Child {
     let mut args: Vec<&str> = vec!["run"];
@@ -102,7 +105,7 @@ fn workers_share_one_run_each_job_once_and_every_copy_equals_the_export() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let c = worker(None, &outs[2], &state, sims[2].url(), &[]);
-    let results: Vec<Output> = [a, b, c].into_iter().map(|w| finish(w, Duration::from_secs(120))).collect();
+    let results: Vec<Output> = [a, b, c].into_iter().map(|w| finish(w, LIMIT)).collect();
     for r in &results {
         assert_exit(r, 0);
     }
@@ -138,7 +141,7 @@ fn a_killed_workers_jobs_are_finished_by_the_other_after_its_lease() {
     send_signal(killed, "KILL");
     let _ = finish(a, Duration::from_secs(10));
     let answered_before_kill = sims[0].stats().ok;
-    let b = finish(b, Duration::from_secs(120));
+    let b = finish(b, LIMIT);
     assert_exit(&b, 0);
     let exported = assert_each_once(&export(&state, s.dir.path()), n);
     assert!(std::fs::read(&out_b).unwrap() == exported, "the survivor's copy equals the export");
@@ -173,7 +176,7 @@ fn a_stopped_worker_past_its_lease_records_nothing_when_it_wakes() {
     wait_answered(&sims[0], 100);
     send_signal(a.id(), "STOP");
     // The other worker takes the stopped one's jobs once their leases expire, and finishes the run.
-    let b = finish(b, Duration::from_secs(120));
+    let b = finish(b, LIMIT);
     send_signal(a.id(), "CONT");
     let a = finish(a, Duration::from_secs(60));
     assert_exit(&b, 0);
@@ -191,4 +194,28 @@ fn a_stopped_worker_past_its_lease_records_nothing_when_it_wakes() {
         .unwrap_or(0);
     println!("stale completions of the woken worker: {stale}");
     assert!(stale > 0, "the woken worker's answers in flight were stale: {err}");
+}
+
+#[test]
+fn retry_failed_sends_a_shared_runs_failed_jobs_again_once_each() {
+    // Each request's first attempt fails with a 500 three times in ten; with one attempt a job those jobs fail.
+    let faults = inflight_sim::Faults { error_500: 0.3, max_per_request: 1, ..Default::default() };
+    let sim = Sim::start(SimConfig::profile(Profile::Lanes4).with_time_scale(100.0).with_faults(faults));
+    let s = Scratch::new();
+    let n = 300;
+    let input = s.write_lines("jobs.jsonl", prompt_lines(n));
+    let state = state_url("retry");
+    let first = finish(worker(Some(&input), &s.out(), &state, sim.url(), &["--max-attempts", "1"]), LIMIT);
+    assert_exit(&first, 1);
+    let failed = status(&state)["summary"]["failed"].as_u64().unwrap();
+    assert!(failed > 0 && failed < n as u64, "some jobs failed: {failed}");
+    assert_eq!(whole_lines(&s.errors()), failed as usize, "the copy has their error records");
+    let again = finish(worker(None, &s.out(), &state, sim.url(), &["--max-attempts", "1", "--retry-failed"]), LIMIT);
+    assert_exit(&again, 0);
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains(&format!("--retry-failed: {failed} failed jobs will be sent again")), "{said}");
+    let exported = assert_each_once(&export(&state, s.dir.path()), n);
+    assert!(std::fs::read(s.out()).unwrap() == exported, "the copy equals the export");
+    assert_eq!(whole_lines(&s.errors()), 0, "no error record is left in the copy");
+    assert_eq!(sim.stats().requests, n as u64 + failed, "each failed job was sent once more, nothing else");
 }

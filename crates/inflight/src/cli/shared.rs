@@ -38,9 +38,6 @@ pub(super) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 /// Opens the run `url` names (a new one, or anew with `--restart` when no other worker is alive), checks it was
 /// begun with these settings, ingests the input when one is given, and joins as a worker.
 pub(super) async fn join(args: &RunArgs, url: PgUrl, fingerprint: String, parser: &Parser) -> anyhow::Result<Joined> {
-    if args.retry_failed {
-        return Err(setup_error("--retry-failed is not supported with a PostgreSQL state yet"));
-    }
     let servers = args.conn.server.clone();
     let (db, worker, before) = off_runtime(|| -> anyhow::Result<_> {
         let cannot = |e: StoreError| setup_error(format!("cannot open the state {url}: {e}"));
@@ -56,6 +53,9 @@ pub(super) async fn join(args: &RunArgs, url: PgUrl, fingerprint: String, parser
                 "the run {} has no jobs yet: give the first worker the input file",
                 url.run()
             )));
+        }
+        if args.retry_failed {
+            eprintln!("--retry-failed: {} failed jobs will be sent again", db.reopen_failed()?);
         }
         let info = WorkerInfo { host: host_name(), pid: std::process::id(), servers };
         let worker = db.register_worker(&info)?;

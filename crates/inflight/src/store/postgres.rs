@@ -211,6 +211,11 @@ impl PgWork {
         Ok(())
     }
 
+    /// Puts every failed job back to ready with a fresh budget of attempts (`--retry-failed`). Returns how many.
+    pub fn reopen_failed(&mut self) -> Result<u64, StoreError> {
+        Ok(self.client.execute(include_str!("sql/postgres/reopen_failed.sql"), &[&self.run])?)
+    }
+
     /// Deletes the run (jobs, results, workers, metadata) and begins it anew under the same name (`--restart`).
     pub fn reset(&mut self) -> Result<(), StoreError> {
         let mut tx = self.client.transaction()?;
