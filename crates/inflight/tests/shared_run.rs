@@ -125,18 +125,34 @@ fn workers_share_one_run_each_job_once_and_every_copy_equals_the_export() {
     assert!(workers.iter().all(|w| w["servers"].as_array().is_some_and(|s| s.len() == 1)), "{st}");
 }
 
-#[test]
-fn a_killed_workers_jobs_are_finished_by_the_other_after_its_lease() {
+/// Two workers with 2 s leases on 1,500 jobs, each with its own simulator, once the first has answered 100.
+struct TwoWorkers {
+    sims: Vec<Sim>,
+    s: Scratch,
+    n: usize,
+    state: String,
+    outs: [PathBuf; 2],
+    a: Child,
+    b: Child,
+}
+
+fn two_workers(test: &str) -> TwoWorkers {
     let sims: Vec<Sim> =
         (0..2).map(|_| Sim::start(SimConfig::profile(Profile::Lanes4).with_time_scale(20.0))).collect();
     let s = Scratch::new();
     let n = 1500;
     let input = s.write_lines("jobs.jsonl", prompt_lines(n));
-    let state = state_url("sigkill");
-    let (out_a, out_b) = (s.path("a.jsonl"), s.path("b.jsonl"));
-    let a = worker(Some(&input), &out_a, &state, sims[0].url(), &["--lease", "2s"]);
-    let b = worker(Some(&input), &out_b, &state, sims[1].url(), &["--lease", "2s"]);
+    let state = state_url(test);
+    let outs = [s.path("a.jsonl"), s.path("b.jsonl")];
+    let a = worker(Some(&input), &outs[0], &state, sims[0].url(), &["--lease", "2s"]);
+    let b = worker(Some(&input), &outs[1], &state, sims[1].url(), &["--lease", "2s"]);
     wait_answered(&sims[0], 100);
+    TwoWorkers { sims, s, n, state, outs, a, b }
+}
+
+#[test]
+fn a_killed_workers_jobs_are_finished_by_the_other_after_its_lease() {
+    let TwoWorkers { sims, s, n, state, outs: [_, out_b], a, b } = two_workers("sigkill");
     let killed = a.id();
     send_signal(killed, "KILL");
     let _ = finish(a, Duration::from_secs(10));
@@ -164,16 +180,7 @@ fn a_killed_workers_jobs_are_finished_by_the_other_after_its_lease() {
 
 #[test]
 fn a_stopped_worker_past_its_lease_records_nothing_when_it_wakes() {
-    let sims: Vec<Sim> =
-        (0..2).map(|_| Sim::start(SimConfig::profile(Profile::Lanes4).with_time_scale(20.0))).collect();
-    let s = Scratch::new();
-    let n = 1500;
-    let input = s.write_lines("jobs.jsonl", prompt_lines(n));
-    let state = state_url("zombie");
-    let (out_a, out_b) = (s.path("a.jsonl"), s.path("b.jsonl"));
-    let a = worker(Some(&input), &out_a, &state, sims[0].url(), &["--lease", "2s"]);
-    let b = worker(Some(&input), &out_b, &state, sims[1].url(), &["--lease", "2s"]);
-    wait_answered(&sims[0], 100);
+    let TwoWorkers { sims: _sims, s, n, state, outs: [out_a, out_b], a, b } = two_workers("zombie");
     send_signal(a.id(), "STOP");
     // The other worker takes the stopped one's jobs once their leases expire, and finishes the run.
     let b = finish(b, LIMIT);

@@ -36,6 +36,14 @@ pub fn text_lines(n: usize) -> impl Iterator<Item = String> {
     (0..n).map(|i| json!({"id": format!("j{i}"), "text": format!("record {i} says the sky is green")}).to_string())
 }
 
+/// Writes `n` text lines and the workflow `text` into `s`: the input's path and the workflow's.
+pub fn flow_files(s: &Scratch, n: usize, text: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let input = s.write_lines("jobs.jsonl", text_lines(n));
+    let flow = s.path("flow.yaml");
+    std::fs::write(&flow, text).unwrap();
+    (input, flow)
+}
+
 /// The number in "N model switches" in a run's summary.
 pub fn switches_in(stdout: &[u8]) -> u64 {
     let text = String::from_utf8_lossy(stdout);
@@ -47,9 +55,7 @@ pub fn switches_in(stdout: &[u8]) -> u64 {
 fn three_steps_on_two_models_run_once_each_with_few_switches() {
     let sim = Sim::start(one_model_ollama(100.0));
     let s = Scratch::new();
-    let input = s.write_lines("jobs.jsonl", text_lines(2000));
-    let flow = s.path("flow.yaml");
-    std::fs::write(&flow, ABA).unwrap();
+    let (input, flow) = flow_files(&s, 2000, ABA);
     let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg()];
     let out = run(&[&args[..], &["--server", sim.url(), "--status-every", "100ms"]].concat());
     assert_exit(&out, 0);
@@ -118,9 +124,7 @@ fn kill_9_during_step_2_then_an_edit_of_step_3_sends_only_what_is_unfinished_or_
     const N: u64 = 600;
     let sim = Sim::start(one_model_ollama(10.0));
     let s = Scratch::new();
-    let input = s.write_lines("jobs.jsonl", text_lines(N as usize));
-    let flow = s.path("flow.yaml");
-    std::fs::write(&flow, ABA).unwrap();
+    let (input, flow) = flow_files(&s, N as usize, ABA);
     let state = s.path("out.inflight.db");
     let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg()];
     let args = [&args[..], &["--server", sim.url(), "-q"]].concat();
@@ -194,11 +198,9 @@ fn the_example_workflow_runs_on_an_ollama_server_holding_one_model() {
 fn invalid_json_answers_are_asked_again_until_every_job_has_a_valid_output() {
     let sim = Sim::start(one_model_ollama(100.0).with_json_answers(0.2));
     let s = Scratch::new();
-    let input = s.write_lines("jobs.jsonl", text_lines(300));
-    let flow = s.path("flow.yaml");
     let json_step = "  extract:\n    model: A\n    template: 'Claims in {{ text }}, as JSON'\n    max_tokens: 16\n    \
         output: json\n    schema: {type: object, required: [answer], properties: {answer: {type: string}}}\n";
-    std::fs::write(&flow, ABA.replacen(&ABA[7..ABA.find("  critique:").unwrap()], json_step, 1)).unwrap();
+    let (input, flow) = flow_files(&s, 300, &ABA.replacen(&ABA[7..ABA.find("  critique:").unwrap()], json_step, 1));
     let out = run(&[
         "run",
         input.to_str().unwrap(),
@@ -231,8 +233,6 @@ fn invalid_json_answers_are_asked_again_until_every_job_has_a_valid_output() {
 fn steps_on_two_servers_run_at_the_same_time() {
     let (one, two) = (Sim::start(SimConfig::profile(Profile::Lanes4)), Sim::start(SimConfig::profile(Profile::Lanes4)));
     let s = Scratch::new();
-    let input = s.write_lines("jobs.jsonl", text_lines(200));
-    let flow = s.path("flow.yaml");
     // Both simulators answer any model: each step is pinned, or step a would run on both.
     let text = format!(
         "steps:\n  a:\n    model: A\n    server: {}\n    template: 'Claims in {{{{ text }}}}'\n    max_tokens: 16\n  \
@@ -240,7 +240,7 @@ fn steps_on_two_servers_run_at_the_same_time() {
         one.url(),
         two.url()
     );
-    std::fs::write(&flow, text).unwrap();
+    let (input, flow) = flow_files(&s, 200, &text);
     let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg()];
     let out = run(&[&args[..], &["--server", one.url(), "-q", "-c", "4"]].concat());
     assert_exit(&out, 0);
@@ -273,9 +273,7 @@ fn a_step_naming_a_model_the_server_lacks_stops_the_run_after_ten_identical_refu
     let sim =
         Sim::start(SimConfig::profile(Profile::Lanes4).with_missing_models(vec!["B".into()]).with_time_scale(50.0));
     let s = Scratch::new();
-    let input = s.write_lines("jobs.jsonl", text_lines(200));
-    let flow = s.path("flow.yaml");
-    std::fs::write(&flow, ABA).unwrap();
+    let (input, flow) = flow_files(&s, 200, ABA);
     let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg()];
     let out = run(&[&args[..], &["--server", sim.url(), "-q"]].concat());
     assert_exit(&out, 2);
@@ -300,9 +298,7 @@ fn a_step_naming_a_model_the_server_lacks_stops_the_run_after_ten_identical_refu
 fn run_json_reports_each_step_and_each_models_concurrency() {
     let sim = Sim::start(one_model_ollama(100.0));
     let s = Scratch::new();
-    let input = s.write_lines("jobs.jsonl", text_lines(200));
-    let flow = s.path("flow.yaml");
-    std::fs::write(&flow, ABA).unwrap();
+    let (input, flow) = flow_files(&s, 200, ABA);
     let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg()];
     let out = run(&[&args[..], &["--server", sim.url(), "-q", "--json"]].concat());
     assert_exit(&out, 0);
@@ -334,12 +330,10 @@ fn a_step_naming_no_server_runs_on_the_server_that_lists_its_model() {
     let lists = |m: &str| SimConfig::profile(Profile::Lanes4).with_time_scale(50.0).with_models(vec![m.into()]);
     let (one, two) = (Sim::start(lists("A")), Sim::start(lists("B")));
     let s = Scratch::new();
-    let input = s.write_lines("jobs.jsonl", text_lines(100));
-    let flow = s.path("flow.yaml");
     let text =
         "steps:\n  a:\n    model: A\n    template: 'Claims in {{ text }}'\n    max_tokens: 8\n  b:\n    model: B\n    \
                 template: 'Critique {{ steps.a.output }}'\n    max_tokens: 8\n";
-    std::fs::write(&flow, text).unwrap();
+    let (input, flow) = flow_files(&s, 100, text);
     let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg(), "-q"];
     let out = run(&[&args[..], &["--server", one.url(), "--server", two.url()]].concat());
     assert_exit(&out, 0);
@@ -354,12 +348,10 @@ fn a_step_whose_model_several_servers_list_runs_on_all_of_them_each_unit_once() 
     let (one, two) = (Sim::start(lists(vec!["A".into()])), Sim::start(lists(vec!["A".into(), "B".into()])));
     let s = Scratch::new();
     let n = 300;
-    let input = s.write_lines("jobs.jsonl", text_lines(n));
-    let flow = s.path("flow.yaml");
     let text =
         "steps:\n  a:\n    model: A\n    template: 'Claims in {{ text }}'\n    max_tokens: 8\n  b:\n    model: B\n    \
                 template: 'Critique {{ steps.a.output }}'\n    max_tokens: 8\n";
-    std::fs::write(&flow, text).unwrap();
+    let (input, flow) = flow_files(&s, n, text);
     let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg(), "-q"];
     let out = run(&[&args[..], &["--server", one.url(), "--server", two.url()]].concat());
     assert_exit(&out, 0);
@@ -385,12 +377,10 @@ fn servers_listing_the_same_models_each_keep_the_one_they_have_loaded() {
     }
     let before = [one.stats().model_loads, two.stats().model_loads];
     let n = 600;
-    let input = s.write_lines("jobs.jsonl", text_lines(n));
-    let flow = s.path("flow.yaml");
     let text =
         "steps:\n  x:\n    model: A\n    template: 'Claims in {{ text }}'\n    max_tokens: 8\n  y:\n    model: B\n    \
                 template: 'Topics of {{ text }}'\n    max_tokens: 8\n";
-    std::fs::write(&flow, text).unwrap();
+    let (input, flow) = flow_files(&s, n, text);
     let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg(), "-q"];
     let out = run(&[&args[..], &["--server", one.url(), "--server", two.url()]].concat());
     assert_exit(&out, 0);

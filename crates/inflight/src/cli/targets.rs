@@ -52,6 +52,7 @@ impl RunTarget {
             samples: self.samples.clone(),
             models: models_of(&self.conn),
             counts: self.counts.clone(),
+            lanes: self.conn.info.kind.lanes(),
         }
     }
 

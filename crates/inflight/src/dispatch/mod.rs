@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{Answer, BackendError};
 use crate::cache::ResponseCache;
 use crate::code::ErrorCode;
+use crate::job::Endpoint;
 use crate::live::LiveStats;
 use crate::store::{now_ms, AttemptKey, Claim, Completion, PendingJob, SharedRun, Store, StoreError, WriteMsg};
 use crate::tune::{Permit, Sample, SampleOutcome};
@@ -198,6 +199,7 @@ impl Ctx {
             samples: t.samples,
             models: t.models,
             counts: t.counts,
+            lanes: t.lanes,
             retired: AtomicBool::new(false),
             trial: Default::default(),
         })
@@ -260,6 +262,11 @@ fn route_for(targets: &[Arc<Routed>], model: Option<&str>) -> Vec<usize> {
         none if none.is_empty() => active,
         some => some.into_iter().map(|k| active[k]).collect(),
     }
+}
+
+/// The requests the active targets run at once, where every one of them says (llama-server's slots).
+fn lanes(targets: &[Arc<Routed>]) -> Option<usize> {
+    targets.iter().filter(|t| t.is_active()).map(|t| t.lanes).sum()
 }
 
 /// Whether a job's model changes where it may go: the active targets do not all take the same models.
@@ -331,6 +338,9 @@ async fn claim_loop(
     loop {
         // A shared run claims about as many jobs as its servers take at once: the rest stay free for others.
         let want = targets.iter().filter(|t| t.is_active()).map(|t| t.limiter.limit()).sum();
+        // One llama-server: families are pinned to its slots (with several, a family's jobs may go to any).
+        let one = targets.iter().filter(|t| t.is_active()).count() == 1;
+        window.set_lanes(lanes(&targets), one);
         let Some((mut picked, again)) = next_job(&mut source, want, ctx, &mut window, tasks).await? else { break };
         if !again {
             if ctx.config.limit.is_some_and(|l| sent >= l) {
@@ -434,7 +444,11 @@ async fn join_all(tasks: &mut JoinSet<()>) {
 async fn run_job(ctx: Arc<Ctx>, target: Arc<Routed>, mut job: PendingJob, permit: Permit, in_flight: InFlight) {
     let key = AttemptKey::Job(job.seq);
     let lane = Lane { limiter: &target.limiter, samples: target.samples.as_ref() };
-    let req = Request { key: &key, endpoint: job.endpoint, body: &job.body, attempts: job.attempts };
+    // A job pinned to a llama-server slot says so in what is sent; its record and the cache keep its own body.
+    let pinned =
+        in_flight.slot().filter(|_| job.endpoint != Endpoint::Embedding).map(|s| order::with_slot(&job.body, s));
+    let body = pinned.as_deref().unwrap_or(&job.body);
+    let req = Request { key: &key, endpoint: job.endpoint, body, attempts: job.attempts };
     let tried = target.attempts.send(&lane, req, permit).await;
     // The request is over: its family is free before its permit goes back (with `tried`, at the end).
     drop(in_flight);

@@ -17,8 +17,7 @@
 //! share a long instruction block and differ after it are one family, sent as many at once as the level allows.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -29,54 +28,130 @@ pub struct Window {
     families: VecDeque<Family>,
     /// Families by shared prefix; otherwise each page is one family in store order.
     by_prefix: bool,
+    flight: Arc<Mutex<Flight>>,
+    /// The most families in flight at once: the requests the servers run at once (their slots), where they say.
+    lanes: Option<usize>,
 }
 
-/// Jobs that share most of their prompt, and how many of them are in flight.
+/// What the window and the jobs in flight share.
+#[derive(Default)]
+struct Flight {
+    /// How many families have jobs in flight, those that left the window included.
+    busy: usize,
+    /// With one llama-server, whether each of its slots is held by a family in flight (empty otherwise).
+    held: Vec<bool>,
+}
+
+/// Jobs that share most of their prompt.
 struct Family {
     jobs: VecDeque<PendingJob>,
-    in_flight: Arc<AtomicUsize>,
+    state: Arc<Mutex<FamilyState>>,
+}
+
+/// A family's jobs in flight and its slot.
+#[derive(Default)]
+struct FamilyState {
+    in_flight: usize,
+    /// The slot its jobs in flight are pinned to.
+    holding: Option<usize>,
+    /// The slot it last held (which still holds its prefix, unless another family took it since).
+    last: Option<usize>,
 }
 
 /// A job taken from the window and not yet sent: [`Window::put_back`] returns it to its place.
 pub struct Picked {
     pub job: PendingJob,
-    in_flight: Arc<AtomicUsize>,
+    family: Arc<Mutex<FamilyState>>,
+    flight: Arc<Mutex<Flight>>,
 }
 
 /// Counts a job as in flight for its family until dropped (when its request is over, before its permit goes
 /// back, so the loop taking that permit sees the family free).
-pub struct InFlight(Arc<AtomicUsize>);
+pub struct InFlight {
+    family: Arc<Mutex<FamilyState>>,
+    flight: Arc<Mutex<Flight>>,
+    slot: Option<usize>,
+}
+
+impl InFlight {
+    /// The server slot the job is pinned to (llama-server's `id_slot`), if any.
+    pub fn slot(&self) -> Option<usize> {
+        self.slot
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut flight = self.flight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut family = self.family.lock().unwrap_or_else(|e| e.into_inner());
+        family.in_flight -= 1;
+        if family.in_flight == 0 {
+            flight.busy -= 1;
+            if let Some(s) = family.holding.take() {
+                if let Some(held) = flight.held.get_mut(s) {
+                    *held = false;
+                }
+                family.last = Some(s);
+            }
+        }
     }
 }
 
 impl Picked {
     /// A job that belongs to no family (one handed back by a server that went away).
     pub fn alone(job: PendingJob) -> Picked {
-        Picked { job, in_flight: Arc::default() }
+        Picked { job, family: Arc::default(), flight: Arc::default() }
     }
 
-    /// The job, now in flight.
+    /// The job, now in flight. A family that starts takes a free slot where slots are pinned: the one it held
+    /// last if it is free (its prefix may still be there).
     pub fn send(self) -> (PendingJob, InFlight) {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        (self.job, InFlight(self.in_flight))
+        let slot = {
+            let mut flight = self.flight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut family = self.family.lock().unwrap_or_else(|e| e.into_inner());
+            if family.in_flight == 0 {
+                flight.busy += 1;
+                let free = |s: &usize| flight.held.get(*s) == Some(&false);
+                let slot = family.last.filter(free).or_else(|| flight.held.iter().position(|h| !h));
+                if let Some(s) = slot {
+                    flight.held[s] = true;
+                }
+                family.holding = slot;
+            }
+            family.in_flight += 1;
+            family.holding
+        };
+        (self.job, InFlight { family: self.family, flight: self.flight, slot })
     }
 }
 
 impl Window {
     /// An empty window; `by_prefix` groups each page into families, otherwise jobs go in store order.
     pub fn new(by_prefix: bool) -> Window {
-        Window { families: VecDeque::new(), by_prefix }
+        Window { families: VecDeque::new(), by_prefix, flight: Arc::default(), lanes: None }
+    }
+
+    /// Sets the most families in flight at once to the servers' lanes (`None`: unknown, no bound). With more
+    /// requests in flight than lanes, a server queues the rest; a queued question of another document would
+    /// take the slot that holds this one's (on a server whose prompt cache holds only its slots, each would
+    /// prefill its document again), so the requests beyond the lanes go to families already in flight.
+    ///
+    /// With `pin` (one llama-server), each family in flight is also given a slot of its own (`id_slot`): the
+    /// server then keeps a family's queued questions for the slot that holds its document.
+    pub fn set_lanes(&mut self, lanes: Option<usize>, pin: bool) {
+        self.lanes = lanes;
+        let slots = if pin && self.by_prefix { lanes.unwrap_or(0) } else { 0 };
+        let mut flight = self.flight.lock().unwrap_or_else(|e| e.into_inner());
+        if flight.held.len() != slots {
+            flight.held.resize(slots, false);
+        }
     }
 
     /// Takes in a page of pending jobs, after those already held.
     pub fn extend(&mut self, page: Vec<PendingJob>) {
         if !self.by_prefix {
             if !page.is_empty() {
-                self.families.push_back(Family { jobs: page.into(), in_flight: Arc::default() });
+                self.families.push_back(Family { jobs: page.into(), state: Arc::default() });
             }
             return;
         }
@@ -87,28 +162,32 @@ impl Window {
             let joins = before.as_deref().is_some_and(|b| same_family(b, &text));
             match self.families.back_mut() {
                 Some(family) if joins => family.jobs.push_back(job),
-                _ => self.families.push_back(Family { jobs: VecDeque::from([job]), in_flight: Arc::default() }),
+                _ => self.families.push_back(Family { jobs: VecDeque::from([job]), state: Arc::default() }),
             }
             before = Some(text);
         }
     }
 
-    /// The next job to send: the next of the first family with the fewest jobs in flight.
+    /// The next job to send: the next of the first family with the fewest jobs in flight; while as many
+    /// families are in flight as the servers have lanes, the first of those with the fewest.
     pub fn pick(&mut self) -> Option<Picked> {
-        let mut best: Option<(usize, usize)> = None;
+        let busy = self.flight.lock().unwrap_or_else(|e| e.into_inner()).busy;
+        let full = self.lanes.is_some_and(|lanes| busy >= lanes);
+        let mut best: Option<(usize, (bool, usize))> = None;
         for (i, family) in self.families.iter().enumerate() {
-            let n = family.in_flight.load(Ordering::Acquire);
-            if best.is_none_or(|(_, fewest)| n < fewest) {
-                best = Some((i, n));
+            let n = family.state.lock().unwrap_or_else(|e| e.into_inner()).in_flight;
+            let rank = (full && n == 0, n);
+            if best.is_none_or(|(_, fewest)| rank < fewest) {
+                best = Some((i, rank));
             }
-            if n == 0 {
+            if rank == (false, 0) {
                 break;
             }
         }
         let (i, _) = best?;
         let family = &mut self.families[i];
         let job = family.jobs.pop_front().expect("a family in the window has jobs");
-        let picked = Picked { job, in_flight: family.in_flight.clone() };
+        let picked = Picked { job, family: family.state.clone(), flight: self.flight.clone() };
         if family.jobs.is_empty() {
             self.families.remove(i);
         }
@@ -117,10 +196,10 @@ impl Window {
 
     /// Returns a picked job to the front of its family (a family of its own at the front if its family is gone).
     pub fn put_back(&mut self, picked: Picked) {
-        let Picked { job, in_flight } = picked;
-        match self.families.iter_mut().find(|f| Arc::ptr_eq(&f.in_flight, &in_flight)) {
+        let Picked { job, family: state, .. } = picked;
+        match self.families.iter_mut().find(|f| Arc::ptr_eq(&f.state, &state)) {
             Some(family) => family.jobs.push_front(job),
-            None => self.families.push_front(Family { jobs: VecDeque::from([job]), in_flight }),
+            None => self.families.push_front(Family { jobs: VecDeque::from([job]), state }),
         }
     }
 
@@ -129,6 +208,15 @@ impl Window {
     pub fn repick(&mut self, held: Picked) -> Picked {
         self.put_back(held);
         self.pick().expect("a job was just put back")
+    }
+}
+
+/// `body` (a JSON object) with llama-server's `id_slot` set to `slot`, so the server runs it on that slot.
+pub fn with_slot(body: &str, slot: usize) -> String {
+    let rest = body.trim_start().strip_prefix('{').unwrap_or(body);
+    match rest.trim_start().starts_with('}') {
+        true => format!("{{\"id_slot\":{slot}{rest}"),
+        false => format!("{{\"id_slot\":{slot},{rest}"),
     }
 }
 
@@ -255,6 +343,74 @@ mod tests {
         }
         let rest: Vec<i64> = flying[3..].iter().map(|(j, _)| j.seq).collect();
         assert_eq!(rest, vec![3, 7, 5, 6, 8], "every other job once, dealt over the families");
+    }
+
+    #[test]
+    fn no_more_families_are_in_flight_than_the_servers_have_lanes() {
+        // 3 documents × 3 questions, two lanes, four in flight.
+        let mut w = Window::new(true);
+        w.set_lanes(Some(2), false);
+        w.extend((0..9).map(|i| job(i, chat(i as usize % 3, i as usize / 3))).collect());
+        let mut flying: Vec<(PendingJob, InFlight)> = (0..4).map(|_| w.pick().unwrap().send()).collect();
+        let docs: Vec<i64> = flying.iter().map(|(j, _)| j.seq % 3).collect();
+        assert_eq!(docs, vec![0, 1, 0, 1], "the requests beyond the lanes go to the documents in flight");
+        // Document 1's two questions are answered: its third goes, and the lanes are full again, so document
+        // 0's third goes before document 2 starts.
+        flying.retain(|(j, _)| j.seq % 3 != 1);
+        let next: Vec<i64> = (0..2)
+            .map(|_| w.pick().unwrap())
+            .map(|p| p.send())
+            .map(|(j, f)| {
+                flying.push((j.clone(), f));
+                j.seq
+            })
+            .collect();
+        assert_eq!(next, vec![7, 6]);
+        // Documents 0 and 1 are done with: document 2 starts.
+        flying.clear();
+        assert_eq!(w.pick().unwrap().job.seq, 2);
+    }
+
+    #[test]
+    fn with_one_llama_server_each_family_in_flight_holds_a_slot_and_comes_back_to_it() {
+        // 3 documents × 3 questions, two slots, pinned.
+        let mut w = Window::new(true);
+        w.set_lanes(Some(2), true);
+        w.extend((0..9).map(|i| job(i, chat(i as usize % 3, i as usize / 3))).collect());
+        let mut flying: Vec<(PendingJob, InFlight)> = (0..4).map(|_| w.pick().unwrap().send()).collect();
+        let slots: Vec<(i64, Option<usize>)> = flying.iter().map(|(j, f)| (j.seq % 3, f.slot())).collect();
+        assert_eq!(
+            slots,
+            vec![(0, Some(0)), (1, Some(1)), (0, Some(0)), (1, Some(1))],
+            "a document's questions share its slot"
+        );
+        // Document 0's questions are answered; its third goes back to its slot.
+        flying.retain(|(j, _)| j.seq % 3 != 0);
+        let third = w.pick().unwrap().send();
+        assert_eq!((third.0.seq, third.1.slot()), (6, Some(0)));
+        // Nothing in flight: document 1's last question goes back to slot 1, where its document is, and
+        // document 2 takes the other.
+        drop(third);
+        flying.clear();
+        let last = w.pick().unwrap().send();
+        assert_eq!((last.0.seq, last.1.slot()), (7, Some(1)));
+        let started = w.pick().unwrap().send();
+        assert_eq!((started.0.seq, started.1.slot()), (2, Some(0)));
+        // Without pinning no slot is named.
+        let mut w = Window::new(true);
+        w.set_lanes(Some(2), false);
+        w.extend(vec![job(1, chat(1, 1))]);
+        assert_eq!(w.pick().unwrap().send().1.slot(), None);
+    }
+
+    #[test]
+    fn a_pinned_body_names_its_slot_first() {
+        let pinned = with_slot(r#"{"model":"m","messages":[]}"#, 3);
+        assert_eq!(
+            serde_json::from_str::<Value>(&pinned).unwrap(),
+            json!({"id_slot": 3, "model": "m", "messages": []})
+        );
+        assert_eq!(serde_json::from_str::<Value>(&with_slot(" { } ", 0)).unwrap(), json!({"id_slot": 0}));
     }
 
     #[test]

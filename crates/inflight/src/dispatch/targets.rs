@@ -32,6 +32,8 @@ pub struct Target {
     pub models: Models,
     /// What it did in this session.
     pub counts: Arc<TargetCounts>,
+    /// The requests it says it runs at once (llama-server's slots), where it says so.
+    pub lanes: Option<usize>,
 }
 
 /// A change to the servers of a run while it goes.
@@ -94,6 +96,7 @@ pub(super) struct Routed {
     pub samples: Option<UnboundedSender<Sample>>,
     pub models: Models,
     pub counts: Arc<TargetCounts>,
+    pub lanes: Option<usize>,
     /// Taken out of the run ([`TargetChange::Retire`], or set aside by its [`Trial`]): no new work.
     pub retired: AtomicBool,
     /// Until it answers once, whether its refusals are its own.
