@@ -1,7 +1,8 @@
 //! Fault injection: which attempt of which request fails, and how a
 //! truncated response is put on the wire.
 //!
-//! A request is identified by a hash of its body, so the `n`-th attempt of a
+//! A request is identified by a hash of its body (less llama-server's `id_slot`,
+//! which says where it runs, not what it asks), so the `n`-th attempt of a
 //! given request draws the same fault in every run (the draw is seeded by the
 //! server seed, the body hash and the attempt number), whatever other
 //! requests are doing concurrently.
@@ -71,7 +72,7 @@ impl<K: Copy> FaultPlan<K> {
         if self.kinds.is_empty() {
             return None;
         }
-        let key = hash(body);
+        let key = identity(body);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let (attempts, injected) = seen.entry(key).or_default();
         *attempts += 1;
@@ -118,9 +119,26 @@ pub(crate) fn truncated(full: Vec<u8>, content_type: &'static str) -> Response {
     resp
 }
 
+/// A request's identity: its body's hash, without `id_slot` where it names one.
+fn identity(body: &[u8]) -> u64 {
+    if body.windows(9).any(|w| w == b"\"id_slot\"") {
+        if let Ok(serde_json::Value::Object(mut v)) = serde_json::from_slice(body) {
+            v.remove("id_slot");
+            return hash(serde_json::Value::Object(v).to_string().as_bytes());
+        }
+    }
+    hash(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_run_on_another_slot_is_the_same_request() {
+        assert_eq!(identity(br#"{"id_slot":1,"prompt":"a"}"#), identity(br#"{"id_slot":3,"prompt":"a"}"#));
+        assert_ne!(identity(br#"{"id_slot":1,"prompt":"a"}"#), identity(br#"{"id_slot":1,"prompt":"b"}"#));
+    }
 
     #[test]
     fn faults_stop_after_max_per_request_and_repeat_by_seed() {

@@ -38,8 +38,8 @@ pub struct Window {
 struct Flight {
     /// How many families have jobs in flight, those that left the window included.
     busy: usize,
-    /// With one llama-server, whether each of its slots is held by a family in flight (empty otherwise).
-    held: Vec<bool>,
+    /// With one llama-server, the jobs in flight pinned to each of its slots (empty otherwise).
+    load: Vec<usize>,
 }
 
 /// Jobs that share most of their prompt.
@@ -48,13 +48,13 @@ struct Family {
     state: Arc<Mutex<FamilyState>>,
 }
 
-/// A family's jobs in flight and its slot.
+/// A family's jobs in flight and its slots.
 #[derive(Default)]
 struct FamilyState {
     in_flight: usize,
-    /// The slot its jobs in flight are pinned to.
-    holding: Option<usize>,
-    /// The slot it last held (which still holds its prefix, unless another family took it since).
+    /// The slots its pinned jobs in flight are on, one entry a job.
+    on: Vec<usize>,
+    /// The slot its last job went to (which still holds its prefix, unless another family's took it since).
     last: Option<usize>,
 }
 
@@ -87,11 +87,13 @@ impl Drop for InFlight {
         family.in_flight -= 1;
         if family.in_flight == 0 {
             flight.busy -= 1;
-            if let Some(s) = family.holding.take() {
-                if let Some(held) = flight.held.get_mut(s) {
-                    *held = false;
-                }
-                family.last = Some(s);
+        }
+        if let Some(s) = self.slot {
+            if let Some(load) = flight.load.get_mut(s) {
+                *load -= 1;
+            }
+            if let Some(i) = family.on.iter().position(|&o| o == s) {
+                family.on.swap_remove(i);
             }
         }
     }
@@ -103,23 +105,31 @@ impl Picked {
         Picked { job, family: Arc::default(), flight: Arc::default() }
     }
 
-    /// The job, now in flight. A family that starts takes a free slot where slots are pinned: the one it held
-    /// last if it is free (its prefix may still be there).
+    /// The job, now in flight. Where slots are pinned it goes to its family's slot (one its jobs in flight are
+    /// on, else the one its last job went to, whose cache may still hold its prefix) while no other slot has
+    /// fewer jobs, else to the slot with the fewest: families keep to their slots, and one family alone (a
+    /// shared instruction block) spreads over them all.
     pub fn send(self) -> (PendingJob, InFlight) {
         let slot = {
             let mut flight = self.flight.lock().unwrap_or_else(|e| e.into_inner());
             let mut family = self.family.lock().unwrap_or_else(|e| e.into_inner());
             if family.in_flight == 0 {
                 flight.busy += 1;
-                let free = |s: &usize| flight.held.get(*s) == Some(&false);
-                let slot = family.last.filter(free).or_else(|| flight.held.iter().position(|h| !h));
-                if let Some(s) = slot {
-                    flight.held[s] = true;
-                }
-                family.holding = slot;
             }
             family.in_flight += 1;
-            family.holding
+            let load = &flight.load;
+            let least = load.iter().copied().enumerate().min_by_key(|&(_, n)| n);
+            let own = family.on.iter().copied().chain(family.last).filter(|&s| s < load.len()).min_by_key(|&s| load[s]);
+            let slot = match (own, least) {
+                (Some(s), Some((_, fewest))) if load[s] == fewest => Some(s),
+                (_, least) => least.map(|(s, _)| s),
+            };
+            if let Some(s) = slot {
+                flight.load[s] += 1;
+                family.on.push(s);
+                family.last = Some(s);
+            }
+            slot
         };
         (self.job, InFlight { family: self.family, flight: self.flight, slot })
     }
@@ -142,8 +152,8 @@ impl Window {
         self.lanes = lanes;
         let slots = if pin && self.by_prefix { lanes.unwrap_or(0) } else { 0 };
         let mut flight = self.flight.lock().unwrap_or_else(|e| e.into_inner());
-        if flight.held.len() != slots {
-            flight.held.resize(slots, false);
+        if flight.load.len() != slots {
+            flight.load.resize(slots, 0);
         }
     }
 
@@ -396,6 +406,13 @@ mod tests {
         assert_eq!((last.0.seq, last.1.slot()), (7, Some(1)));
         let started = w.pick().unwrap().send();
         assert_eq!((started.0.seq, started.1.slot()), (2, Some(0)));
+        // One family alone (a shared instruction block) spreads over every slot.
+        let block = "Follow these instructions closely. ".repeat(20);
+        let mut w = Window::new(true);
+        w.set_lanes(Some(2), true);
+        w.extend((0..4).map(|i| job(i, json!({"prompt": format!("{block}record {i}")}))).collect());
+        let flying: Vec<(PendingJob, InFlight)> = (0..4).map(|_| w.pick().unwrap().send()).collect();
+        assert_eq!(flying.iter().map(|(_, f)| f.slot().unwrap()).collect::<Vec<_>>(), vec![0, 1, 0, 1]);
         // Without pinning no slot is named.
         let mut w = Window::new(true);
         w.set_lanes(Some(2), false);
