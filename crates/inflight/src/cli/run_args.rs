@@ -127,8 +127,10 @@ pub struct SendArgs {
     pub drain_timeout: Duration,
     /// The order jobs are sent in: `auto` (the default) sends jobs whose prompts share most of their text
     /// one after another (within windows of 1,024 pending jobs), one question of each document in flight at a
-    /// time while there are other documents to send, so a server's prefix cache still holds the document when
-    /// the next question comes; `off` sends in file order. Output files are in commit order either way.
+    /// time while there are other documents to send (no more documents at once than the server has slots; on
+    /// one llama-server each pinned to its slot with `id_slot`), so a server's prefix cache still holds the
+    /// document when the next question comes; `off` sends in file order. Output files are in commit order
+    /// either way.
     #[arg(long, value_enum, default_value = "auto", env = "INFLIGHT_PREFIX_ORDER")]
     pub prefix_order: PrefixOrder,
     /// Embedding inputs one request may carry: `auto` packs the `input` lines that are in flight together into
