@@ -44,6 +44,15 @@ pub fn flow_files(s: &Scratch, n: usize, text: &str) -> (std::path::PathBuf, std
     (input, flow)
 }
 
+/// Runs the workflow `text` over `n` text lines on two servers, quietly, and checks every job has its line.
+fn run_on_two(s: &Scratch, n: usize, text: &str, servers: [&Sim; 2]) {
+    let (input, flow) = flow_files(s, n, text);
+    let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg(), "-q"];
+    let out = run(&[&args[..], &["--server", servers[0].url(), "--server", servers[1].url()]].concat());
+    assert_exit(&out, 0);
+    assert_eq!(read_jsonl(&s.out()).len(), n);
+}
+
 /// The number in "N model switches" in a run's summary.
 pub fn switches_in(stdout: &[u8]) -> u64 {
     let text = String::from_utf8_lossy(stdout);
@@ -333,11 +342,7 @@ fn a_step_naming_no_server_runs_on_the_server_that_lists_its_model() {
     let text =
         "steps:\n  a:\n    model: A\n    template: 'Claims in {{ text }}'\n    max_tokens: 8\n  b:\n    model: B\n    \
                 template: 'Critique {{ steps.a.output }}'\n    max_tokens: 8\n";
-    let (input, flow) = flow_files(&s, 100, text);
-    let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg(), "-q"];
-    let out = run(&[&args[..], &["--server", one.url(), "--server", two.url()]].concat());
-    assert_exit(&out, 0);
-    assert_eq!(read_jsonl(&s.out()).len(), 100);
+    run_on_two(&s, 100, text, [&one, &two]);
     assert_eq!((one.stats().requests, two.stats().requests), (100, 100), "each step where its model is");
 }
 
@@ -351,11 +356,7 @@ fn a_step_whose_model_several_servers_list_runs_on_all_of_them_each_unit_once() 
     let text =
         "steps:\n  a:\n    model: A\n    template: 'Claims in {{ text }}'\n    max_tokens: 8\n  b:\n    model: B\n    \
                 template: 'Critique {{ steps.a.output }}'\n    max_tokens: 8\n";
-    let (input, flow) = flow_files(&s, n, text);
-    let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg(), "-q"];
-    let out = run(&[&args[..], &["--server", one.url(), "--server", two.url()]].concat());
-    assert_exit(&out, 0);
-    assert_eq!(read_jsonl(&s.out()).len(), n);
+    run_on_two(&s, n, text, [&one, &two]);
     let (r1, r2) = (one.stats().requests, two.stats().requests);
     println!("requests: first server {r1} (step a), second {r2} (steps a and b)");
     assert_eq!(r1 + r2, 2 * n as u64, "each step of each job sent once");
@@ -380,11 +381,7 @@ fn servers_listing_the_same_models_each_keep_the_one_they_have_loaded() {
     let text =
         "steps:\n  x:\n    model: A\n    template: 'Claims in {{ text }}'\n    max_tokens: 8\n  y:\n    model: B\n    \
                 template: 'Topics of {{ text }}'\n    max_tokens: 8\n";
-    let (input, flow) = flow_files(&s, n, text);
-    let args = ["run", input.to_str().unwrap(), "--workflow", flow.to_str().unwrap(), "-o", s.out_arg(), "-q"];
-    let out = run(&[&args[..], &["--server", one.url(), "--server", two.url()]].concat());
-    assert_exit(&out, 0);
-    assert_eq!(read_jsonl(&s.out()).len(), n);
+    run_on_two(&s, n, text, [&one, &two]);
     let loads = [one.stats().model_loads - before[0], two.stats().model_loads - before[1]];
     let requests = [one.stats().requests - 1, two.stats().requests - 1];
     println!("model loads during the run: {loads:?}; requests: {requests:?}");

@@ -332,8 +332,7 @@ mod tests {
     #[test]
     fn families_are_dealt_over_the_requests_in_flight() {
         // 3 documents × 3 questions, three in flight.
-        let mut w = Window::new(true);
-        w.extend((0..9).map(|i| job(i, chat(i as usize % 3, i as usize / 3))).collect());
+        let mut w = three_documents(None, false);
         let mut flying: Vec<(PendingJob, InFlight)> = (0..3).map(|_| w.pick().unwrap().send()).collect();
         let docs: Vec<i64> = flying.iter().map(|(j, _)| j.seq % 3).collect();
         assert_eq!(docs, vec![0, 1, 2], "one question of each document first");
@@ -355,12 +354,18 @@ mod tests {
         assert_eq!(rest, vec![3, 7, 5, 6, 8], "every other job once, dealt over the families");
     }
 
+    /// A window of 3 documents × 3 questions (job `i` asks question `i / 3` of document `i % 3`).
+    fn three_documents(lanes: Option<usize>, pin: bool) -> Window {
+        let mut w = Window::new(true);
+        w.set_lanes(lanes, pin);
+        w.extend((0..9).map(|i| job(i, chat(i as usize % 3, i as usize / 3))).collect());
+        w
+    }
+
     #[test]
     fn no_more_families_are_in_flight_than_the_servers_have_lanes() {
         // 3 documents × 3 questions, two lanes, four in flight.
-        let mut w = Window::new(true);
-        w.set_lanes(Some(2), false);
-        w.extend((0..9).map(|i| job(i, chat(i as usize % 3, i as usize / 3))).collect());
+        let mut w = three_documents(Some(2), false);
         let mut flying: Vec<(PendingJob, InFlight)> = (0..4).map(|_| w.pick().unwrap().send()).collect();
         let docs: Vec<i64> = flying.iter().map(|(j, _)| j.seq % 3).collect();
         assert_eq!(docs, vec![0, 1, 0, 1], "the requests beyond the lanes go to the documents in flight");
@@ -384,9 +389,7 @@ mod tests {
     #[test]
     fn with_one_llama_server_each_family_in_flight_holds_a_slot_and_comes_back_to_it() {
         // 3 documents × 3 questions, two slots, pinned.
-        let mut w = Window::new(true);
-        w.set_lanes(Some(2), true);
-        w.extend((0..9).map(|i| job(i, chat(i as usize % 3, i as usize / 3))).collect());
+        let mut w = three_documents(Some(2), true);
         let mut flying: Vec<(PendingJob, InFlight)> = (0..4).map(|_| w.pick().unwrap().send()).collect();
         let slots: Vec<(i64, Option<usize>)> = flying.iter().map(|(j, f)| (j.seq % 3, f.slot())).collect();
         assert_eq!(
