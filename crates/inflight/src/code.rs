@@ -101,6 +101,11 @@ impl ErrorCode {
         ErrorCode::ServerCrashed,
     ];
 
+    /// The code a record or the store spells `name`, if it is one.
+    pub fn parse(name: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     /// The code as written in records and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -156,6 +161,10 @@ mod tests {
     fn names_are_snake_case_and_distinct() {
         let names: std::collections::HashSet<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), ErrorCode::ALL.len());
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(ErrorCode::parse("no_such_code"), None);
         assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')));
     }
 

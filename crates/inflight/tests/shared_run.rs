@@ -23,13 +23,23 @@ pub fn state_url(test: &str) -> String {
 /// How long a worker of these tests may take.
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// A worker process: `inflight run [INPUT] -o OUT --state URL --server SERVER`.
+/// A worker process: `inflight run [INPUT] -o OUT --state URL --server SERVER -m m --max-tokens 16`.
 fn worker(input: Option<&Path>, out: &Path, state: &str, server: &str, extra: &[&str]) -> Child {
+    spawn_worker(input, out, state, server, &["-m", "m", "--max-tokens", "16"], extra)
+}
+
+/// A workflow worker: `inflight run [INPUT] -o OUT --state URL --server SERVER --workflow FLOW`.
+fn flow_worker(input: Option<&Path>, flow: &Path, out: &Path, state: &str, server: &str, extra: &[&str]) -> Child {
+    spawn_worker(input, out, state, server, &["--workflow", flow.to_str().unwrap()], extra)
+}
+
+fn spawn_worker(input: Option<&Path>, out: &Path, state: &str, server: &str, mode: &[&str], extra: &[&str]) -> Child {
     let mut args: Vec<&str> = vec!["run"];
     if let Some(input) = input {
         args.push(input.to_str().unwrap());
     }
-    args.extend(["-o", out.to_str().unwrap(), "--state", state, "--server", server, "-m", "m", "--max-tokens", "16"]);
+    args.extend(["-o", out.to_str().unwrap(), "--state", state, "--server", server]);
+    args.extend(mode);
     args.extend(["--status-every", "1s"]);
     args.extend(extra);
     bin().args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
@@ -225,4 +235,71 @@ fn retry_failed_sends_a_shared_runs_failed_jobs_again_once_each() {
     assert!(std::fs::read(s.out()).unwrap() == exported, "the copy equals the export");
     assert_eq!(whole_lines(&s.errors()), 0, "no error record is left in the copy");
     assert_eq!(sim.stats().requests, n as u64 + failed, "each failed job was sent once more, nothing else");
+}
+
+/// Asserts every line of a workflow run's export holds each of ABA's three steps' outputs.
+fn assert_every_step(export: &Path) {
+    for line in read_jsonl(export) {
+        let steps = line["steps"].as_object().unwrap_or_else(|| panic!("no steps in {line}"));
+        for step in ["extract", "critique", "judge"] {
+            assert!(steps.get(step).is_some_and(|s| s["output"].is_string()), "{step} missing in {line}");
+        }
+    }
+}
+
+#[test]
+fn workflow_workers_share_one_run_each_job_and_each_step_once() {
+    let sims: Vec<Sim> =
+        (0..2).map(|_| Sim::start(SimConfig::profile(Profile::Lanes4).with_time_scale(100.0))).collect();
+    let s = Scratch::new();
+    let n = 600;
+    let (input, flow) = crate::workflow::flow_files(&s, n, crate::workflow::ABA);
+    let state = state_url("flow-share");
+    let outs = [s.path("a.jsonl"), s.path("b.jsonl")];
+    let a = flow_worker(Some(&input), &flow, &outs[0], &state, sims[0].url(), &[]);
+    let b = flow_worker(Some(&input), &flow, &outs[1], &state, sims[1].url(), &[]);
+    for r in [a, b].map(|w| finish(w, LIMIT)) {
+        assert_exit(&r, 0);
+    }
+    let path = export(&state, s.dir.path());
+    let exported = assert_each_once(&path, n);
+    assert_every_step(&path);
+    for out in &outs {
+        assert!(std::fs::read(out).unwrap() == exported, "{} differs from the export", out.display());
+    }
+    let requests: Vec<u64> = sims.iter().map(|s| s.stats().requests).collect();
+    println!("requests per worker's simulator: {requests:?}");
+    assert_eq!(requests.iter().sum::<u64>(), 3 * n as u64, "each step of each job sent once: {requests:?}");
+    assert!(requests.iter().all(|&r| r > 0), "both workers took jobs: {requests:?}");
+    // A worker with another workflow is refused.
+    let other = s.path("other.yaml");
+    std::fs::write(&other, crate::workflow::ABA.replace("Critique these", "Criticize these")).unwrap();
+    let refused = finish(flow_worker(None, &other, &s.path("c.jsonl"), &state, sims[0].url(), &[]), LIMIT);
+    assert_exit(&refused, 2);
+    assert!(stderr(&refused).contains("another workflow"), "{}", stderr(&refused));
+}
+
+#[test]
+fn a_killed_workflow_workers_jobs_are_run_again_by_the_other_each_answered_once() {
+    let sims: Vec<Sim> =
+        (0..2).map(|_| Sim::start(SimConfig::profile(Profile::Lanes4).with_time_scale(20.0))).collect();
+    let s = Scratch::new();
+    let n = 900;
+    let (input, flow) = crate::workflow::flow_files(&s, n, crate::workflow::ABA);
+    let state = state_url("flow-kill");
+    let outs = [s.path("a.jsonl"), s.path("b.jsonl")];
+    let a = flow_worker(Some(&input), &flow, &outs[0], &state, sims[0].url(), &["--lease", "2s"]);
+    let b = flow_worker(Some(&input), &flow, &outs[1], &state, sims[1].url(), &["--lease", "2s"]);
+    wait_answered(&sims[0], 100);
+    send_signal(a.id(), "KILL");
+    let _ = finish(a, Duration::from_secs(10));
+    let b = finish(b, LIMIT);
+    assert_exit(&b, 0);
+    let path = export(&state, s.dir.path());
+    let exported = assert_each_once(&path, n);
+    assert_every_step(&path);
+    assert!(std::fs::read(&outs[1]).unwrap() == exported, "the survivor's copy equals the export");
+    let requests: Vec<u64> = sims.iter().map(|s| s.stats().requests).collect();
+    println!("requests per worker's simulator: {requests:?} (the killed worker's unfinished rounds are run again)");
+    assert!(requests.iter().sum::<u64>() >= 3 * n as u64, "{requests:?}");
 }

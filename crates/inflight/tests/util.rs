@@ -98,12 +98,13 @@ pub fn is_bad_line(record: &Value) -> bool {
     record["id"].is_null() && record["line"].is_u64()
 }
 
-/// How many times each accepted job's custom_id appears across the results and errors files. Bad-line records
-/// are counted apart (a duplicate's record repeats the id it collided with).
+/// How many times each accepted job's id (`custom_id`; a workflow line's `id`) appears across the results and
+/// errors files. Bad-line records are counted apart (a duplicate's record repeats the id it collided with).
 pub fn id_counts(out: &Path, errors: &Path) -> HashMap<String, usize> {
     let mut m = HashMap::new();
     for v in read_jsonl(out).into_iter().chain(read_jsonl(errors)).filter(|v| !is_bad_line(v)) {
-        if let Some(id) = v["custom_id"].as_str() {
+        // A batch line's job is its `custom_id`; a workflow line's, its `id`.
+        if let Some(id) = v["custom_id"].as_str().or_else(|| v["id"].as_str()) {
             *m.entry(id.to_owned()).or_default() += 1;
         }
     }

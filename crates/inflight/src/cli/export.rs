@@ -42,9 +42,7 @@ pub fn execute(args: ExportArgs) -> anyhow::Result<Exit> {
             }
         }
     }
-    // A workflow run's lines hold every step: they keep their own shape whatever --format says.
-    let workflow = store.meta("format")?.as_deref() == Some(Format::Workflow.name());
-    let format = if workflow { Format::Workflow } else { args.format };
+    let format = Format::for_export(store.meta("format")?.as_deref(), args.format);
     let (done, errors) = export(&store, &args.output, format)?;
     report(done, errors, &args.output);
     Ok(Exit::Success)

@@ -108,13 +108,13 @@ impl Locked {
         let (out, state, mut leftovers, lock) = match at {
             StateAt::File { out, state, leftovers, lock } => (out, state, leftovers, lock),
             StateAt::Shared { url, out } => {
+                // A shared workflow run is its steps (names and fingerprints): a worker with another workflow is
+                // refused, where a state file keeps the results of the steps that did not change.
                 let fingerprint = match identity {
                     Identity::Settings(f) => f.to_owned(),
-                    Identity::Workflow(_) => {
-                        return Err(setup_error("--workflow runs cannot share a PostgreSQL state yet"))
-                    }
+                    Identity::Workflow(steps) => format!("workflow {}", serde_json::to_string(steps)?),
                 };
-                let joined = super::shared::join(args, *url.clone(), fingerprint, parser).await?;
+                let joined = super::shared::join(args, *url.clone(), fingerprint, parser, format).await?;
                 let writer = joined.run.writer()?;
                 let follower = match &out {
                     Some(out) => Some(joined.run.follow(Box::new(OutputFiles::create(out, format)?))?),
@@ -201,6 +201,14 @@ impl RunWork {
         match self {
             RunWork::Local(reader) => Ok(reader),
             RunWork::Shared { .. } => Err(setup_error("this needs a state file, not a PostgreSQL state")),
+        }
+    }
+
+    /// This worker's part in a run shared through PostgreSQL; `None` on a state file.
+    pub fn shared(&self) -> Option<&SharedRun> {
+        match self {
+            RunWork::Local(_) => None,
+            RunWork::Shared { run, .. } => Some(run),
         }
     }
 

@@ -37,7 +37,13 @@ pub(super) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 
 /// Opens the run `url` names (a new one, or anew with `--restart` when no other worker is alive), checks it was
 /// begun with these settings, ingests the input when one is given, and joins as a worker.
-pub(super) async fn join(args: &RunArgs, url: PgUrl, fingerprint: String, parser: &Parser) -> anyhow::Result<Joined> {
+pub(super) async fn join(
+    args: &RunArgs,
+    url: PgUrl,
+    fingerprint: String,
+    parser: &Parser,
+    format: Format,
+) -> anyhow::Result<Joined> {
     let servers = args.conn.server.clone();
     let (db, worker, before) = off_runtime(|| -> anyhow::Result<_> {
         let cannot = |e: StoreError| setup_error(format!("cannot open the state {url}: {e}"));
@@ -45,7 +51,7 @@ pub(super) async fn join(args: &RunArgs, url: PgUrl, fingerprint: String, parser
         if args.restart {
             restart(&mut db, &url)?;
         }
-        check_identity(&mut db, &url, &fingerprint, args)?;
+        check_identity(&mut db, &url, &fingerprint, format, args)?;
         if let Some(input) = &args.input {
             ingest(&mut db, args, input, parser)?;
         } else if db.meta(INGEST_DONE)?.is_none() && db.counts()?.total() == 0 {
@@ -94,11 +100,19 @@ pub(super) fn is_alive(w: &WorkerRow) -> bool {
     w.beat_age_ms < ALIVE_WITHIN.as_millis() as i64
 }
 
-/// Refuses a run begun with other settings (as a state file's run does).
-fn check_identity(db: &mut PgWork, url: &PgUrl, fingerprint: &str, args: &RunArgs) -> anyhow::Result<()> {
+/// Refuses a run begun with other settings (as a state file's run does); a new run records its settings and
+/// the shape of its output lines (what `export` writes).
+fn check_identity(
+    db: &mut PgWork,
+    url: &PgUrl,
+    fingerprint: &str,
+    format: Format,
+    args: &RunArgs,
+) -> anyhow::Result<()> {
     match db.meta("settings")? {
         None => {
             db.set_meta("settings", fingerprint)?;
+            db.set_meta("format", format.name())?;
             if let Some(input) = &args.input {
                 db.set_meta("input", &input.to_string_lossy())?;
             }
@@ -106,7 +120,8 @@ fn check_identity(db: &mut PgWork, url: &PgUrl, fingerprint: &str, args: &RunArg
         }
         Some(f) if f == fingerprint => Ok(()),
         Some(_) => Err(setup_error(format!(
-            "the run {} belongs to other settings (model, template, system or generation parameters).\n\
+            "the run {} belongs to other settings (model, template, system or generation parameters, or another \
+             workflow).\n\
              Pass --restart to start over with these settings, or name another run (?run=NAME).",
             url.run()
         ))),
@@ -193,6 +208,7 @@ pub(super) fn export(url: &PgUrl, out: &Path, format: Format) -> anyhow::Result<
     off_runtime(|| -> Result<_, StoreError> {
         let mut db = PgWork::open(url)?;
         let mut errors_db = PgWork::open(url)?;
+        let format = Format::for_export(db.meta("format")?.as_deref(), format);
         export_from(
             out,
             format,

@@ -2,8 +2,9 @@
 //! reconciliation, signals, summary: `cli::session`) as the one-step mode; the dispatcher is replaced by the scheduling loops of
 //! [`crate::workflow`], and the run's identity is checked per step instead of as a whole.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -12,18 +13,19 @@ use tokio_util::sync::CancellationToken;
 use super::common::{setup_error, CommandError, Exit};
 use super::parse::Concurrency;
 use super::run_args::RunArgs;
-use super::session::{Identity, Locked, Ran};
+use super::session::{Identity, Locked, Ran, Session};
 use super::targets::models_of;
 use crate::backend::{
     connect, names_model, normalize, Api, ConnectOptions, Connection, InputsPerRequest, OllamaBackend,
 };
-use crate::dispatch::{eligible, Models, Probation};
+use crate::dispatch::{eligible, Models, Probation, CLAIM_AGAIN};
 use crate::job::Parser;
 use crate::live::Health;
 use crate::output::Format;
 use crate::report::{
     spawn_progress, ConcurrencyMode, Display, ModelConcurrency, ProgressSource, ServerReport, Summary, WorkflowReport,
 };
+use crate::store::{Claim, Forward, PendingJob, SharedRun, StepCount, Store, StoreError, WriteMsg, Writer};
 use crate::workflow::{run_servers, FlowStats, GroupConcurrency, ServerPlan, ServerView, Shared, Workflow};
 
 /// Runs `args` through the workflow in `flow`.
@@ -46,24 +48,32 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
 
     let views = conns.iter().map(|c| Mutex::new(ServerView { url: c.backend.url().to_owned(), ..Default::default() }));
     let flow_stats = Arc::new(FlowStats { servers: views.collect(), ..Default::default() });
-    let shared = Arc::new(Shared {
-        probation: Probation::new(workflow.steps.len()),
-        taken: Mutex::default(),
-        verdict: Mutex::new(None),
-        workflow: Arc::new(workflow),
-        writer: session.writer.sender(),
-        stats: session.stats.clone(),
-        flow: flow_stats.clone(),
-        stop: session.stop.clone(),
-        hard: CancellationToken::new(),
-        max_attempts: args.send.max_attempts,
-        progress: tokio::sync::watch::channel(0).0,
-    });
+    let workflow = Arc::new(workflow);
+    // The loops' shared state, over the writer their results go to (the state file's, or a round's).
+    let loops_over = |writer: Sender<WriteMsg>| {
+        Arc::new(Shared {
+            probation: Probation::new(workflow.steps.len()),
+            taken: Mutex::default(),
+            verdict: Mutex::new(None),
+            workflow: workflow.clone(),
+            writer,
+            stats: session.stats.clone(),
+            flow: flow_stats.clone(),
+            stop: session.stop.clone(),
+            hard: CancellationToken::new(),
+            max_attempts: args.send.max_attempts,
+            progress: tokio::sync::watch::channel(0).0,
+        })
+    };
     let plans = server_plans(&conns, &placement, &session.stop);
     let views = flow_stats.clone();
     let detail = move || -> String {
         let lines: Vec<String> = views.servers.iter().filter_map(|v| v.lock().ok().map(|v| v.line())).collect();
         lines.join(" || ")
+    };
+    let finished_before = match session.work.shared() {
+        None => session.work.local()?.step_counts()?.iter().map(|c| c.done).sum(),
+        Some(_) => (session.before.done + session.before.failed) * steps.len() as u64,
     };
     let progress = spawn_progress(ProgressSource {
         stats: session.stats.clone(),
@@ -72,7 +82,7 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         health: plans[0].health.clone(),
         live: session.live_sink(),
         servers: None,
-        finished_before: session.work.local()?.step_counts()?.iter().map(|c| c.done).sum(),
+        finished_before,
         total: session.before.total() * steps.len() as u64,
         status_every: args.status_every,
         display: Display::detect(args.quiet),
@@ -82,16 +92,19 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         Concurrency::Fixed(n) => GroupConcurrency::Fixed(n),
         Concurrency::Auto => GroupConcurrency::Auto(args.send.max_concurrency as usize),
     };
+    let drain = args.send.drain_timeout;
     let started = Instant::now();
-    let ran = run_servers(session.work.local()?, shared.clone(), plans, concurrency, args.send.drain_timeout).await;
+    let (ran, verdict, round_counts) =
+        dispatch(&session, &loops_over, plans, &flow_stats, &steps, concurrency, drain).await;
     let wall = started.elapsed();
     progress.finish().await;
-    let verdict = shared.verdict.lock().expect("verdict lock").take();
-    drop(shared);
     let finished = session.finish_writer().await?;
     ran?;
 
-    let mut step_counts = finished.work.local()?.step_counts()?;
+    let mut step_counts = match round_counts {
+        Some(counts) => counts,
+        None => finished.work.local()?.step_counts()?,
+    };
     step_counts.sort_by_key(|c| steps.iter().position(|(n, _)| *n == c.step).unwrap_or(usize::MAX));
     let report = workflow_report(&flow_stats, &conns, &args.send.concurrency);
     let interrupted = finished.stop.is_cancelled();
@@ -106,6 +119,151 @@ pub async fn execute(args: RunArgs, flow: &Path) -> anyhow::Result<Exit> {
         packing: None,
     };
     finished.conclude(ran, |summary| outcome(verdict, interrupted, summary)).await
+}
+
+/// Runs the scheduling loops over the state file, or in rounds over a shared run's claims. Returns how that
+/// went, the verdict that stopped the run (a step's probation), if any, and a shared run's step counts.
+async fn dispatch(
+    session: &Session,
+    loops_over: &dyn Fn(Sender<WriteMsg>) -> Arc<Shared>,
+    plans: Vec<ServerPlan>,
+    flow: &FlowStats,
+    steps: &[(String, String)],
+    concurrency: GroupConcurrency,
+    drain: std::time::Duration,
+) -> (anyhow::Result<()>, Option<String>, Option<Vec<StepCount>>) {
+    let Some(run) = session.work.shared() else {
+        let shared = loops_over(session.writer.sender());
+        let ran = match session.work.local() {
+            Ok(reader) => run_servers(reader, shared.clone(), plans, concurrency, drain).await.map_err(Into::into),
+            Err(e) => Err(e),
+        };
+        let verdict = shared.verdict.lock().expect("verdict lock").take();
+        return (ran, verdict, None);
+    };
+    let rounds = Rounds { run, session, steps, plans: &plans, flow };
+    match rounds.run(loops_over, concurrency, drain).await {
+        Ok((verdict, counts)) => (Ok(()), verdict, Some(counts)),
+        Err(e) => (Err(e), None, None),
+    }
+}
+
+/// Jobs a worker of a shared run claims for one round of its workflow. A round's jobs wait for this worker
+/// alone, so a round is kept short of a run's tail; within it the scheduler batches each model's steps as in a
+/// run on a state file (a smaller round would switch models more often).
+const ROUND_JOBS: usize = 256;
+
+/// A workflow in a run shared through PostgreSQL. The worker claims up to [`ROUND_JOBS`] jobs and runs the
+/// workflow over them in a state file of its own (a *round*), exactly as a run on a state file does: steps,
+/// schemas, retries, model switches. Each job the round finishes (every step answered, or failed in one) goes to
+/// the shared run as one result or error record, fenced by its claim, and the round's file is removed once they
+/// are written. A worker that dies mid-round loses only that round's steps: its claims expire, and another
+/// worker runs those jobs' steps again, so every job is still answered once in the run's output.
+struct Rounds<'a> {
+    run: &'a SharedRun,
+    session: &'a Session,
+    steps: &'a [(String, String)],
+    plans: &'a [ServerPlan],
+    flow: &'a FlowStats,
+}
+
+impl Rounds<'_> {
+    /// Runs rounds until the run is finished or stopped. Returns the verdict that stopped it (a step's
+    /// probation), if any, and the step counts of this worker's rounds.
+    async fn run(
+        &self,
+        loops_over: &dyn Fn(Sender<WriteMsg>) -> Arc<Shared>,
+        concurrency: GroupConcurrency,
+        drain: std::time::Duration,
+    ) -> anyhow::Result<(Option<String>, Vec<StepCount>)> {
+        let mut counts: Vec<StepCount> = Vec::new();
+        let mut round = 0u64;
+        while let Some(jobs) = self.claim().await? {
+            round += 1;
+            let file = RoundFile::new(round);
+            let mut store = Store::open(&file.0)?;
+            store.apply_workflow(self.steps)?;
+            store.insert_claimed(&jobs)?;
+            let reader = store.reopen()?;
+            let writer = Writer::spawn(store, Box::new(Forward::to(self.session.writer.sender())))?;
+            let shared = loops_over(writer.sender());
+            let ran = run_servers(&reader, shared.clone(), self.plans_now(), concurrency, drain).await;
+            let verdict = shared.verdict.lock().expect("verdict lock").take();
+            drop(shared);
+            tokio::task::block_in_place(|| writer.finish())?;
+            ran?;
+            for c in reader.step_counts()? {
+                match counts.iter_mut().find(|t| t.step == c.step) {
+                    Some(t) => {
+                        (t.done, t.invalid, t.failed) = (t.done + c.done, t.invalid + c.invalid, t.failed + c.failed)
+                    }
+                    None => counts.push(c),
+                }
+            }
+            // The round's jobs are in the shared run before its file goes (a database away: this waits for it).
+            let (ack, written) = tokio::sync::oneshot::channel();
+            self.session.writer.sender().send(WriteMsg::Flush(ack)).map_err(|_| StoreError::WriterGone)?;
+            written.await.map_err(|_| StoreError::WriterGone)?;
+            if verdict.is_some() {
+                return Ok((verdict, counts));
+            }
+        }
+        Ok((None, counts))
+    }
+
+    /// The next round's jobs: up to [`ROUND_JOBS`], waiting while other workers hold the rest; `None` once the
+    /// run is finished or this worker is stopped.
+    async fn claim(&self) -> Result<Option<Vec<PendingJob>>, StoreError> {
+        let stop = &self.session.stop;
+        while !stop.is_cancelled() {
+            match self.run.claim(ROUND_JOBS).await? {
+                Claim::Jobs(jobs) => return Ok(Some(jobs)),
+                Claim::Exhausted => return Ok(None),
+                Claim::Later => tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(CLAIM_AGAIN) => {}
+                },
+            }
+        }
+        Ok(None)
+    }
+
+    /// The plans for the next round: each server starts on the model it was left with.
+    fn plans_now(&self) -> Vec<ServerPlan> {
+        let mut plans = self.plans.to_vec();
+        for (plan, view) in plans.iter_mut().zip(&self.flow.servers) {
+            if let Some(model) = view.lock().expect("server view lock").model.clone() {
+                plan.loaded = vec![model];
+            }
+        }
+        plans
+    }
+}
+
+/// A round's state file, in the temporary directory, removed (with its WAL files) when dropped.
+struct RoundFile(PathBuf);
+
+impl RoundFile {
+    fn new(round: u64) -> RoundFile {
+        let name = format!("inflight-round-{}-{round}.sqlite", std::process::id());
+        let file = RoundFile(std::env::temp_dir().join(name));
+        file.remove();
+        file
+    }
+
+    fn remove(&self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = self.0.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Drop for RoundFile {
+    fn drop(&mut self) {
+        self.remove();
+    }
 }
 
 /// The exit code a workflow run's end means, or the error that stops the command (`verdict`: a step's

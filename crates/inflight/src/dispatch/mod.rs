@@ -43,8 +43,9 @@ const PAGE: usize = 1024;
 /// sent wait for this worker alone: at the end of a run the others would have nothing left to do while it works
 /// through them (measured: one worker of four holding the last 1,300 jobs, ratio 0.75 instead of 0.98).
 const CLAIM_MAX: usize = 64;
-/// How long the claim loop waits before claiming again when a shared run has nothing claimable now.
-const CLAIM_AGAIN: Duration = Duration::from_millis(250);
+/// How long the claim loop (and a workflow worker's round) waits before claiming again when a shared run has
+/// nothing claimable now.
+pub const CLAIM_AGAIN: Duration = Duration::from_millis(250);
 
 /// Where the claim loop takes its jobs from.
 pub enum Source<'a> {

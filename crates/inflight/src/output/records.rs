@@ -30,6 +30,16 @@ impl Format {
             Format::Workflow => "workflow",
         }
     }
+
+    /// The shape an export writes, `asked` by `--format`, of a run whose stored format is `stored`: a workflow
+    /// run's lines hold every step, so they keep their own shape.
+    pub fn for_export(stored: Option<&str>, asked: Format) -> Format {
+        if stored == Some(Format::Workflow.name()) {
+            Format::Workflow
+        } else {
+            asked
+        }
+    }
 }
 
 fn raw_body(text: Option<&str>) -> Value {

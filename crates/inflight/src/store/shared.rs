@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 use super::contract::{Lease, LeaseToken, WorkStore, WorkerId};
 use super::writer::next_group;
 use super::{
-    AttemptKey, CommittedSink, Counts, ErrorRow, PendingJob, PgUrl, PgWork, StoreError, WriteMsg, WriterHandle,
+    now_ms, AttemptKey, CommittedSink, Completion, Counts, DoneRow, ErrorRow, Failure, PendingJob, PgUrl, PgWork,
+    StoreError, WriteMsg, WriterHandle,
 };
+use crate::code::ErrorCode;
 
 /// What a claim found.
 #[derive(Debug)]
@@ -422,4 +424,75 @@ pub fn error_rows(db: &mut PgWork) -> Result<Vec<ErrorRow>, StoreError> {
     rows.extend(db.bad_lines()?.into_iter().map(ErrorRow::BadLine));
     rows.sort_by_key(ErrorRow::line);
     Ok(rows)
+}
+
+/// The output side of a workflow worker's round: the jobs the round's state file finished (each once, after its
+/// commit there) go to the shared run's writer as results and failures, fenced there by this worker's claims.
+/// A workflow job's result is its whole output line; its tokens and attempts are its steps' sums.
+pub struct Forward {
+    to: Sender<WriteMsg>,
+}
+
+impl Forward {
+    /// Forwards to the shared run's writer `to`.
+    pub fn to(to: Sender<WriteMsg>) -> Forward {
+        Forward { to }
+    }
+
+    fn send(&self, msg: WriteMsg) -> std::io::Result<()> {
+        self.to.send(msg).map_err(|_| std::io::Error::other("the shared run's writer stopped"))
+    }
+}
+
+/// The sum of `key` over a workflow output line's steps (`{"steps": {name: {"usage": {...}, "attempts": n}}}`).
+fn steps_sum(line: &serde_json::Value, key: &[&str]) -> Option<i64> {
+    let steps = line.get("steps")?.as_object()?;
+    let values = steps.values().map(|s| key.iter().try_fold(s, |v, k| v.get(k)).and_then(serde_json::Value::as_i64));
+    values.sum()
+}
+
+impl CommittedSink for Forward {
+    fn write_done(&mut self, row: &DoneRow) -> std::io::Result<()> {
+        let line: serde_json::Value = serde_json::from_str(&row.response).unwrap_or_default();
+        let finished_ms = now_ms();
+        self.send(WriteMsg::Done(Box::new(Completion {
+            seq: row.seq,
+            id: row.id.clone(),
+            attempts: steps_sum(&line, &["attempts"]).unwrap_or(0) as u32,
+            sent_ms: finished_ms - row.latency_ms,
+            first_byte_ms: None,
+            finished_ms,
+            prompt_tokens: steps_sum(&line, &["usage", "prompt_tokens"]),
+            completion_tokens: steps_sum(&line, &["usage", "completion_tokens"]),
+            finish_reason: None,
+            status_code: row.status_code as u16,
+            request_id: String::new(),
+            response: row.response.clone(),
+        })))
+    }
+
+    fn write_error(&mut self, row: &ErrorRow) -> std::io::Result<()> {
+        let ErrorRow::Failed(f) = row else {
+            // A round's state holds claimed jobs only: its input lines were checked when the run was ingested.
+            return Ok(());
+        };
+        let answer = f.answer.as_ref();
+        self.send(WriteMsg::Failed(Box::new(Failure {
+            seq: f.seq,
+            id: f.id.clone(),
+            line: f.line,
+            attempts: 0,
+            sent_ms: None,
+            finished_ms: now_ms(),
+            status_code: answer.map(|a| a.status_code as u16),
+            response: answer.and_then(|a| a.body.clone()),
+            code: ErrorCode::parse(&f.code).unwrap_or(ErrorCode::ServerError),
+            message: f.message.clone(),
+            step: f.step.clone(),
+        })))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

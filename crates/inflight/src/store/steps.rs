@@ -7,7 +7,7 @@
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 use serde_json::{Map, Value};
 
-use super::{DoneRow, Store, StoreError};
+use super::{now_ms, DoneRow, PendingJob, Store, StoreError};
 
 /// A finished step to record.
 #[derive(Debug, Clone)]
@@ -156,6 +156,21 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Puts jobs claimed from a shared run into this (fresh) state under the shared run's sequence numbers, so
+    /// that what the state records of them names the same jobs there (a workflow worker's round).
+    pub fn insert_claimed(&mut self, jobs: &[PendingJob]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(include_str!("sql/insert_claimed_job.sql"))?;
+            let queued_at = now_ms();
+            for j in jobs {
+                insert.execute(params![j.seq, j.line, j.id, j.endpoint.code(), j.body, queued_at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Brings the state in line with the workflow's `steps` (name, fingerprint; in order): results of steps that

@@ -87,6 +87,7 @@ pub struct ServerView {
 }
 
 /// One server and the steps it runs.
+#[derive(Clone)]
 pub struct ServerPlan {
     /// The backend.
     pub backend: Arc<dyn Backend>,
