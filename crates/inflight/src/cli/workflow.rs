@@ -243,12 +243,33 @@ impl Rounds<'_> {
 /// A round's state file, in the temporary directory, removed (with its WAL files) when dropped.
 struct RoundFile(PathBuf);
 
+const ROUND_FILE: &str = "inflight-round-";
+
 impl RoundFile {
     fn new(round: u64) -> RoundFile {
-        let name = format!("inflight-round-{}-{round}.sqlite", std::process::id());
+        if round == 1 {
+            RoundFile::sweep();
+        }
+        let name = format!("{ROUND_FILE}{}-{round}.sqlite", std::process::id());
         let file = RoundFile(std::env::temp_dir().join(name));
         file.remove();
         file
+    }
+
+    /// Removes the round files a killed worker left behind: those of a process that is gone (where `/proc`
+    /// says which are alive).
+    fn sweep() {
+        if !Path::new("/proc/self").exists() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix(ROUND_FILE).and_then(|rest| rest.split('-').next());
+            if pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     fn remove(&self) {
