@@ -13,7 +13,8 @@ use inflight::code::ErrorCode;
 use crate::util::pg_database;
 use inflight::job::Endpoint;
 use inflight::store::{
-    Completion, Failure, Fence, Lease, NewJob, PgUrl, PgWork, SqliteWork, WorkCounts, WorkStore, WorkerId, WorkerInfo,
+    Completion, Failure, Fence, Lease, NewJob, PgUrl, PgWork, SqliteWork, StepDone, WorkCounts, WorkStore, WorkerId,
+    WorkerInfo,
 };
 
 /// Long enough never to expire during a test.
@@ -302,6 +303,50 @@ fn attempts_outlive_the_claim(mut store: Box<dyn WorkStore>) {
     assert_eq!(third.attempts, 3, "a stale record changed the attempts, or the release lost them");
 }
 
+/// A workflow step of the job `lease` holds, at position `ord`, whose output names `by`.
+fn step(lease: Lease, name: &str, ord: usize, by: &str) -> (inflight::store::LeaseToken, StepDone) {
+    let done = StepDone {
+        seq: lease.seq,
+        step: name.into(),
+        ord,
+        fingerprint: format!("fp-{name}"),
+        output: format!("{by:?}"),
+        response: r#"{"choices":[]}"#.into(),
+        attempts: 1,
+        invalid: 0,
+        prompt_tokens: Some(5),
+        completion_tokens: None,
+        sent_ms: 1_000,
+        finished_ms: 1_100,
+        steps_total: 0,
+    };
+    (lease.token, done)
+}
+
+/// Workflow steps recorded under a claim are read back by the worker that claims the job next; a lost claim's
+/// steps write nothing, and a step a job has is never replaced.
+fn steps_outlive_the_claim(mut store: Box<dyn WorkStore>) {
+    store.ingest(&jobs(0..1)).unwrap();
+    let a = worker(&mut *store, "a");
+    let b = worker(&mut *store, "b");
+    let first = store.claim(a, 1, HELD).unwrap().pop().unwrap();
+    let written = store.record_steps(&[step(first.lease, "extract", 0, "a"), step(first.lease, "critique", 1, "a")]);
+    assert_eq!(written.unwrap(), vec![Fence::Recorded; 2]);
+    store.renew(&[first.lease], Duration::ZERO).unwrap();
+    let second = claim_one_when_expired(&mut *store, b);
+    assert_eq!(second.lease.seq, first.lease.seq);
+    assert_eq!(store.record_steps(&[step(first.lease, "judge", 2, "a")]).unwrap(), vec![Fence::Stale]);
+    let again = store.record_steps(&[step(second.lease, "extract", 0, "b"), step(second.lease, "judge", 2, "b")]);
+    assert_eq!(again.unwrap(), vec![Fence::Recorded; 2]);
+    let steps = store.steps_of(&[first.lease.seq, first.lease.seq + 1_000]).unwrap();
+    let seen: Vec<(String, usize, String)> = steps.iter().map(|s| (s.step.clone(), s.ord, s.output.clone())).collect();
+    let want = [("extract", 0, "\"a\""), ("critique", 1, "\"a\""), ("judge", 2, "\"b\"")];
+    assert_eq!(seen, want.map(|(n, o, by)| (n.to_owned(), o, by.to_owned())));
+    assert!(steps.iter().all(|s| s.seq == first.lease.seq && s.fingerprint == format!("fp-{}", s.step)));
+    assert!(steps.iter().all(|s| s.prompt_tokens == Some(5) && s.completion_tokens.is_none() && s.attempts == 1));
+    assert_eq!((steps[0].sent_ms, steps[0].finished_ms), (1_000, 1_100));
+}
+
 /// Releasing a worker's claims makes them ready at once; its tokens are stale from then on.
 fn release_makes_claims_ready_at_once(mut store: Box<dyn WorkStore>) {
     store.ingest(&jobs(0..10)).unwrap();
@@ -445,6 +490,7 @@ contract!(
     every_job_once_across_four_workers,
     an_expired_lease_is_taken_over_and_the_late_answer_is_stale,
     attempts_outlive_the_claim,
+    steps_outlive_the_claim,
     release_makes_claims_ready_at_once,
     results_come_in_one_gap_free_commit_order,
     counts_are_right,

@@ -25,7 +25,10 @@ use crate::output::Format;
 use crate::report::{
     spawn_progress, ConcurrencyMode, Display, ModelConcurrency, ProgressSource, ServerReport, Summary, WorkflowReport,
 };
-use crate::store::{Claim, Forward, PendingJob, SharedRun, StepCount, Store, StoreError, WriteMsg, Writer};
+use crate::store::{
+    with_steps_to, Claim, CommittedSink, Forward, PendingJob, SharedRun, StepCount, StepDone, Store, StoreError,
+    WriteMsg, Writer,
+};
 use crate::workflow::{run_servers, FlowStats, GroupConcurrency, ServerPlan, ServerView, Shared, Workflow};
 
 /// Runs `args` through the workflow in `flow`.
@@ -184,13 +187,19 @@ impl Rounds<'_> {
             let mut store = Store::open(&file.0)?;
             store.apply_workflow(self.steps)?;
             store.insert_claimed(&jobs)?;
+            self.resume(&mut store, &jobs).await?;
             let reader = store.reopen()?;
-            let writer = Writer::spawn(store, Box::new(Forward::to(self.session.writer.sender())))?;
-            let shared = loops_over(writer.sender());
+            let to_run = self.session.writer.sender();
+            let writer = Writer::spawn(store, Box::new(Forward::to(to_run.clone())))?;
+            let (round_writer, tee) = with_steps_to(to_run, writer.sender())?;
+            let shared = loops_over(round_writer);
             let ran = run_servers(&reader, shared.clone(), self.plans_now(), concurrency, drain).await;
             let verdict = shared.verdict.lock().expect("verdict lock").take();
             drop(shared);
-            tokio::task::block_in_place(|| writer.finish())?;
+            tokio::task::block_in_place(|| {
+                let _ = tee.join();
+                writer.finish()
+            })?;
             ran?;
             for c in reader.step_counts()? {
                 match counts.iter_mut().find(|t| t.step == c.step) {
@@ -209,6 +218,26 @@ impl Rounds<'_> {
             }
         }
         Ok((None, counts))
+    }
+
+    /// Puts into the round's state the steps the run kept for its jobs (a worker that held them before recorded
+    /// them), so they are not sent again; a job they finish goes to the run at once.
+    async fn resume(&self, store: &mut Store, jobs: &[PendingJob]) -> anyhow::Result<()> {
+        let kept = self.run.steps_of(jobs.iter().map(|j| j.seq).collect()).await?;
+        let current = |s: &StepDone| self.steps.iter().position(|(n, f)| *n == s.step && *f == s.fingerprint);
+        let steps: Vec<StepDone> = kept
+            .into_iter()
+            .filter_map(|s| current(&s).map(|ord| StepDone { ord, steps_total: self.steps.len(), ..s }))
+            .collect();
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let mut forward = Forward::to(self.session.writer.sender());
+        for row in store.insert_steps(&steps)? {
+            forward.write_done(&row)?;
+        }
+        eprintln!("went on from {} steps other workers had answered", steps.len());
+        Ok(())
     }
 
     /// The next round's jobs: up to [`ROUND_JOBS`], waiting while other workers hold the rest; `None` once the

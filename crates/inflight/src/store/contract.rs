@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use super::{Completion, DoneRow, Failure, StoreError};
+use super::{Completion, DoneRow, Failure, StepDone, StoreError};
 use crate::job::Endpoint;
 
 /// A job to put into the store: one accepted input line.
@@ -187,6 +187,15 @@ pub trait WorkStore: Send {
 
     /// Records permanent failures, fenced like [`WorkStore::complete`]. A recorded job is failed for good.
     fn fail(&mut self, failed: &[(LeaseToken, Failure)]) -> Result<Vec<Fence>, StoreError>;
+
+    /// Records finished workflow steps of claimed jobs (`StepDone::seq` names the job), each fenced by its claim's
+    /// token, in one transaction. A step the job already has is kept as it was: a step is never replaced.
+    /// Answers in the order given: recorded while the claim holds, else stale (nothing written).
+    fn record_steps(&mut self, steps: &[(LeaseToken, StepDone)]) -> Result<Vec<Fence>, StoreError>;
+
+    /// The workflow steps recorded for the jobs `seqs` (by whichever worker), so that a worker that claims a job
+    /// again goes on from them. Their `steps_total` is 0: the workflow knows how many it has.
+    fn steps_of(&mut self, seqs: &[i64]) -> Result<Vec<StepDone>, StoreError>;
 
     /// Makes every unfinished claim of `worker` ready again at once (a worker stopping after its drain), so
     /// others need not wait for the leases to expire. The released tokens are stale from then on. Returns how

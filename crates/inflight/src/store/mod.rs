@@ -24,7 +24,7 @@ pub use contract::{
 };
 pub use pg_url::PgUrl;
 pub use postgres::PgWork;
-pub use shared::{error_rows, Claim, Follower, Forward, SharedRun, INGEST_DONE};
+pub use shared::{error_rows, with_steps_to, Claim, Follower, Forward, SharedRun, INGEST_DONE};
 pub use sqlite::{BadLineRow, Counts, DoneRow, ErrorRow, FailedAnswer, FailedRow, IngestReport, PendingJob, Store};
 pub use sqlite_work::SqliteWork;
 pub use steps::{ReadyUnit, StepCount, StepDone};

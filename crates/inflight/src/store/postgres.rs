@@ -15,11 +15,13 @@ use super::contract::{
     Claimed, Committed, Fence, Ingested, Lease, LeaseToken, NewJob, WorkCounts, WorkStore, WorkerId, WorkerInfo,
     WorkerRow,
 };
-use super::{BadLineRow, Completion, Counts, DoneRow, FailedAnswer, FailedRow, Failure, PendingJob, PgUrl, StoreError};
+use super::{
+    BadLineRow, Completion, Counts, DoneRow, FailedAnswer, FailedRow, Failure, PendingJob, PgUrl, StepDone, StoreError,
+};
 use crate::job::Endpoint;
 
 const BOOTSTRAP: &str = include_str!("sql/postgres/000_bootstrap.sql");
-const MIGRATIONS: &[&str] = &[include_str!("sql/postgres/001_init.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("sql/postgres/001_init.sql"), include_str!("sql/postgres/002_steps.sql")];
 /// How long a transaction of this worker may sit idle before the server ends it (see [`PgWork::open`]).
 const STALLED_TRANSACTION: Duration = Duration::from_secs(5);
 /// The advisory lock migrations take (any fixed number: it names inflight's migrations in the database).
@@ -40,6 +42,7 @@ struct Statements {
     claim: Statement,
     renew: Statement,
     record_attempts: Statement,
+    record_steps: Statement,
     complete: Statement,
     next_ords: Statement,
     insert_results: Statement,
@@ -63,6 +66,7 @@ impl Statements {
             claim: p(include_str!("sql/postgres/claim.sql"))?,
             renew: p(include_str!("sql/postgres/renew.sql"))?,
             record_attempts: p(include_str!("sql/postgres/record_attempts.sql"))?,
+            record_steps: p(include_str!("sql/postgres/record_steps.sql"))?,
             complete: p(include_str!("sql/postgres/complete.sql"))?,
             next_ords: p(include_str!("sql/postgres/next_ords.sql"))?,
             insert_results: p(include_str!("sql/postgres/insert_results.sql"))?,
@@ -347,6 +351,69 @@ impl WorkStore for PgWork {
         let rows = self.client.query(&self.sql.record_attempts, &[&self.run, &seqs, &tokens, &counts])?;
         let written: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
         Ok(fences(seqs.iter().copied(), &written))
+    }
+
+    fn record_steps(&mut self, steps: &[(LeaseToken, StepDone)]) -> Result<Vec<Fence>, StoreError> {
+        let column = |f: fn(&StepDone) -> String| steps.iter().map(|(_, s)| f(s)).collect::<Vec<String>>();
+        let seqs: Vec<i64> = steps.iter().map(|(_, s)| s.seq).collect();
+        let tokens: Vec<i64> = steps.iter().map(|(t, _)| t.0).collect();
+        let ords: Vec<i32> = steps.iter().map(|(_, s)| s.ord as i32).collect();
+        let attempts: Vec<i32> = steps.iter().map(|(_, s)| s.attempts as i32).collect();
+        let invalid: Vec<i32> = steps.iter().map(|(_, s)| s.invalid as i32).collect();
+        let prompt: Vec<Option<i64>> = steps.iter().map(|(_, s)| s.prompt_tokens).collect();
+        let completion: Vec<Option<i64>> = steps.iter().map(|(_, s)| s.completion_tokens).collect();
+        let sent: Vec<i64> = steps.iter().map(|(_, s)| s.sent_ms).collect();
+        let finished: Vec<i64> = steps.iter().map(|(_, s)| s.finished_ms).collect();
+        let (names, fingerprints) = (column(|s| s.step.clone()), column(|s| s.fingerprint.clone()));
+        let (outputs, responses) = (column(|s| s.output.clone()), column(|s| s.response.clone()));
+        let rows = self.client.query(
+            &self.sql.record_steps,
+            &[
+                &self.run,
+                &seqs,
+                &tokens,
+                &names,
+                &ords,
+                &fingerprints,
+                &outputs,
+                &responses,
+                &attempts,
+                &invalid,
+                &prompt,
+                &completion,
+                &sent,
+                &finished,
+            ],
+        )?;
+        let held: std::collections::HashSet<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let fence = |(_, s): &(LeaseToken, StepDone)| {
+            if held.contains(&(s.seq, s.step.clone())) {
+                Fence::Recorded
+            } else {
+                Fence::Stale
+            }
+        };
+        Ok(steps.iter().map(fence).collect())
+    }
+
+    fn steps_of(&mut self, seqs: &[i64]) -> Result<Vec<StepDone>, StoreError> {
+        let rows = self.client.query(include_str!("sql/postgres/steps_of.sql"), &[&self.run, &seqs])?;
+        let step = |r: &postgres::Row| StepDone {
+            seq: r.get(0),
+            step: r.get(1),
+            ord: r.get::<_, i32>(2).max(0) as usize,
+            fingerprint: r.get(3),
+            output: r.get(4),
+            response: r.get(5),
+            attempts: r.get::<_, i32>(6).max(0) as u32,
+            invalid: r.get::<_, i32>(7).max(0) as u32,
+            prompt_tokens: r.get(8),
+            completion_tokens: r.get(9),
+            sent_ms: r.get(10),
+            finished_ms: r.get(11),
+            steps_total: 0,
+        };
+        Ok(rows.iter().map(step).collect())
     }
 
     fn complete(&mut self, done: &[(LeaseToken, Completion)]) -> Result<Vec<Fence>, StoreError> {

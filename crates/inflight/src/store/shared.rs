@@ -25,7 +25,7 @@ use super::contract::{Lease, LeaseToken, WorkStore, WorkerId};
 use super::writer::next_group;
 use super::{
     now_ms, AttemptKey, CommittedSink, Completion, Counts, DoneRow, ErrorRow, Failure, PendingJob, PgUrl, PgWork,
-    StoreError, WriteMsg, WriterHandle,
+    StepDone, StoreError, WriteMsg, WriterHandle,
 };
 use crate::code::ErrorCode;
 
@@ -48,6 +48,7 @@ enum Request {
     Claim(usize, tokio::sync::oneshot::Sender<Result<Claim, StoreError>>),
     Totals(tokio::sync::oneshot::Sender<Result<(Counts, hdrhistogram::Histogram<u64>), StoreError>>),
     Sample(usize, tokio::sync::oneshot::Sender<Result<Vec<PendingJob>, StoreError>>),
+    Steps(Vec<i64>, tokio::sync::oneshot::Sender<Result<Vec<StepDone>, StoreError>>),
     Release(tokio::sync::oneshot::Sender<Result<u64, StoreError>>),
 }
 
@@ -97,6 +98,11 @@ impl SharedRun {
     /// The first `n` unfinished jobs of the run, claimed or not (a sample to size the engine from).
     pub async fn sample(&self, n: usize) -> Result<Vec<PendingJob>, StoreError> {
         self.ask(|reply| Request::Sample(n, reply)).await
+    }
+
+    /// The workflow steps the run kept for the jobs `seqs` (recorded by whichever worker held them before).
+    pub async fn steps_of(&self, seqs: Vec<i64>) -> Result<Vec<StepDone>, StoreError> {
+        self.ask(|reply| Request::Steps(seqs, reply)).await
     }
 
     /// Releases every claim this worker still holds (after its drain and its writer's last commit), so that
@@ -229,6 +235,9 @@ impl Claimer {
                 Ok(Request::Sample(n, reply)) => {
                     let _ = reply.send(self.db.run(Some(END_PATIENCE), |db| db.unfinished(n)));
                 }
+                Ok(Request::Steps(seqs, reply)) => {
+                    let _ = reply.send(self.db.run(None, |db| db.steps_of(&seqs)));
+                }
                 Ok(Request::Release(reply)) => {
                     let worker = self.worker;
                     let released = self.db.run(Some(END_PATIENCE), |db| db.release(worker));
@@ -331,7 +340,8 @@ fn write(
     let live_key = format!("live:{}", worker.0);
     while next_group(&rx, &mut group) {
         let mut attempts: HashMap<i64, (Lease, u32)> = HashMap::new();
-        let (mut done, mut failed, mut acks, mut live) = (Vec::new(), Vec::new(), Vec::new(), None);
+        let (mut done, mut failed, mut steps, mut acks, mut live) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), None);
         let mut lost = 0u64;
         {
             let held = held.lock().expect("held lock");
@@ -351,9 +361,15 @@ fn write(
                             entry.1 = entry.1.max(n);
                         }
                     }
-                    WriteMsg::Attempt { key: AttemptKey::Step { .. }, .. } | WriteMsg::Step(_) => {
-                        return Err(StoreError::Incompatible("a shared run has no workflow steps".into()));
+                    // A workflow round's steps: kept so that a worker claiming the job again goes on from them. A
+                    // step of a lost claim is dropped (its job's worker will record its own).
+                    WriteMsg::Step(step) => {
+                        if let Some(&token) = held.get(&step.seq) {
+                            steps.push((token, *step));
+                        }
                     }
+                    // A step's attempts are counted in the round's own state.
+                    WriteMsg::Attempt { key: AttemptKey::Step { .. }, .. } => {}
                     WriteMsg::Live(blob) => live = Some(blob),
                     WriteMsg::Flush(ack) => acks.push(ack),
                 }
@@ -364,6 +380,10 @@ fn write(
         // already went through (a repeated completion would only be stale, but counted as such).
         if !attempts.is_empty() {
             db.run(None, |db| db.record_attempts(&attempts))?;
+        }
+        // Before the completions: a job's last step and its result may come in one group.
+        if !steps.is_empty() {
+            db.run(None, |db| db.record_steps(&steps))?;
         }
         let mut fences = if done.is_empty() { Vec::new() } else { db.run(None, |db| db.complete(&done))? };
         if !failed.is_empty() {
@@ -442,6 +462,27 @@ impl Forward {
     fn send(&self, msg: WriteMsg) -> std::io::Result<()> {
         self.to.send(msg).map_err(|_| std::io::Error::other("the shared run's writer stopped"))
     }
+}
+
+/// A writer channel for a workflow round: every message goes on to the round's own writer (`local`), and each
+/// finished step also to the shared run's (`shared`), which keeps it fenced by the job's claim. The thread ends
+/// once every sender of the returned channel is gone.
+pub fn with_steps_to(
+    shared: Sender<WriteMsg>,
+    local: Sender<WriteMsg>,
+) -> std::io::Result<(Sender<WriteMsg>, JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel::<WriteMsg>();
+    let join = std::thread::Builder::new().name("inflight-steps".into()).spawn(move || {
+        for msg in rx {
+            if let WriteMsg::Step(step) = &msg {
+                let _ = shared.send(WriteMsg::Step(step.clone()));
+            }
+            if local.send(msg).is_err() {
+                return;
+            }
+        }
+    })?;
+    Ok((tx, join))
 }
 
 /// The sum of `key` over a workflow output line's steps (`{"steps": {name: {"usage": {...}, "attempts": n}}}`).

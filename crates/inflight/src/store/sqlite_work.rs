@@ -16,7 +16,7 @@ use super::contract::{
     Claimed, Committed, Fence, Ingested, Lease, LeaseToken, NewJob, WorkCounts, WorkStore, WorkerId, WorkerInfo,
     WorkerRow,
 };
-use super::{now_ms, Completion, DoneRow, Failure, Store, StoreError};
+use super::{now_ms, Completion, DoneRow, Failure, StepDone, Store, StoreError};
 use crate::job::Endpoint;
 
 /// The SQLite state as a [`WorkStore`]; clones are handles on the same state and the same leases.
@@ -283,6 +283,51 @@ impl WorkStore for SqliteWork {
         }
         tx.commit()?;
         Ok(fences)
+    }
+
+    fn record_steps(&mut self, steps: &[(LeaseToken, StepDone)]) -> Result<Vec<Fence>, StoreError> {
+        let mut sh = self.lock();
+        let sh = &mut *sh;
+        let mut fences = Vec::with_capacity(steps.len());
+        let tx = sh.store.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (token, step) in steps {
+            let held = holds(&sh.leases, step.seq, *token);
+            if held {
+                super::steps::insert_step(&tx, step)?;
+            }
+            fences.push(if held { Fence::Recorded } else { Fence::Stale });
+        }
+        tx.commit()?;
+        Ok(fences)
+    }
+
+    fn steps_of(&mut self, seqs: &[i64]) -> Result<Vec<StepDone>, StoreError> {
+        let sh = self.lock();
+        let mut stmt = sh.store.conn.prepare_cached(include_str!("sql/steps_of.sql"))?;
+        let mut steps = Vec::new();
+        for seq in seqs {
+            let rows = stmt.query_map([seq], |r| {
+                Ok(StepDone {
+                    seq: r.get(0)?,
+                    step: r.get(1)?,
+                    ord: r.get::<_, i64>(2)?.max(0) as usize,
+                    fingerprint: r.get(3)?,
+                    output: r.get(4)?,
+                    response: r.get(5)?,
+                    attempts: r.get(6)?,
+                    invalid: r.get(7)?,
+                    prompt_tokens: r.get(8)?,
+                    completion_tokens: r.get(9)?,
+                    sent_ms: r.get(10)?,
+                    finished_ms: r.get(11)?,
+                    steps_total: 0,
+                })
+            })?;
+            for row in rows {
+                steps.push(row?);
+            }
+        }
+        Ok(steps)
     }
 
     fn complete(&mut self, done: &[(LeaseToken, Completion)]) -> Result<Vec<Fence>, StoreError> {

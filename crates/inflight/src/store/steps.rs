@@ -73,6 +73,14 @@ pub struct StepCount {
 /// Records `s` in `tx`; when it completes its job, marks the job done at output position `out_ord` and returns
 /// the job's output row. A step recorded twice (sent again after a crash) is ignored.
 pub(super) fn record_step(tx: &Transaction, s: &StepDone, out_ord: i64) -> Result<Option<DoneRow>, StoreError> {
+    if !insert_step(tx, s)? {
+        return Ok(None);
+    }
+    complete(tx, s.seq, out_ord, s.steps_total)
+}
+
+/// Inserts `s` unless its job has that step already; whether it did.
+pub(super) fn insert_step(tx: &Transaction, s: &StepDone) -> Result<bool, StoreError> {
     let inserted = tx.prepare_cached(include_str!("sql/insert_step.sql"))?.execute(params![
         s.seq,
         s.step,
@@ -87,10 +95,7 @@ pub(super) fn record_step(tx: &Transaction, s: &StepDone, out_ord: i64) -> Resul
         s.sent_ms,
         s.finished_ms,
     ])?;
-    if inserted == 0 {
-        return Ok(None);
-    }
-    complete(tx, s.seq, out_ord, s.steps_total)
+    Ok(inserted > 0)
 }
 
 fn complete(tx: &Transaction, seq: i64, out_ord: i64, steps: usize) -> Result<Option<DoneRow>, StoreError> {
@@ -171,6 +176,22 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records steps a shared run kept for claimed jobs (by a worker that held them before), before a round
+    /// runs the rest; returns the output rows of the jobs they finish (every step was kept).
+    pub fn insert_steps(&mut self, steps: &[StepDone]) -> Result<Vec<DoneRow>, StoreError> {
+        let mut next = self.next_done_ord()?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut done = Vec::new();
+        for s in steps {
+            if let Some(row) = record_step(&tx, s, next)? {
+                next += 1;
+                done.push(row);
+            }
+        }
+        tx.commit()?;
+        Ok(done)
     }
 
     /// Brings the state in line with the workflow's `steps` (name, fingerprint; in order): results of steps that
