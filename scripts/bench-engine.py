@@ -2,7 +2,10 @@
 """The embedded engine (--engine) against the best test-bed llama-server configuration, on this machine.
 
 A. Chat: N jobs (--jobs, 400), each a speaker and a short segment of varied text (deterministic), rendered by
-   one template (a fixed preamble of a few sentences plus the fields), 64 output tokens, default temperature.
+   one template (a fixed preamble of a few sentences plus the fields), 64 output tokens, temperature 0 by
+   default (--temperature): at temperature 0 the engine and llama-server give the same answers (tests/engine.rs),
+   so both runs generate the same tokens and output tokens/s compares speed alone; at the servers' default 0.8
+   the answers' lengths vary from run to run by several percent, more than the gap being measured.
    1. Server sweep: llama-server at -np in --nps (1,4,8,16) x -t in --threads (1,2), `-c` = np x 1024, a fresh
       server per run; the first --screen (100) jobs at a fixed concurrency equal to np (inflight's best fixed
       level for a server with np slots). The best two configurations by output tokens/s run again with all N
@@ -259,8 +262,8 @@ def engine_figures(r):
     print(f"engine: {e['sequences']} sequences, at most {e['max_batch_sequences']} decoded together, "
           f"batch {e['batch']}, KV cache {e['kv_tokens']} tokens, context {e['context']}")
     print(f"engine prefill: {e['prefill_tokens']} prompt tokens computed, {e['prefix_saved_tokens']} copied from "
-          f"the shared prefix ({e['prefix_tokens']} tokens); {e['decode_tokens']} decoded, "
-          f"{e['embed_tokens']} embedded")
+          f"the shared prefix ({e['prefix_tokens']} tokens), {e.get('kept_tokens', 0)} kept from the sequence's "
+          f"previous job; {e['decode_tokens']} decoded, {e['embed_tokens']} embedded")
     inside = e["prefill_s"] + e["decode_s"] + e["embed_s"] + e["sampling_s"] + e["waiting_s"]
     wall = s["wall_s"]
     pct = (lambda x: f" ({100 * x / wall:.0f}%)") if wall > 0 else (lambda x: "")
@@ -288,7 +291,7 @@ def chat(args, runner, model):
     screen_n = min(args.screen, args.jobs)
     jobs_screen = chat_jobs(os.path.join(work, f"chat-{screen_n}.jsonl"), screen_n)  # the first K of the same
     template = template_file(os.path.join(work, "segment.j2"))
-    common = ["--template", template, "--max-tokens", str(MAX_TOKENS)]
+    common = ["--template", template, "--max-tokens", str(MAX_TOKENS), "--temperature", str(args.temperature)]
     rows, best = [], None
     print(f"\n== A. chat: {args.jobs} jobs, {MAX_TOKENS} output tokens, prompts rendered from one template ==",
           flush=True)
@@ -426,6 +429,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=400, help="chat jobs for the full runs (400)")
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="the chat jobs' temperature (0: both sides give the same answers, so the same tokens)")
     ap.add_argument("--screen", type=int, default=100, help="chat jobs per server screen run (100)")
     ap.add_argument("--embed-texts", type=int, default=2000, help="texts for the embedding runs (2000)")
     ap.add_argument("--nps", type=csv_ints, default=[1, 4, 8, 16], help="llama-server -np values (1,4,8,16)")
@@ -474,7 +479,7 @@ def main():
     print(f"load average at start: {load}")
     print(f"inflight: {args.bin}")
     print(f"model: {model}")
-    print(f"chat: {args.jobs} jobs, {MAX_TOKENS} max output tokens, default temperature; "
+    print(f"chat: {args.jobs} jobs, {MAX_TOKENS} max output tokens, temperature {args.temperature}; "
           + ("no server runs (--skip-server)" if args.skip_server else
              f"server -np {','.join(map(str, args.nps))} x -t {','.join(map(str, args.threads))} "
              f"(-c = np x 1024), screens of {min(args.screen, args.jobs)} jobs at concurrency np, best two again "

@@ -43,7 +43,8 @@ impl Default for PrefixCache {
     }
 }
 
-fn common(a: &[i32], b: &[i32]) -> usize {
+/// How many leading tokens `a` and `b` share.
+pub(crate) fn common_prefix(a: &[i32], b: &[i32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
@@ -52,13 +53,13 @@ impl PrefixCache {
     /// itself (its logits start the generation).
     pub fn plan(&mut self, prompt: &[i32]) -> Plan {
         let usable = |n: usize| n.min(prompt.len().saturating_sub(1));
-        let with_prefix = usable(common(prompt, &self.tokens));
+        let with_prefix = usable(common_prefix(prompt, &self.tokens));
         let plan = match self.state {
             State::Ready if with_prefix >= MIN_SHARED => Plan::Copy(with_prefix),
             State::Building if with_prefix >= MIN_SHARED => Plan::Wait,
             State::Building => Plan::Own,
             State::Empty | State::Ready => {
-                let with_last = usable(common(prompt, &self.last));
+                let with_last = usable(common_prefix(prompt, &self.last));
                 if with_last >= MIN_SHARED && with_last > with_prefix {
                     self.tokens = prompt[..with_last].to_vec();
                     self.state = State::Building;
@@ -72,6 +73,15 @@ impl PrefixCache {
         };
         self.last = prompt.to_vec();
         plan
+    }
+
+    /// How many leading tokens `prompt` shares with the prefix, once it is ready to copy (0 before).
+    pub fn ready_common(&self, prompt: &[i32]) -> usize {
+        if self.state == State::Ready {
+            common_prefix(prompt, &self.tokens)
+        } else {
+            0
+        }
     }
 
     /// The prefix's sequence has prefilled all its tokens.

@@ -39,6 +39,8 @@ pub struct EngineStats {
     pub prefill_tokens: u64,
     /// Prompt tokens not computed because a shared prefix's KV cells were copied.
     pub prefix_saved_tokens: u64,
+    /// Prompt tokens not computed because the job's sequence still held them from its previous job.
+    pub kept_tokens: u64,
     /// Tokens generated.
     pub decode_tokens: u64,
     /// Tokens embedded.

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::budget::{Budget, Slot};
 use crate::model::{backend, Loaded};
-use crate::prefix::{Plan, PrefixCache};
+use crate::prefix::{common_prefix, Plan, PrefixCache, MIN_SHARED};
 use crate::sample::Settings;
 use crate::stats::{Shared, ThreadRate};
 use crate::{Embedded, EngineConfig, Finish, Generated, JobError, LoadError, Params};
@@ -194,6 +194,9 @@ struct Gen<'m> {
     active: Vec<Active>,
     waiting: VecDeque<GenJob>,
     prefix: Prefix,
+    /// Each free sequence's last prompt, whose KV cells it still holds (as llama-server's slots keep theirs): a
+    /// new job on it keeps the cells of the tokens it shares with that prompt and prefills only the rest.
+    kept: Vec<Vec<i32>>,
 }
 
 struct Embedder<'m> {
@@ -316,6 +319,7 @@ impl<'m> Gen<'m> {
             active: Vec::new(),
             waiting: VecDeque::new(),
             prefix: Prefix { cache: PrefixCache::default(), seq: setup.sequences as i32, tokens: Vec::new(), done: 0 },
+            kept: vec![Vec::new(); setup.sequences],
         })
     }
 
@@ -357,9 +361,26 @@ impl<'m> Gen<'m> {
                 generated: 0,
                 logits_at: None,
             };
-            self.plan(&mut active, stats);
+            self.start(&mut active, stats);
             self.active.push(active);
         }
+    }
+
+    /// Starts a job on its sequence from what the sequence still holds of its last prompt, when that is at
+    /// least as much as the shared prefix would give; else clears the sequence and applies the prefix plan.
+    fn start(&mut self, a: &mut Active, stats: &Shared) {
+        let kept = std::mem::take(&mut self.kept[a.slot.id as usize]);
+        let usable = |n: usize| n.min(a.job.tokens.len().saturating_sub(1));
+        let reuse = usable(common_prefix(&kept, &a.job.tokens));
+        let from_prefix = usable(self.prefix.cache.ready_common(&a.job.tokens));
+        if reuse >= MIN_SHARED && reuse >= from_prefix {
+            let _ = self.ctx.clear_kv_cache_seq(Some(a.slot.id as u32), Some(reuse as u32), None);
+            a.done = reuse;
+            stats.update(|s| s.kept_tokens += reuse as u64);
+            return;
+        }
+        let _ = self.ctx.clear_kv_cache_seq(Some(a.slot.id as u32), None, None);
+        self.plan(a, stats);
     }
 
     /// Applies the prefix plan for a job that holds a slot and has nothing in the KV cache yet.
@@ -527,8 +548,14 @@ impl<'m> Gen<'m> {
         }
     }
 
+    /// Ends a job: its answer goes out, and its sequence is free again, still holding the cells of its prompt
+    /// for the next job on it when the job ended well (after a failed decode they are cleared).
     fn finish_seq(&mut self, a: Active, answer: Result<Generated, JobError>) {
-        let _ = self.ctx.clear_kv_cache_seq(Some(a.slot.id as u32), None, None);
+        if answer.is_ok() && !a.parked {
+            self.kept[a.slot.id as usize] = a.job.tokens[..a.done].to_vec();
+        } else {
+            let _ = self.ctx.clear_kv_cache_seq(Some(a.slot.id as u32), None, None);
+        }
         self.budget.release(a.slot);
         let _ = a.job.reply.send(answer);
     }

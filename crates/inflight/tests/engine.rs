@@ -224,6 +224,10 @@ fn a_shared_preamble_is_prefilled_once() {
         prefix + own
     );
     assert!((computed as f64) <= bound, "computed {computed} > 1.2 x (preamble {prefix} + own {own}): {e}");
+    // 40 jobs on 8 sequences: a job on a sequence that ran one before keeps the preamble's cells it holds.
+    let kept = e["kept_tokens"].as_u64().unwrap();
+    println!("kept from a sequence's previous job: {kept}, copied from the prefix: {}", e["prefix_saved_tokens"]);
+    assert!(kept >= prefix, "no job kept its sequence's cells: {e}");
 }
 
 #[test]

@@ -209,6 +209,7 @@ pub fn report(engine: &EngineHandle) -> crate::report::EngineReport {
         prefix_tokens: s.prefix_tokens,
         prefill_tokens: s.prefill_tokens,
         prefix_saved_tokens: s.prefix_saved_tokens,
+        kept_tokens: s.kept_tokens,
         decode_tokens: s.decode_tokens,
         embed_tokens: s.embed_tokens,
         prefill_s: s.prefill_time.as_secs_f64(),

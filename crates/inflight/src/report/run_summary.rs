@@ -140,6 +140,8 @@ pub struct EngineReport {
     pub prefill_tokens: u64,
     /// Prompt tokens copied from the shared prefix instead of computed.
     pub prefix_saved_tokens: u64,
+    /// Prompt tokens a job's sequence still held from its previous job, not computed again.
+    pub kept_tokens: u64,
     /// Tokens generated.
     pub decode_tokens: u64,
     /// Tokens embedded.
@@ -182,10 +184,11 @@ impl EngineReport {
         if self.kv_tokens > 0 {
             s += &format!(", KV cache {} tokens ({} a sequence)", self.kv_tokens, self.context);
         }
-        if self.prefill_tokens + self.prefix_saved_tokens > 0 {
+        if self.prefill_tokens + self.prefix_saved_tokens + self.kept_tokens > 0 {
             s += &format!(
-                "\n  engine prefill: {} prompt tokens computed, {} copied from a shared prefix ({} tokens)",
-                self.prefill_tokens, self.prefix_saved_tokens, self.prefix_tokens
+                "\n  engine prefill: {} prompt tokens computed, {} copied from a shared prefix ({} tokens), {} kept \
+                 from the sequence's previous job",
+                self.prefill_tokens, self.prefix_saved_tokens, self.prefix_tokens, self.kept_tokens
             );
         }
         s += &format!(
