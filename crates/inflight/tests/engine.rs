@@ -373,3 +373,42 @@ fn the_engine_is_a_worker_of_a_run_shared_through_postgresql() {
         .values()
         .all(|b| b["choices"][0]["message"]["content"].as_str().is_some_and(|c| !c.is_empty())));
 }
+
+#[test]
+#[ignore = "needs the test bed (scripts/testbed.sh); scripts/test.sh runs it"]
+fn bench_on_the_engine_sweeps_sequences_for_each_thread_count_and_names_the_fastest() {
+    let _turn = turn();
+    let s = Scratch::new();
+    let dir = s.path("report");
+    let model = testbed_model();
+    let args = ["bench", "--engine", model.to_str().unwrap(), "--levels", "1,4", "--output-tokens", "8"];
+    let limits = ["--prompt-tokens", "16", "--min-answers", "6", "--max-time-per-level", "15s"];
+    let limits = [&limits[..], &["--report-dir", dir.to_str().unwrap()]].concat();
+    let out = run(&[&args[..], &limits[..]].concat());
+    assert_exit(&out, 0);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
+    assert_matches_schema(&report, "bench-report.schema.json");
+    let levels = report["levels"].as_array().unwrap();
+    let rows: Vec<(u64, u64)> =
+        levels.iter().map(|l| (l["threads"].as_u64().unwrap(), l["concurrency"].as_u64().unwrap())).collect();
+    let cores = rows.iter().map(|r| r.0).max().unwrap();
+    println!("rows (threads, sequences): {rows:?}; {}", report["recommendation"]["why"]);
+    // Each thread count from 1 to the physical cores (never more), each with both levels.
+    let want: Vec<(u64, u64)> = (1..=cores).flat_map(|t| [(t, 1), (t, 4)]).collect();
+    assert_eq!(rows, want);
+    let physical = std::fs::read_to_string("/proc/cpuinfo").map_or(0, |c| c.matches("processor").count() as u64);
+    assert!(physical == 0 || cores <= physical, "{cores} threads on {physical} logical cores");
+    // The recommendation names the thread count of the fastest row, and the table shows the column.
+    let rec = &report["recommendation"];
+    let chosen = rec["threads"].as_u64().unwrap();
+    let rate = |t: u64| {
+        levels
+            .iter()
+            .filter(|l| l["threads"] == t)
+            .map(|l| l["output_tokens_per_s"].as_f64().unwrap())
+            .fold(0.0, f64::max)
+    };
+    assert!((1..=cores).all(|t| rate(chosen) >= 0.95 * rate(t)), "threads {chosen} is not the fastest row");
+    assert!(rec["why"].as_str().unwrap().contains(&format!("--engine-threads {chosen}")), "{rec}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("threads"), "the table has a threads column");
+}

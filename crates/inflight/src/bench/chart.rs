@@ -1,6 +1,7 @@
 //! The chart: throughput and p95 latency against concurrency, the recommended level marked. Plain SVG written
 //! by hand (a few dozen elements), so it needs no font files or drawing library and opens in any browser.
-//! For an embeddings matrix it draws the recommended batch size's row.
+//! For an embeddings matrix it draws the recommended batch size's row; for the engine, the recommended thread
+//! count's.
 
 use std::fmt::Write;
 
@@ -15,7 +16,8 @@ const BOTTOM: f64 = 60.0;
 
 /// The chart as an SVG document.
 pub fn svg_chart(r: &BenchReport) -> String {
-    let levels: Vec<&super::LevelReport> = r.levels.iter().filter(|l| l.batch == r.recommendation.batch).collect();
+    let row = |l: &&super::LevelReport| l.batch == r.recommendation.batch && l.threads == r.recommendation.threads;
+    let levels: Vec<&super::LevelReport> = r.levels.iter().filter(row).collect();
     let by_tokens = levels.iter().any(|l| l.output_tokens_per_s > 0.0);
     let rate = |l: &super::LevelReport| if by_tokens { l.output_tokens_per_s } else { l.jobs_per_s };
     let unit = if by_tokens { "output tokens/s" } else { "jobs/s" };
@@ -36,10 +38,10 @@ pub fn svg_chart(r: &BenchReport) -> String {
 "##,
         cx = W / 2.0,
         server = escape(&r.server_description),
-        batch = if r.recommendation.batch > 1 {
-            format!(", {} inputs per request", r.recommendation.batch)
-        } else {
-            String::new()
+        batch = match (r.recommendation.batch, r.recommendation.threads) {
+            (b, _) if b > 1 => format!(", {b} inputs per request"),
+            (_, Some(t)) => format!(", {t} threads"),
+            _ => String::new(),
         }
     );
     // Axes and ticks.

@@ -59,6 +59,8 @@ pub struct LevelReport {
     pub concurrency: usize,
     /// Inputs per request (embeddings batch size; 1 for generation).
     pub batch: usize,
+    /// The engine's decode threads at this level (`bench --engine` sweeps them); `None` for a server.
+    pub threads: Option<usize>,
     /// Whether the steady-state rule was met (else the time cap ended it).
     pub steady: bool,
     /// Jobs per second (answers; for batched embeddings, inputs).
@@ -328,6 +330,7 @@ fn report(
     LevelReport {
         concurrency: level,
         batch: records.first().map_or(1, |r| r.inputs as usize),
+        threads: None,
         steady,
         jobs_per_s: jobs,
         output_tokens_per_s: if by_tokens { w.mean } else { 0.0 },

@@ -85,6 +85,8 @@ pub struct Recommendation {
     pub concurrency: usize,
     /// Inputs per embeddings request to use (1 for generation).
     pub batch: usize,
+    /// The engine's threads to use (`--engine-threads`); `None` for a server.
+    pub threads: Option<usize>,
     /// Its rate (output tokens/s, or jobs/s for embeddings).
     pub rate: f64,
     /// The unit of `rate`.
@@ -219,6 +221,21 @@ fn batched(requests: &[Request], batch: usize) -> Vec<Request> {
         .collect()
 }
 
+/// The engine's sweep, one row of levels per thread count (`rows`: each thread count, its levels and the
+/// recommendation within them): the row whose recommendation is fastest, its thread count said in `why`.
+pub fn best_row(rows: &[(usize, Vec<LevelReport>, Recommendation)]) -> Option<Recommendation> {
+    let (threads, _, rec) = rows.iter().max_by(|a, b| a.2.rate.total_cmp(&b.2.rate))?;
+    let each: Vec<String> = rows.iter().map(|(t, _, r)| format!("{t}: {:.1} {}", r.rate, r.unit)).collect();
+    let mut rec = rec.clone();
+    rec.threads = Some(*threads);
+    rec.why = format!(
+        "{}; with --engine-threads {threads}, the fastest of the thread counts up to the physical cores ({})",
+        rec.why,
+        each.join(", ")
+    );
+    Some(rec)
+}
+
 /// The level's objective: output tokens/s, or jobs/s when the server reports no tokens (embeddings).
 fn rate(l: &LevelReport) -> f64 {
     if l.output_tokens_per_s > 0.0 {
@@ -264,6 +281,7 @@ pub fn recommend(levels: &[LevelReport], kind: ServerKind, for_jobs: Option<u64>
         return Recommendation {
             concurrency: 1,
             batch: 1,
+            threads: None,
             rate: 0.0,
             unit: "jobs/s",
             jobs_per_s: 0.0,
@@ -303,6 +321,7 @@ pub fn recommend(levels: &[LevelReport], kind: ServerKind, for_jobs: Option<u64>
     Recommendation {
         concurrency: c.concurrency,
         batch: c.batch,
+        threads: c.threads,
         rate: rate(&c),
         unit,
         jobs_per_s: c.jobs_per_s,

@@ -11,9 +11,11 @@ pub fn table(r: &BenchReport) -> String {
     let _ = writeln!(s, "workload: {}", r.workload);
     let _ = writeln!(s, "steady state: {}", r.steady_rule);
     let matrix = r.levels.iter().any(|l| l.batch > 1);
+    let engine = r.levels.iter().any(|l| l.threads.is_some());
     let _ = writeln!(
         s,
-        "{}{:>6} {:>12} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7} {:>8}",
+        "{}{}{:>6} {:>12} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7} {:>8}",
+        if engine { format!("{:>7} ", "threads") } else { String::new() },
         if matrix { format!("{:>6} ", "batch") } else { String::new() },
         "conc",
         "out tok/s",
@@ -31,10 +33,13 @@ pub fn table(r: &BenchReport) -> String {
     let opt = |q: Option<super::Quantiles>| q.map_or("-".to_owned(), |q| format!("{:.0}", q.p50));
     let itl = |q: Option<super::Quantiles>| q.map_or("-".to_owned(), |q| format!("{:.1}", q.p50));
     for l in &r.levels {
-        let chosen = l.concurrency == r.recommendation.concurrency && l.batch == r.recommendation.batch;
+        let chosen = l.concurrency == r.recommendation.concurrency
+            && l.batch == r.recommendation.batch
+            && l.threads == r.recommendation.threads;
         let _ = writeln!(
             s,
-            "{}{:>6} {:>12.1} {:>9.2} {:>6.1}% {:>8.0} {:>8.0} {:>8.0} {:>9} {:>8} {:>7.1}% {:>7} {:>8}{}",
+            "{}{}{:>6} {:>12.1} {:>9.2} {:>6.1}% {:>8.0} {:>8.0} {:>8.0} {:>9} {:>8} {:>7.1}% {:>7} {:>8}{}",
+            if engine { format!("{:>7} ", l.threads.map_or("-".to_owned(), |t| t.to_string())) } else { String::new() },
             if matrix { format!("{:>6} ", l.batch) } else { String::new() },
             l.concurrency,
             l.output_tokens_per_s,
@@ -106,7 +111,7 @@ pub fn table(r: &BenchReport) -> String {
 pub fn csv(levels: &[LevelReport]) -> String {
     let mut s = String::from(
         "concurrency,batch,steady,output_tokens_per_s,jobs_per_s,ci_rel,latency_p50_ms,latency_p90_ms,latency_p95_ms,\
-         latency_p99_ms,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,error_rate,answers,seconds\n",
+         latency_p99_ms,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,error_rate,answers,seconds,threads\n",
     );
     let q = |q: Option<super::Quantiles>, f: fn(&super::Quantiles) -> f64| {
         q.map_or(String::new(), |q| format!("{:.1}", f(&q)))
@@ -114,7 +119,7 @@ pub fn csv(levels: &[LevelReport]) -> String {
     for l in levels {
         let _ = writeln!(
             s,
-            "{},{},{},{:.3},{:.4},{:.4},{:.1},{:.1},{:.1},{:.1},{},{},{},{},{:.4},{},{:.1}",
+            "{},{},{},{:.3},{:.4},{:.4},{:.1},{:.1},{:.1},{:.1},{},{},{},{},{:.4},{},{:.1},{}",
             l.concurrency,
             l.batch,
             l.steady,
@@ -131,7 +136,8 @@ pub fn csv(levels: &[LevelReport]) -> String {
             q(l.itl_ms, |q| q.p99),
             l.error_rate,
             l.answers,
-            l.seconds
+            l.seconds,
+            l.threads.map_or(String::new(), |t| t.to_string())
         );
     }
     s

@@ -10,7 +10,7 @@ use super::engine::{self, EngineArgs};
 use super::jobs::JobArgs;
 use super::parse;
 use crate::backend::{ConnectOptions, InputsPerRequest, OllamaBackend};
-use crate::bench::{csv, svg_chart, sweep, table, BenchReport, LevelRule, Request, SweepConfig};
+use crate::bench::{best_row, csv, svg_chart, sweep, table, BenchReport, LevelRule, Request, SweepConfig};
 use crate::job::{Parser, RequestDefaults};
 
 /// Arguments of `inflight bench`.
@@ -23,7 +23,8 @@ pub struct BenchArgs {
     /// Which server, and how to talk to it.
     #[command(flatten)]
     pub conn: ServerArgs,
-    /// Or no server: the embedded engine on a GGUF file (the sweep's levels are its sequences).
+    /// Or no server: the embedded engine on a GGUF file (the sweep's levels are its sequences, swept for each
+    /// thread count up to the physical cores unless --engine-threads fixes it).
     #[command(flatten)]
     pub engine: EngineArgs,
     /// Model to benchmark.
@@ -88,7 +89,8 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Exit> {
     };
     // The jobs file first: a missing file or a bad template is refused before the server is contacted.
     let (requests, workload) = workload(&args)?;
-    let (conn, _engine) = engine::open(&args.conn, &args.engine, &opts, args.max_concurrency as u64).await?;
+    let (conn, handle) = engine::open(&args.conn, &args.engine, &opts, args.max_concurrency as u64).await?;
+    let (server, server_description) = (conn.backend.url().to_owned(), conn.info.description.clone());
     let cfg = SweepConfig {
         batch_sizes: args.batch_sizes.iter().map(|&b| b.max(1)).collect(),
         levels: args.levels.clone(),
@@ -107,24 +109,41 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Exit> {
     let quiet = args.json;
     // On a terminal the live line is redrawn in place; elsewhere (logs, CI) only each level's result is written.
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (levels, first_20, recommendation) =
-        sweep(conn.backend.clone(), conn.info.kind, requests, &cfg, args.for_jobs, |line, done| match (quiet, tty) {
-            (true, _) => {}
-            (false, true) if done => eprintln!("\r\x1b[2K{line}"),
-            (false, true) => eprint!("\r\x1b[2K{line}"),
-            (false, false) if done => eprintln!("{line}"),
-            (false, false) => {}
-        })
-        .await;
-    let report = BenchReport {
-        server: conn.backend.url().to_owned(),
-        server_description: conn.info.description.clone(),
-        workload,
-        steady_rule,
-        first_20,
-        levels,
-        recommendation,
+    let mut progress = |line: String, done: bool| match (quiet, tty) {
+        (true, _) => {}
+        (false, true) if done => eprintln!("\r\x1b[2K{line}"),
+        (false, true) => eprint!("\r\x1b[2K{line}"),
+        (false, false) if done => eprintln!("{line}"),
+        (false, false) => {}
     };
+    // The engine's levels are its sequences; unless --engine-threads fixes them, each thread count up to the
+    // physical cores is a row of its own (a fresh engine each), and the fastest row's recommendation wins.
+    let thread_rows: Vec<usize> = match &handle {
+        Some(h) if args.engine.engine_threads.is_none() => (1..=engine::threads(h).1.max(1)).collect(),
+        _ => Vec::new(),
+    };
+    let (levels, first_20, recommendation) = if thread_rows.is_empty() {
+        sweep(conn.backend.clone(), conn.info.kind, requests, &cfg, args.for_jobs, &mut progress).await
+    } else {
+        drop((conn, handle));
+        let mut rows = Vec::new();
+        let mut first = None;
+        for threads in thread_rows {
+            let fixed = EngineArgs { engine_threads: Some(threads as u64), ..args.engine.clone() };
+            let (conn, _engine) = engine::open(&args.conn, &fixed, &opts, args.max_concurrency as u64).await?;
+            if !quiet {
+                eprintln!("engine, {threads} threads:");
+            }
+            let (mut levels, first_20, rec) =
+                sweep(conn.backend.clone(), conn.info.kind, requests.clone(), &cfg, args.for_jobs, &mut progress).await;
+            levels.iter_mut().for_each(|l| l.threads = Some(threads));
+            first = first.or(first_20);
+            rows.push((threads, levels, rec));
+        }
+        let recommendation = best_row(&rows).expect("at least one thread count");
+        (rows.into_iter().flat_map(|(_, levels, _)| levels).collect(), first, recommendation)
+    };
+    let report = BenchReport { server, server_description, workload, steady_rule, first_20, levels, recommendation };
     std::fs::create_dir_all(&args.report_dir)?;
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(args.report_dir.join("bench.json"), &json)?;

@@ -169,6 +169,19 @@ async fn load(
     )))
 }
 
+/// The engine's decode threads and the physical cores it saw (the ceiling of `bench --engine`'s thread sweep).
+#[cfg(feature = "engine")]
+pub fn threads(engine: &EngineHandle) -> (usize, usize) {
+    let s = engine.stats();
+    (s.threads, s.physical_cores)
+}
+
+/// Without the engine there are no threads to count.
+#[cfg(not(feature = "engine"))]
+pub fn threads(engine: &EngineHandle) -> (usize, usize) {
+    match **engine {}
+}
+
 /// How many pending jobs the engine is sized from.
 pub const PLAN_SAMPLE: usize = 256;
 
