@@ -10,7 +10,8 @@ A. Chat: N jobs (--jobs, 400), each a speaker and a short segment of varied text
       server per run; the first --screen (100) jobs at a fixed concurrency equal to np (inflight's best fixed
       level for a server with np slots). The best two configurations by output tokens/s run again with all N
       jobs; the best of those is "the best server configuration".
-   2. Engine: all N jobs with `--engine MODEL --concurrency auto` (its own tuning, no other engine flags).
+   2. Engine: all N jobs with `--engine MODEL --concurrency auto` (its own tuning, no other engine flags), then
+      the same jobs held at the best server configuration's concurrency (what the auto tuning gains or loses).
    3. A table of every run, the engine's figures (threads and their measured rates, sequences, prefill tokens
       computed / copied from the shared prefix, where its time went), and engine tok/s / best server tok/s
       (goal: >= 1.0x must, 1.10x goal).
@@ -327,6 +328,15 @@ def chat(args, runner, model):
     print(f"engine: all {args.jobs} jobs, --concurrency auto", flush=True)
     eng = runner.run(f"engine, {args.jobs} jobs, auto", jobs_all, ["--engine", model], "auto", common)
     rows.append(("engine", eng))
+    fixed = None
+    if best:
+        # The same jobs on the engine held at the best server configuration's concurrency: what the engine's
+        # auto tuning (its own choice of sequences) gains or loses against a fixed level.
+        level = best[0][0]
+        print(f"engine at the best server configuration's concurrency: all {args.jobs} jobs at -c {level}",
+              flush=True)
+        fixed = runner.run(f"engine, {args.jobs} jobs at -c {level}", jobs_all, ["--engine", model], level, common)
+        rows.append((f"engine at -c {level}", fixed))
     # Single-sequence speed, the check that the engine's kernels are built for this CPU: one job at a time on
     # the engine against the server's one-slot screens, same jobs.
     print(f"engine, one sequence: the first {screen_n} jobs at -c 1", flush=True)
@@ -346,6 +356,10 @@ def chat(args, runner, model):
               f"{br['summary']['done']} jobs")
         print(f"engine: {rate:.1f} output tok/s")
         print(f"CHAT engine / best server: {ratio_text(rate, brate)} (goal: >= 1.0x must, 1.10x goal)")
+        if fixed:
+            frate = fixed["summary"]["output_tokens_per_s"]
+            print(f"engine held at -c {np} (not its own tuning): {frate:.1f} output tok/s, "
+                  f"{ratio_text(frate, brate)} the best server")
         one_slot = [screens[k] for k in screens if k[0] == 1]
         if one_slot:
             srate = max(r["summary"]["output_tokens_per_s"] for r in one_slot)
