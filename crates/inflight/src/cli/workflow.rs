@@ -26,8 +26,8 @@ use crate::report::{
     spawn_progress, ConcurrencyMode, Display, ModelConcurrency, ProgressSource, ServerReport, Summary, WorkflowReport,
 };
 use crate::store::{
-    with_steps_to, Claim, CommittedSink, Forward, PendingJob, SharedRun, StepCount, StepDone, Store, StoreError,
-    WriteMsg, Writer,
+    committed, with_steps_to, Claim, CommittedSink, Forward, PendingJob, SharedRun, StepCount, StepDone, Store,
+    StoreError, WriteMsg, Writer,
 };
 use crate::workflow::{run_servers, FlowStats, GroupConcurrency, ServerPlan, ServerView, Shared, Workflow};
 
@@ -158,10 +158,11 @@ const ROUND_JOBS: usize = 256;
 
 /// A workflow in a run shared through PostgreSQL. The worker claims up to [`ROUND_JOBS`] jobs and runs the
 /// workflow over them in a state file of its own (a *round*), exactly as a run on a state file does: steps,
-/// schemas, retries, model switches. Each job the round finishes (every step answered, or failed in one) goes to
-/// the shared run as one result or error record, fenced by its claim, and the round's file is removed once they
-/// are written. A worker that dies mid-round loses only that round's steps: its claims expire, and another
-/// worker runs those jobs' steps again, so every job is still answered once in the run's output.
+/// schemas, retries, model switches. Each step answered is also kept in the shared run, and each job the round
+/// finishes (every step answered, or failed in one) goes to it as one result or error record, all fenced by the
+/// job's claim; the round's file is removed once they are written. A worker that dies mid-round loses only the
+/// steps in flight: its claims expire, and the worker that takes its jobs goes on from the steps the run kept,
+/// so every job is still answered once in the run's output.
 struct Rounds<'a> {
     run: &'a SharedRun,
     session: &'a Session,
@@ -210,9 +211,7 @@ impl Rounds<'_> {
                 }
             }
             // The round's jobs are in the shared run before its file goes (a database away: this waits for it).
-            let (ack, written) = tokio::sync::oneshot::channel();
-            self.session.writer.sender().send(WriteMsg::Flush(ack)).map_err(|_| StoreError::WriterGone)?;
-            written.await.map_err(|_| StoreError::WriterGone)?;
+            committed(&self.session.writer.sender()).await?;
             if verdict.is_some() {
                 return Ok((verdict, counts));
             }

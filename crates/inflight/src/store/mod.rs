@@ -28,7 +28,7 @@ pub use shared::{error_rows, with_steps_to, Claim, Follower, Forward, SharedRun,
 pub use sqlite::{BadLineRow, Counts, DoneRow, ErrorRow, FailedAnswer, FailedRow, IngestReport, PendingJob, Store};
 pub use sqlite_work::SqliteWork;
 pub use steps::{ReadyUnit, StepCount, StepDone};
-pub use writer::{AttemptKey, CommittedSink, Completion, Failure, WriteMsg, Writer, WriterHandle};
+pub use writer::{committed, AttemptKey, CommittedSink, Completion, Failure, WriteMsg, Writer, WriterHandle};
 
 /// Errors at the store boundary.
 #[derive(Debug, thiserror::Error)]

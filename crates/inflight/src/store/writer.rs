@@ -114,6 +114,13 @@ pub enum WriteMsg {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
+/// Waits until everything sent on `writer` before this call is committed (and its output lines written).
+pub async fn committed(writer: &Sender<WriteMsg>) -> Result<(), StoreError> {
+    let (ack, done) = tokio::sync::oneshot::channel();
+    writer.send(WriteMsg::Flush(ack)).map_err(|_| StoreError::WriterGone)?;
+    done.await.map_err(|_| StoreError::WriterGone)
+}
+
 /// The handle the run keeps: a sender for the tasks, and the thread to join at the end.
 pub struct WriterHandle {
     tx: Sender<WriteMsg>,

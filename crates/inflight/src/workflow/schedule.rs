@@ -22,7 +22,7 @@ use super::shared::{ServerPlan, Shared};
 use super::task::{self, Event, Lane, TaskCtx};
 use super::{SwitchPolicy, Unit};
 use crate::dispatch::Attempts;
-use crate::store::{Store, StoreError, WriteMsg};
+use crate::store::{committed, Store, StoreError, WriteMsg};
 use crate::tune::TuneStatus;
 
 /// Runs every server's loop until no work is left or the run stops.
@@ -173,9 +173,7 @@ impl ServerLoop {
         for f in held {
             self.shared.writer.send(WriteMsg::Failed(f)).map_err(|_| StoreError::WriterGone)?;
         }
-        let (ack, committed) = tokio::sync::oneshot::channel();
-        self.shared.writer.send(WriteMsg::Flush(ack)).map_err(|_| StoreError::WriterGone)?;
-        committed.await.map_err(|_| StoreError::WriterGone)?;
+        committed(&self.shared.writer).await?;
         Ok(true)
     }
 
@@ -185,9 +183,7 @@ impl ServerLoop {
         if self.finished.is_empty() {
             return Ok(());
         }
-        let (ack, committed) = tokio::sync::oneshot::channel();
-        self.shared.writer.send(WriteMsg::Flush(ack)).map_err(|_| StoreError::WriterGone)?;
-        committed.await.map_err(|_| StoreError::WriterGone)?;
+        committed(&self.shared.writer).await?;
         let mut taken = self.shared.taken.lock().expect("taken lock");
         for e in std::mem::take(&mut self.finished) {
             self.in_flight.remove(&(e.seq, e.step));
