@@ -237,6 +237,28 @@ fn retry_failed_sends_a_shared_runs_failed_jobs_again_once_each() {
     assert_eq!(sim.stats().requests, n as u64 + failed, "each failed job was sent once more, nothing else");
 }
 
+/// Two workflow workers started together on ABA over `n` jobs, each with its own simulator at `time_scale`.
+struct FlowWorkers {
+    sims: Vec<Sim>,
+    s: Scratch,
+    state: String,
+    outs: [PathBuf; 2],
+    a: Child,
+    b: Child,
+}
+
+fn two_flow_workers(test: &str, n: usize, time_scale: f64, extra: &[&str]) -> FlowWorkers {
+    let sims: Vec<Sim> =
+        (0..2).map(|_| Sim::start(SimConfig::profile(Profile::Lanes4).with_time_scale(time_scale))).collect();
+    let s = Scratch::new();
+    let (input, flow) = crate::workflow::flow_files(&s, n, crate::workflow::ABA);
+    let state = state_url(test);
+    let outs = [s.path("a.jsonl"), s.path("b.jsonl")];
+    let a = flow_worker(Some(&input), &flow, &outs[0], &state, sims[0].url(), extra);
+    let b = flow_worker(Some(&input), &flow, &outs[1], &state, sims[1].url(), extra);
+    FlowWorkers { sims, s, state, outs, a, b }
+}
+
 /// Asserts every line of a workflow run's export holds each of ABA's three steps' outputs.
 fn assert_every_step(export: &Path) {
     for line in read_jsonl(export) {
@@ -249,15 +271,8 @@ fn assert_every_step(export: &Path) {
 
 #[test]
 fn workflow_workers_share_one_run_each_job_and_each_step_once() {
-    let sims: Vec<Sim> =
-        (0..2).map(|_| Sim::start(SimConfig::profile(Profile::Lanes4).with_time_scale(100.0))).collect();
-    let s = Scratch::new();
     let n = 600;
-    let (input, flow) = crate::workflow::flow_files(&s, n, crate::workflow::ABA);
-    let state = state_url("flow-share");
-    let outs = [s.path("a.jsonl"), s.path("b.jsonl")];
-    let a = flow_worker(Some(&input), &flow, &outs[0], &state, sims[0].url(), &[]);
-    let b = flow_worker(Some(&input), &flow, &outs[1], &state, sims[1].url(), &[]);
+    let FlowWorkers { sims, s, state, outs, a, b } = two_flow_workers("flow-share", n, 100.0, &[]);
     for r in [a, b].map(|w| finish(w, LIMIT)) {
         assert_exit(&r, 0);
     }
@@ -281,15 +296,8 @@ fn workflow_workers_share_one_run_each_job_and_each_step_once() {
 
 #[test]
 fn a_killed_workflow_workers_jobs_go_on_from_its_answered_steps_on_the_other_each_answered_once() {
-    let sims: Vec<Sim> =
-        (0..2).map(|_| Sim::start(SimConfig::profile(Profile::Lanes4).with_time_scale(20.0))).collect();
-    let s = Scratch::new();
     let n = 900;
-    let (input, flow) = crate::workflow::flow_files(&s, n, crate::workflow::ABA);
-    let state = state_url("flow-kill");
-    let outs = [s.path("a.jsonl"), s.path("b.jsonl")];
-    let a = flow_worker(Some(&input), &flow, &outs[0], &state, sims[0].url(), &["--lease", "2s"]);
-    let b = flow_worker(Some(&input), &flow, &outs[1], &state, sims[1].url(), &["--lease", "2s"]);
+    let FlowWorkers { sims, s, state, outs, a, b } = two_flow_workers("flow-kill", n, 20.0, &["--lease", "2s"]);
     wait_answered(&sims[0], 100);
     send_signal(a.id(), "KILL");
     let _ = finish(a, Duration::from_secs(10));
